@@ -1,0 +1,24 @@
+"""Options shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ..errors import InputError
+
+
+def add_device_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"--device {name!r} is not a torch device ({exc}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return dev
