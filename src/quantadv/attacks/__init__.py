@@ -1,0 +1,18 @@
+"""Adversarial attacks as pure functions ``attack(model, images, labels, *, ...)``.
+
+Conventions (DESIGN.md section 1): images are float NCHW in [0, 1], budgets in [0, 1]
+units; inputs are never modified; the model's mode and ``requires_grad`` flags are left as
+found; device and dtype follow the inputs; untargeted unless ``targets=`` is given; with
+``return_info=True`` every attack also returns a dict of per-image tensors (``success``,
+``calls`` = forward passes, ``grads`` = gradient computations). All attacks run on the one
+loop of :mod:`quantadv.attacks.engine`.
+"""
+
+from .gradient import fgsm, ifgsm, pgd
+from .losses import LOSSES, attack_loss
+from .minimal import cw, ddn
+
+#: Attacks by name, for configs and the command line.
+REGISTRY = {"fgsm": fgsm, "ifgsm": ifgsm, "pgd": pgd, "cw": cw, "ddn": ddn}
+
+__all__ = ["LOSSES", "REGISTRY", "attack_loss", "cw", "ddn", "fgsm", "ifgsm", "pgd"]
