@@ -1,0 +1,25 @@
+"""Quantization of adversarial samples into digital images (paper 000, Sec. 3.3-4.5 and 6).
+
+An attack outputs ``x_a``, which is not a digital image; these functions turn it into one,
+``x_q``, whose every pixel is ``floor(x_a)`` or ``ceil(x_a)`` on the 0..255 scale:
+
+- :func:`round_nearest` — R, Eq. 12 (kills weak perturbations, Sec. 3.3);
+- :func:`toward_original` — Q0, Eq. 20 (least distortion, no network call);
+- :func:`gradient_sign` — Q-infinity, Eq. 25 (most adversarial to first order);
+- :func:`lagrangian` — Q-lambda*, Eq. 26-30 and Sec. 4.4-4.5 (least distortion among the
+  Lagrangian quantizations that stay adversarial under the true network);
+- :func:`budgeted` — Q-delta*, Sec. 6 (Lagrangian quantization steered by a distortion
+  budget, for use inside DDN; no network call).
+
+The quantization loss (Eq. 21) is ``L_Q = s(t) - s(kappa_a)`` untargeted, with ``t`` the
+true class and ``kappa_a`` the most likely other class at the unquantized ``x_a``; in
+targeted mode (target ``tau``) it is ``L_Q = s(kappa_a) - s(tau)`` with ``kappa_a`` the most
+likely class other than ``tau``. ``s`` is the softmax probability (``loss="prob"``, the
+paper) or the logit (``loss="logit"``). See docs/quantization.md.
+"""
+
+from .basic import gradient_sign, round_nearest, toward_original
+from .budgeted import budgeted
+from .lagrangian import lagrangian
+
+__all__ = ["budgeted", "gradient_sign", "lagrangian", "round_nearest", "toward_original"]
