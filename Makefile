@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data test lint demo bench clean
+.PHONY: setup data test lint demo bench bench-deps clean
 
 $(BIN)/quantadv: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,7 +34,12 @@ test: setup lint
 demo: setup
 	$(BIN)/quantadv demo
 
-bench: setup
+# Peers for the speed comparison (torchattacks without its torchvision dependency, which it does not need here).
+bench-deps: setup
+	$(BIN)/pip install -q foolbox
+	$(BIN)/pip install -q --no-deps torchattacks
+
+bench: bench-deps
 	$(BIN)/python benchmarks/attack_speed.py
 
 clean:
