@@ -22,3 +22,12 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return dev
+
+
+def load_model(spec: str, device: torch.device):
+    """A model from ``--model``: a shipped zoo name, or a path to ``X.safetensors`` (with ``X.json``)."""
+    from .. import models
+
+    if spec.endswith(".safetensors"):
+        return models.load_file(spec, device=device)
+    return models.load(spec, device=device)

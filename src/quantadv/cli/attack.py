@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from ..errors import InputError
-from ._common import add_device_seed, resolve_device
+from ._common import add_device_seed, load_model, resolve_device
 
 #: Parameters used when the command line does not give them ([0, 1] units).
 DEFAULT_PARAMS: dict[str, dict[str, object]] = {
@@ -47,7 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "Budgets are in [0, 1] units. Defaults per attack: " + defaults + "."
         ),
     )
-    p.add_argument("--model", required=True, help="a shipped model name (see 'quantadv zoo list')")
+    p.add_argument("--model", required=True,
+                   help="a shipped model name (see 'quantadv zoo list'), or X.safetensors with its X.json manifest")
     p.add_argument("--data", default="fashion-mnist", help="dataset name (see 'quantadv data list')")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--n", type=int, default=1000, help="attack the first N images (default 1000)")
@@ -106,7 +107,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data, models
+    from .. import data
     from ..digital import is_digital, to_uint8
     from ..eval.batched import attack_dataset, summarize
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     params = parse_params(args.param)
     attack, bound = make_attack(args.attack, params, args.seed)
-    model = models.load(args.model, device=device)
+    model = load_model(args.model, device)
     images, labels = data.load(args.data, split=args.split)
     images, labels = images[: args.n], labels[: args.n]
     result = attack_dataset(
