@@ -12,10 +12,11 @@ from torch import nn
 
 from .._validate import check_choice, check_int, check_positive
 from ..errors import InputError
+from ..quantize.budgeted import budgeted
 from .engine import BestTracker, Outcome, State, info, iterate, make_problem
 from .gradient import _l2_normalize, cosine_schedule
 
-DDN_QUANTIZERS = (None, "round")
+DDN_QUANTIZERS = (None, "round", "lagrangian")
 
 
 def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -122,6 +123,12 @@ def ddn(
 
     ``quantize="round"``: the original quantized DDN: every iterate is also rounded to the
     1/255 grid, so success is judged on, and the output is, a digital image.
+    ``quantize="lagrangian"``: the integrated quantization Q-delta* of paper 000, Sec. 6:
+    every iterate is quantized by :func:`quantadv.quantize.budgeted` with the scheduled
+    budget ``(255 * rho)^2`` (squared pixel units), reusing the gradient this iteration
+    computed anyway (no extra network call); the budget is respected when the previous
+    iterate was adversarial and exceeded minimally when it was not. ``images`` must then be
+    digital (exactly k/255).
     """
     steps = check_int(steps, "steps")
     gamma = check_positive(gamma, "gamma")
@@ -144,6 +151,8 @@ def ddn(
         x_new = (x_o + _view(rho, x) * _l2_normalize(x_t - x_o)).clamp(0.0, 1.0)
         if quantize == "round":
             x_new = (x_new * 255).round() / 255
+        elif quantize == "lagrangian":
+            x_new = budgeted(x_o, x_new, grad, (255 * rho.to(torch.float64)) ** 2, adv)
         return adv, {"x": x_new, "rho": rho}
 
     rho0 = torch.full((problem.size,), init_norm, device=x_orig.device, dtype=x_orig.dtype)
