@@ -1,0 +1,90 @@
+"""``quantadv zoo``: list, show and verify the shipped models.
+
+* ``quantadv zoo list`` prints one line per shipped model: name, architecture, data,
+  training method, eps, clean test accuracy and file size.
+* ``quantadv zoo show NAME`` prints a model's manifest (JSON), including the exact command
+  that reproduces it. ``NAME`` may also be the path of your own ``.safetensors``/``.json``.
+* ``quantadv zoo verify [NAME ...]`` checks the sha256 of every (or the named) weight file
+  against its manifest; the exit code is 1 if any fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..models import list as list_models
+from ..models import manifest, read_manifest, verify
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "zoo",
+        help="list, show and verify the shipped models",
+        description="List, show and verify the models shipped with quantadv.",
+    )
+    sub = p.add_subparsers(dest="zoo_command", metavar="{list,show,verify}")
+    sub.add_parser("list", help="table of the shipped models")
+    show = sub.add_parser("show", help="print one model's manifest")
+    show.add_argument("name", help="zoo name, or path of a .safetensors/.json pair")
+    ver = sub.add_parser("verify", help="check the sha256 of the weight files")
+    ver.add_argument("names", nargs="*", help="models to check (default: all)")
+    return p
+
+
+def _row(name: str, m: dict[str, Any]) -> list[str]:
+    acc = m.get("clean_accuracy")
+    size = m.get("size_bytes")
+    return [
+        name,
+        str(m.get("arch", "?")),
+        str(m.get("data", "?")),
+        str(m.get("method", "?")),
+        f"{m['eps']:g}" if isinstance(m.get("eps"), (int, float)) and m.get("eps") else "-",
+        f"{100 * acc:.2f}%" if isinstance(acc, (int, float)) else "?",
+        f"{size / 1e6:.1f} MB" if isinstance(size, int) else "?",
+    ]
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned plain-text table with a header rule."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = getattr(args, "zoo_command", None) or "list"
+    if cmd == "list":
+        names = list_models()
+        if not names:
+            print("no models are shipped in this installation")
+            return 0
+        rows = [_row(n, manifest(n)) for n in names]
+        header = ["name", "arch", "data", "method", "eps", "clean acc", "size"]
+        print(format_table(rows, header))
+        return 0
+    if cmd == "show":
+        name = args.name
+        if name.endswith((".json", ".safetensors")) or "/" in name or "\\" in name:
+            m = read_manifest(Path(name))
+        else:
+            m = manifest(name)
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    results = {}
+    for name in args.names or [None]:
+        results.update(verify(name))
+    failed = 0
+    for name, problem in results.items():
+        if problem is None:
+            print(f"ok      {name}")
+        else:
+            failed += 1
+            print(f"FAILED  {name}: {problem}")
+    if not results:
+        print("no models are shipped in this installation")
+    return 1 if failed else 0

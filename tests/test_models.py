@@ -1,0 +1,314 @@
+"""Tests of quantadv.models: architectures, training + checkpoint/resume, the zoo, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import quantadv.data
+import quantadv.models as qm
+from quantadv.cli import main
+from quantadv.errors import DataError, InputError, ModelError
+
+SHIPPED = ("fmnist-cnn", "fmnist-cnn-at-l2", "fmnist-cnn-at-linf", "mnist-cnn")
+
+
+# --------------------------------------------------------------------------------------
+# a tiny, learnable synthetic data set: class k lights up quadrant k of an 8x8 image
+
+
+def synthetic(n: int = 192, size: int = 8, channels: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    x = torch.randint(0, 90, (n, channels, size, size), generator=g)
+    h = size // 2
+    for k in range(4):
+        r, c = divmod(k, 2)
+        x[labels == k, :, r * h : (r + 1) * h, c * h : (c + 1) * h] += 150
+    return x.clamp(0, 255).to(torch.uint8), labels
+
+
+def tiny_model(seed: int, channels: int = 1, size: int = 8) -> nn.Module:
+    """Small model with a conv, batch norm (buffers must survive a resume) and a linear layer."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        qm.Normalize(0.4, 0.3),
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * size * size, 4),
+    )
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------------------
+# architectures
+
+
+@pytest.mark.parametrize(
+    ("arch", "kwargs", "shape"),
+    [
+        (qm.SmallCNN, {}, (1, 28, 28)),
+        (qm.SmallCNN, {"in_channels": 3}, (3, 32, 32)),
+        (qm.ResNet18, {}, (3, 32, 32)),
+        (qm.ResNet18, {"in_channels": 1, "num_classes": 7}, (1, 28, 28)),
+    ],
+)
+def test_output_shapes(arch, kwargs, shape):
+    model = arch(**kwargs).eval()
+    out = model(torch.rand(3, *shape))
+    assert out.shape == (3, kwargs.get("num_classes", 10))
+    assert torch.isfinite(out).all()
+
+
+def test_small_cnn_is_the_madry_network():
+    model = qm.SmallCNN()
+    # 32*(25+1) + 64*(32*25+1) + 1024*(3136+1) + 10*(1024+1): Madry et al.'s MNIST model
+    assert sum(p.numel() for p in model.parameters()) == 3_274_634
+    assert isinstance(model.normalize, qm.Normalize)
+    assert next(iter(model.children())) is model.normalize
+
+
+def test_normalize_math_and_buffers():
+    norm = qm.Normalize([0.5, 0.25, 0.1], [0.5, 2.0, 4.0])
+    x = torch.rand(2, 3, 4, 4)
+    expected = torch.stack([(x[:, 0] - 0.5) / 0.5, (x[:, 1] - 0.25) / 2.0, (x[:, 2] - 0.1) / 4.0], 1)
+    assert torch.allclose(norm(x), expected)
+    assert set(norm.state_dict()) == {"mean", "std"}
+    assert norm.double().mean.dtype == torch.float64  # buffers follow .to()/.double()
+    scalar = qm.Normalize(0.5, 0.25)
+    assert torch.allclose(scalar(x), (x - 0.5) / 0.25)
+
+
+def test_normalize_rejects_bad_arguments():
+    with pytest.raises(InputError, match="std must be > 0"):
+        qm.Normalize(0.0, [1.0, 0.0])
+    with pytest.raises(InputError, match="one value per"):
+        qm.Normalize([0.1, 0.2], [1.0, 1.0, 1.0])
+    with pytest.raises(InputError, match="normalises 3 channels but the input has 1"):
+        qm.Normalize([0.1, 0.2, 0.3], 1.0)(torch.rand(1, 1, 4, 4))
+    with pytest.raises(InputError, match="num_classes"):
+        qm.SmallCNN(num_classes=1)
+    with pytest.raises(ModelError, match="valid architectures are small-cnn, resnet18"):
+        qm.build("vgg")
+
+
+# --------------------------------------------------------------------------------------
+# training
+
+
+def run_train(method="natural", eps=0.0, seed=0, epochs=3, model_seed=0, **kw):
+    x, y = synthetic()
+    config = qm.TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=32, lr=0.01, seed=seed)
+    return qm.train(tiny_model(model_seed), x, y, config, progress=False, log=lambda s: None, **kw)
+
+
+def test_training_decreases_the_loss_and_learns():
+    result = run_train(epochs=4)
+    losses = [h.loss for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    x, y = synthetic(seed=1)
+    assert qm.accuracy(result.model, x, y) > 0.9
+    assert not result.model.training
+
+
+def test_training_is_deterministic_given_the_seed():
+    a = run_train("noisy", eps=0.1, seed=3).model
+    b = run_train("noisy", eps=0.1, seed=3).model
+    c = run_train("noisy", eps=0.1, seed=4).model
+    assert same_weights(a, b)
+    assert not same_weights(a, c)
+
+
+class Killed(Exception):
+    pass
+
+
+def _kill_after(epoch: int):
+    def hook(stats: qm.EpochStats) -> None:
+        if stats.epoch == epoch:
+            raise Killed
+
+    return hook
+
+
+@pytest.mark.parametrize(("method", "eps"), [("natural", 0.0), ("noisy", 0.2), ("pgd-linf", 0.1)])
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, method, eps):
+    full = run_train(method, eps, checkpoint_dir=tmp_path / "full").model
+    with pytest.raises(Killed):
+        run_train(method, eps, checkpoint_dir=tmp_path / "ckpt", on_epoch_end=_kill_after(1))
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert [p.name for p in (tmp_path / "ckpt").glob("*.safetensors")] == ["epoch-0001.safetensors"]
+    # a fresh process would build the model from scratch: use a different initialisation
+    resumed = run_train(method, eps, model_seed=99, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert resumed.resumed_from_epoch == 1
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert same_weights(full, resumed.model)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    with pytest.raises(Killed):
+        run_train(checkpoint_dir=tmp_path, on_epoch_end=_kill_after(1))
+    x, y = synthetic()
+    other = qm.TrainConfig(epochs=3, batch_size=32, lr=0.02)
+    with pytest.raises(InputError, match="lr: checkpoint 0.01 vs now 0.02"):
+        qm.train(tiny_model(0), x, y, other, checkpoint_dir=tmp_path, resume=True, progress=False)
+    # a corrupted checkpoint is detected, not loaded
+    ckpt = tmp_path / "epoch-0001.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-1] ^= 0xFF
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt"):
+        run_train(checkpoint_dir=tmp_path, resume=True)
+
+
+def test_train_config_checks_its_arguments():
+    with pytest.raises(InputError, match="needs a radius"):
+        qm.TrainConfig(method="pgd-l2")
+    with pytest.raises(InputError, match="natural training uses no eps"):
+        qm.TrainConfig(eps=0.1)
+    with pytest.raises(InputError, match="method must be one of"):
+        qm.TrainConfig(method="trades", eps=0.1)
+    assert qm.TrainConfig(method="pgd-linf", eps=0.1, attack_steps=5).step_size == pytest.approx(0.05)
+    cosine = qm.TrainConfig(epochs=4, lr=0.1, schedule="cosine")
+    assert cosine.lr_at(0) == pytest.approx(0.1) and cosine.lr_at(2) == pytest.approx(0.05)
+    x, y = synthetic()
+    with pytest.raises(InputError, match="uint8 NCHW"):
+        qm.train(tiny_model(0), x.float() / 255, y, qm.TrainConfig(), progress=False)
+
+
+def test_adversarial_training_leaves_the_model_in_a_defined_mode():
+    result = run_train("pgd-l2", eps=0.5, epochs=1)
+    assert not result.model.training
+    assert all(p.requires_grad for p in result.model.parameters())
+
+
+def test_channel_stats():
+    x = torch.zeros(4, 2, 3, 3, dtype=torch.uint8)
+    x[:, 1] = 255
+    x[:2, 0] = 51  # channel 0: half the images 0.2, half 0 -> mean 0.1, std 0.1
+    mean, std = qm.channel_stats(x)
+    assert mean == [0.1, 1.0]
+    assert std[0] == pytest.approx(0.1) and std[1] == pytest.approx(1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# the command line: train -> weights + manifest -> load_file
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """Replace quantadv.data.load with the synthetic set (28x28, so SmallCNN is exercised)."""
+
+    def load(name, split="test"):
+        if name != "synthetic":
+            raise DataError(f"unknown data set {name}")
+        return synthetic(n=64 if split == "train" else 48, size=28, seed=0 if split == "train" else 1)
+
+    monkeypatch.setattr(quantadv.data, "load", load)
+
+
+def test_cli_train_writes_a_verifiable_model(tmp_path, fake_data, capsys):
+    argv = ["train", "--arch", "small-cnn", "--data", "synthetic", "--epochs", "1", "--batch-size",
+            "32", "--out", "toy", "--out-dir", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    m = json.loads((tmp_path / "toy.json").read_text())
+    assert m["arch"] == "small-cnn" and m["data"] == "synthetic" and m["method"] == "natural"
+    assert m["arch_kwargs"]["in_channels"] == 1 and m["arch_kwargs"]["num_classes"] == 4
+    assert m["command"].startswith("quantadv train --arch small-cnn --data synthetic")
+    assert "--out toy" in m["command"] and "--out-dir" not in m["command"]
+    for key in ("sha256", "torch_version", "train_seconds", "date", "clean_accuracy", "epochs"):
+        assert key in m
+    assert not (tmp_path / "toy.checkpoint").exists()  # removed once the model is written
+    model = qm.load_file(tmp_path / "toy.safetensors")
+    assert not model.training
+    x, y = synthetic(n=48, size=28, seed=1)
+    assert qm.accuracy(model, x, y) == pytest.approx(m["clean_accuracy"])
+
+    # flipping one byte of the weights is caught by the sha256 check
+    data = bytearray((tmp_path / "toy.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "toy.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        qm.load_file(tmp_path / "toy.safetensors")
+
+
+def test_cli_train_refuses_to_clobber_a_checkpoint_without_resume(tmp_path, fake_data, capsys):
+    (tmp_path / "toy.checkpoint").mkdir()
+    (tmp_path / "toy.checkpoint" / "state.json").write_text("{}")
+    argv = ["train", "--arch", "small-cnn", "--data", "synthetic", "--out", "toy",
+            "--out-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv[:-4], "--out", "../bad", "--out-dir", str(tmp_path)]) == 2
+
+
+# --------------------------------------------------------------------------------------
+# the shipped zoo
+
+
+def test_the_zoo_ships_the_promised_models():
+    assert set(SHIPPED) <= set(qm.list())
+    assert qm.verify() == {name: None for name in qm.list()}
+
+
+def test_unknown_names_raise_model_error_listing_the_valid_ones():
+    for bad in ("no-such-model", "../zoo/fmnist-cnn", ""):
+        with pytest.raises(ModelError, match="shipped models are: .*fmnist-cnn"):
+            qm.load(bad)
+    with pytest.raises(ModelError, match="unknown model"):
+        qm.manifest("no-such-model")
+    with pytest.raises(ValueError):  # ModelError is a ValueError
+        qm.load("no-such-model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", qm.list())
+def test_shipped_model_matches_its_manifest(name):
+    m = qm.manifest(name)
+    model = qm.load(name)
+    assert isinstance(model, nn.Module)
+    assert not any(mod.training for mod in model.modules())
+    try:
+        x, y = quantadv.data.load(m["data"], "test")
+    except DataError as exc:
+        pytest.skip(f"{m['data']} not available: {exc}")
+    acc = qm.accuracy(model, x[:500], y[:500])
+    assert abs(acc - m["clean_accuracy"]) < 0.04, (acc, m["clean_accuracy"])
+
+
+def test_corrupted_shipped_weights_are_detected(tmp_path):
+    name = qm.list()[0]
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(qm.ZOO_DIR / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+    weights = tmp_path / f"{name}.safetensors"
+    assert not qm.load_file(weights).training
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0x10
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256"):
+        qm.load_file(weights)
+    (tmp_path / f"{name}.json").unlink()
+    with pytest.raises(ModelError, match="no manifest"):
+        qm.load_file(weights)
+
+
+def test_zoo_cli(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "clean acc" in out and all(name in out for name in qm.list())
+    assert main(["zoo", "show", qm.list()[0]]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == qm.list()[0]
+    assert main(["zoo", "verify"]) == 0
+    assert capsys.readouterr().out.count("ok ") == len(qm.list())
+    assert main(["zoo", "show", "nope"]) == 2
