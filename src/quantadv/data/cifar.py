@@ -164,7 +164,7 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return _read_batch_file(str(p.resolve()), st.st_mtime_ns, st.st_size)
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=1)
 def _read_archive(path: str, mtime_ns: int, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     # Members are read into memory and unpickled safely; nothing is written to disk, so
     # member names (absolute paths, "..") cannot escape anywhere.

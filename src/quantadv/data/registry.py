@@ -17,6 +17,7 @@ it). Every "not found" error lists the folders searched and how to get the data.
 from __future__ import annotations
 
 import difflib
+import http.client
 import os
 import urllib.error
 from dataclasses import dataclass
@@ -181,7 +182,8 @@ def _try_download_fashion_mnist() -> bool:
         return False
     try:
         download.download_fashion_mnist(user_cache_dir() / "fashion-mnist")
-    except (OSError, urllib.error.URLError, DataError) as exc:
+    except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
+        # ValueError covers DataError (bad checksum) and malformed URLs.
         _download_failure = str(getattr(exc, "reason", None) or exc)
         return False
     return True
