@@ -1,0 +1,95 @@
+"""``quantadv run CONFIG.yaml``: run a declarative experiment into its results store.
+
+Every (run, post-processing, image) outcome goes to ``results/<experiment>.db`` (SQLite), one
+transaction per batch; the log goes to ``results/<experiment>.log``. Running the same command
+again skips what is stored, so a killed run resumes where it stopped. Under
+``torchrun --nproc_per_node N -m quantadv run CONFIG.yaml`` the images are sharded across the
+N processes and the shards are merged into the store at the end. See docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "run",
+        help="run an experiment config (YAML) into a resumable results store",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="experiment config, e.g. configs/demo.yaml")
+    p.add_argument("--store", help="results store to write (default: the config's 'store', "
+                                   "results/<experiment>.db)")
+    p.add_argument("--device", help="override the config's device (cpu, cuda, cuda:N)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and list its runs without running anything")
+    return p
+
+
+def _format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_table(store_path, limit: int = 40) -> str:
+    """One line per (model, attack run, post-processing): images, success rate, median d."""
+    from ..experiments.store import open_store
+
+    groups: dict[tuple, list[dict]] = {}
+    with open_store(store_path) as store:
+        for row in store.results():
+            key = (row["model"], row["attack"], row["params"], row["postprocess"])
+            groups.setdefault(key, []).append(row)
+    out = []
+    for (model, attack, params, pp), rows in groups.items():
+        correct = [r for r in rows if r["clean_pred"] == r["label"]]
+        ok = [r["d"] for r in correct if r["success"]]
+        rate = len(ok) / len(correct) if correct else math.nan
+        median = statistics.median(ok) if ok else math.nan
+        shown = ", ".join(f"{k}={v}" for k, v in json.loads(params).items())
+        out.append([model, f"{attack} ({shown})" if shown else attack, pp, str(len(rows)),
+                    f"{rate:.3f}", f"{median:.3f}"])
+    extra = ""
+    if len(out) > limit:
+        extra = f"\n... {len(out) - limit} more lines; see the report"
+        out = out[:limit]
+    header = ["model", "attack", "postprocess", "images", "success", "median d"]
+    return _format_table(out, header) + extra
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import load_config, run_experiment
+
+    cfg = load_config(args.config)
+    if args.store:
+        cfg = cfg.with_store(args.store)
+    if args.dry_run:
+        print(f"experiment {cfg.experiment} (hash {cfg.experiment_hash}): {len(cfg.runs)} runs x "
+              f"{len(cfg.postprocess)} post-processing -> {cfg.store}")
+        for r in cfg.runs:
+            print(f"  {r.run_id}  {r.description}")
+        return 0
+    summary = run_experiment(cfg, device=args.device, quiet=args.quiet)
+    if summary.rank != 0:
+        return 0
+    if not args.quiet:
+        print(summary_table(cfg.store))
+        print("success: over the correctly classified images; d: paper 000 Eq. 31 (pixel units)")
+    rate = summary.images_per_second
+    print(f"{summary.rows_written} outcomes written, {summary.rows_skipped} already stored "
+          f"({summary.images_attacked} images attacked"
+          f"{f', {rate:.1f} img/s' if summary.images_attacked else ''}; "
+          f"{summary.world_size} process{'es' if summary.world_size > 1 else ''})")
+    print(f"store: {cfg.store}")
+    print(f"log:   {cfg.log_path}")
+    print(f"next:  quantadv report {cfg.store} --out report/{cfg.experiment}")
+    return 0

@@ -1,0 +1,625 @@
+"""Run an experiment config: every (run, post-processing, image) outcome into the results store.
+
+The work is cut into fixed batches of ``batch_size`` consecutive images of the data subset.
+A batch is the unit of everything: of randomness (its generator is seeded from the config seed,
+the run id and the batch number, so results do not depend on which process or session computes
+it), of storage (its rows are written in one transaction), of resumption (a batch whose rows
+are all stored is skipped) and of scale-out (batch ``b`` goes to rank ``b % world_size``).
+
+For each batch the attack runs once; each ``postprocess`` entry is applied to its output, and
+each outcome is judged on the final image with one more forward pass: ``adv_pred``, success
+(untargeted: ``adv_pred != label``; targeted: ``adv_pred == target``), the distortion ``d`` of
+paper 000 Eq. 31 and the L2 / L-inf norms (:func:`quantadv.eval.distortion`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..digital import to_float
+from ..errors import ConfigError, DataError, ModelError, QuantadvError
+from .config import (
+    DataSpec,
+    ExperimentConfig,
+    ModelSpec,
+    PostprocessSpec,
+    RunSpec,
+    attack_registry,
+    canonical_json,
+    load_entry,
+    postprocess_registry,
+)
+from .distributed import DistContext, find_shards, init_distributed, merge_shards, shard_path
+from .store import ResultsStore, StoreIdentity, now
+
+log = logging.getLogger("quantadv.experiments")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """``quantadv.__version__``, plus the git commit (and ``.dirty``) of a source checkout."""
+    from .. import __version__
+
+    pkg_dir = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(pkg_dir), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(pkg_dir), "status", "--porcelain", "--untracked-files=no", "--",
+             str(pkg_dir)],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    if not commit:
+        return __version__
+    return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The machine a session ran on, as stored in the ``sessions`` table and shown in reports."""
+    info = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a torch device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device is cuda but no CUDA device is available; use device: cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device is mps but MPS is not available; use device: cpu")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and data
+
+
+def load_model(spec: ModelSpec, device: torch.device) -> nn.Module:
+    """Build the network a :class:`ModelSpec` names, in eval mode, on ``device``."""
+    where = f"model {spec.label!r}"
+    if spec.name is not None:
+        from .. import models as zoo
+
+        return zoo.load(spec.name, device=device)
+    elif spec.arch is None and spec.entry is None:
+        from ..models import load_file
+
+        return load_file(spec.file, device=device)  # type: ignore[arg-type]
+    else:
+        if spec.arch is not None:
+            from ..models.architectures import build
+
+            model = build(spec.arch, **spec.kwargs)
+        else:
+            fn = load_entry(spec.entry, f"{where} entry")  # type: ignore[arg-type]
+            try:
+                model = fn(**spec.kwargs)
+            except QuantadvError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"{where}: {spec.entry.spec}(**{spec.kwargs}) failed: {exc!r}") from None  # type: ignore[union-attr]
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{where}: the entry point returned {type(model).__name__}, not an nn.Module")
+        if spec.file is not None:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                state = load_file(str(spec.file))
+            except (SafetensorError, OSError) as exc:
+                raise ModelError(f"{where}: cannot read weights {str(spec.file)!r}: {exc}") from None
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ModelError(
+                    f"{where}: weights {str(spec.file)!r} do not fit the network: {exc}"
+                ) from None
+    return model.eval().to(device)
+
+
+def load_data(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Return (uint8 NCHW images, int64 labels, subset indices) for a :class:`DataSpec`."""
+    if spec.entry is not None:
+        fn = load_entry(spec.entry, "data.entry")
+        try:
+            out = fn(**spec.kwargs)
+        except QuantadvError:
+            raise
+        except Exception as exc:
+            raise DataError(f"data.entry {spec.entry.spec}(**{spec.kwargs}) failed: {exc!r}") from None
+        source = f"data.entry {spec.entry.spec}"
+    else:
+        from .. import data as datasets
+
+        out = datasets.load(spec.name, split=spec.split)
+        source = f"dataset {spec.name!r}"
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise DataError(f"{source} must return (images, labels), got {type(out).__name__}")
+    images, labels = out
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+        raise DataError(f"{source}: images must be a uint8 NCHW tensor")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{source}: labels must be a 1-D tensor with one entry per image")
+    if labels.dtype.is_floating_point:
+        raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
+    return images, labels.long(), spec.select(images.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks and post-processing
+
+
+def batch_seed(seed: int, run_id: str, batch: int) -> int:
+    """The seed of a batch's generator: a hash of (config seed, run id, batch number)."""
+    digest = hashlib.sha256(f"{seed}:{run_id}:{batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def make_targets(mode: str, labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
+    """Target classes for a targeted config: ``random`` (uniform over other classes) or ``next``."""
+    if mode == "none":
+        return None
+    if mode == "next":
+        return (labels + 1) % num_classes
+    gen = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
+    offset = torch.randint(1, num_classes, (labels.shape[0],), generator=gen)
+    return (labels.cpu() + offset).remainder(num_classes).to(labels.device)
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _per_image(value: Any, n: int, device: torch.device) -> torch.Tensor | None:
+    if value is None:
+        return None
+    t = torch.as_tensor(value, device="cpu").to(torch.int64).flatten()
+    if t.numel() == 1:
+        t = t.expand(n)
+    return t if t.numel() == n else None
+
+
+def call_attack(
+    run: RunSpec,
+    fn: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run ``run``'s attack on one batch: (adversarial images, calls, grads) per image."""
+    kwargs = dict(run.params)
+    if _accepts(fn, "generator"):
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    want_info = _accepts(fn, "return_info")
+    if want_info:
+        kwargs["return_info"] = True
+    if targets is not None:
+        if not _accepts(fn, "targets"):
+            raise ConfigError(
+                f"attacks[{run.attack.index}] ({run.attack.attack_name}) has no targets= "
+                "argument; use targets: none"
+            )
+        kwargs["targets"] = targets
+    try:
+        out = fn(model, x, y, **kwargs)
+    except QuantadvError as exc:
+        raise ConfigError(f"attacks[{run.attack.index}] ({run.description}): {exc}") from exc
+    info: dict = {}
+    if want_info:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ConfigError(
+                f"attacks[{run.attack.index}] ({run.attack.attack_name}) ignored return_info=True"
+            )
+        out, info = out
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        raise ConfigError(
+            f"attacks[{run.attack.index}] ({run.attack.attack_name}) returned "
+            f"{type(out).__name__} {tuple(getattr(out, 'shape', ()))}, expected a tensor of "
+            f"shape {tuple(x.shape)}"
+        )
+    n = x.shape[0]
+    return out.detach(), _per_image(info.get("calls"), n, x.device), _per_image(
+        info.get("grads"), n, x.device
+    )
+
+
+#: Gradient computations per image of quantizers whose info dict does not report them:
+#: Q-lambda* computes the gradient of L_Q once, at x_a (paper 000 Sec. 4.5).
+_POSTPROCESS_GRADS = {"lagrangian": 1}
+
+
+def apply_postprocess(
+    pp: PostprocessSpec,
+    fn: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Apply one post-processing step; returns (images, extra calls, extra grads) per image."""
+    n = x.shape[0]
+    zero = torch.zeros(n, dtype=torch.int64)
+    if pp.name == "none":
+        return x_adv, zero, zero
+    if pp.name == "round_nearest":
+        return fn(x_adv), zero, zero
+    if pp.name == "toward_original":
+        return fn(x, x_adv), zero, zero
+    kwargs = dict(pp.params)
+    if targets is not None:
+        kwargs["targets"] = targets
+    if pp.name == "gradient_sign":  # one gradient of L_Q at x_a (paper 000 Eq. 25)
+        one = torch.ones(n, dtype=torch.int64)
+        return fn(model, x, x_adv, y, **kwargs), one, one
+    if _accepts(fn, "return_info"):
+        out, info = fn(model, x, x_adv, y, return_info=True, **kwargs)
+        grads = info.get("grads", _POSTPROCESS_GRADS.get(pp.name))
+        return out, _per_image(info.get("calls"), n, x.device), _per_image(grads, n, x.device)
+    return fn(model, x, x_adv, y, **kwargs), None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class RunSummary:
+    """What one call of :func:`run_experiment` did (in this process)."""
+
+    store: Path
+    rank: int = 0
+    world_size: int = 1
+    rows_written: int = 0
+    rows_skipped: int = 0
+    images_attacked: int = 0
+    attack_seconds: float = 0.0
+    seconds: float = 0.0
+    merged: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_attacked / self.seconds if self.seconds > 0 else 0.0
+
+
+def _run_rows(cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    created = now()
+    version = code_version()
+    return [
+        {
+            "run_id": r.run_id,
+            "model": r.model.label,
+            "attack": r.attack.label,
+            "attack_name": r.attack.attack_name,
+            "params": canonical_json(r.params),
+            "config": canonical_json(r.resolved),
+            "code_version": version,
+            "created": created,
+        }
+        for r in cfg.runs
+    ]
+
+
+def store_identity(cfg: ExperimentConfig) -> StoreIdentity:
+    return StoreIdentity(
+        experiment=cfg.experiment,
+        experiment_hash=cfg.experiment_hash,
+        config_yaml=cfg.source,
+        postprocess=tuple(p.label for p in cfg.postprocess),
+    )
+
+
+def _setup_log(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def _check_shard_identities(store: Path, identity: StoreIdentity) -> None:
+    for s in find_shards(store):
+        with ResultsStore.open(s, readonly=True) as sh:
+            try:
+                sh.check_identity(identity)
+            except DataError:
+                raise DataError(
+                    f"leftover shard {str(s)!r} belongs to another config than {str(store)!r}; "
+                    "nothing was changed. Merge it with the config that wrote it, or move it away"
+                ) from None
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    store: str | os.PathLike | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+) -> RunSummary:
+    """Run every missing (run, post-processing, image) outcome of ``config`` into its store.
+
+    Parameters
+    ----------
+    config : a validated :class:`~quantadv.experiments.config.ExperimentConfig`.
+    store : override of the store path (default: the config's ``store``,
+        ``results/<experiment>.db``).
+    device : override of the config's device.
+    quiet : no progress bar.
+
+    Under ``torchrun`` the batches are sharded across ranks (see
+    :mod:`quantadv.experiments.distributed`); otherwise the store is written directly.
+    The log goes to the ``.log`` file next to the store (``.rank<k>.log`` for ranks > 0).
+    """
+    cfg = config if store is None else config.with_store(store)
+    dev = resolve_device(device or cfg.device)
+    ctx = init_distributed(dev.type)
+    if ctx.active and dev.type == "cuda":
+        dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    cfg.store.parent.mkdir(parents=True, exist_ok=True)
+    log_path = cfg.log_path if ctx.is_main else cfg.store.with_suffix(f".rank{ctx.rank}.log")
+    handler = _setup_log(log_path)
+    summary = RunSummary(store=cfg.store, rank=ctx.rank, world_size=ctx.world_size)
+    start = time.perf_counter()
+    try:
+        _run(cfg, dev, ctx, quiet, summary)
+    except BaseException as exc:
+        log.error("run stopped: %r", exc)
+        raise
+    finally:
+        summary.seconds = time.perf_counter() - start
+        log.removeHandler(handler)
+        handler.close()
+        ctx.close()
+    return summary
+
+
+def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool,
+         summary: RunSummary) -> None:
+    identity = store_identity(cfg)
+    log.info(
+        "experiment %s (hash %s), %d runs x %d post-processing, store %s, rank %d/%d, device %s, "
+        "code %s", cfg.experiment, cfg.experiment_hash, len(cfg.runs), len(cfg.postprocess),
+        cfg.store, ctx.rank, ctx.world_size, dev, code_version(),
+    )
+    images, labels, indices = load_data(cfg.data)
+    run_rows = _run_rows(cfg)
+
+    # Phase 1 (rank 0): validate / create the store, fold in shards a killed run left behind.
+    writer: ResultsStore | None = None
+    reader: ResultsStore | None = None
+    if ctx.is_main:
+        _check_shard_identities(cfg.store, identity)
+        if cfg.store.exists():
+            with ResultsStore.open(cfg.store, readonly=True) as existing:
+                existing.check_identity(identity)
+        leftovers = find_shards(cfg.store)
+        if leftovers:
+            log.info("merging %d leftover shard(s) of an interrupted run", len(leftovers))
+            merge_shards(cfg.store, leftovers)
+        main = ResultsStore.create_or_open(cfg.store, identity)
+        for r in main.runs():
+            ours = next((x for x in run_rows if x["run_id"] == r["run_id"]), None)
+            if ours and r["code_version"] != ours["code_version"]:
+                log.warning("run %s was started with code %s, resumed with %s", r["run_id"],
+                            r["code_version"], ours["code_version"])
+        main.register_runs(run_rows)
+        if ctx.active:
+            main.close()
+        else:
+            writer = main
+    ctx.barrier()
+    if ctx.active:
+        reader = ResultsStore.open(cfg.store, readonly=True)
+        reader.check_identity(identity)
+        writer = ResultsStore.create_or_open(shard_path(cfg.store, ctx.rank, ctx.world_size),
+                                             identity)
+        writer.register_runs(run_rows)
+    assert writer is not None
+    session = uuid.uuid4().hex
+    writer.start_session(session, ctx.rank, ctx.world_size, machine_info(dev), code_version())
+    try:
+        _process(cfg, dev, ctx, quiet, images, labels, indices, writer, reader, summary)
+        writer.finish_session(session)
+    finally:
+        writer.close()
+        if reader is not None:
+            reader.close()
+
+    # Phase 3 (rank 0): merge every rank's shard once all ranks are done.
+    ctx.barrier()
+    if ctx.active and ctx.is_main:
+        shards = [shard_path(cfg.store, r, ctx.world_size) for r in range(ctx.world_size)]
+        summary.merged = merge_shards(cfg.store, [s for s in shards if s.exists()])
+        log.info("merged %d shards: %s", len(shards), summary.merged)
+    ctx.barrier()
+    log.info("done: %d rows written, %d already stored, %d images attacked in %.2f s of attack "
+             "time", summary.rows_written, summary.rows_skipped, summary.images_attacked,
+             summary.attack_seconds)
+
+
+def _process(
+    cfg: ExperimentConfig,
+    dev: torch.device,
+    ctx: DistContext,
+    quiet: bool,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: list[int],
+    writer: ResultsStore,
+    reader: ResultsStore | None,
+    summary: RunSummary,
+) -> None:
+    from tqdm.auto import tqdm
+
+    from ..eval import distortion
+
+    attacks = attack_registry()
+    pp_fns = postprocess_registry()
+    bs = cfg.batch_size
+    n_batches = math.ceil(len(indices) / bs)
+    mine = [b for b in range(n_batches) if b % ctx.world_size == ctx.rank]
+
+    # Plan: the (run, batch) pairs with anything missing.
+    plan: list[tuple[RunSpec, int, list[PostprocessSpec], set]] = []
+    for run in cfg.runs:
+        done = writer.done_keys(run.run_id)
+        if reader is not None:
+            done |= reader.done_keys(run.run_id)
+        for b in mine:
+            batch_idx = indices[b * bs:(b + 1) * bs]
+            missing = [p for p in cfg.postprocess if any((p.label, i) not in done for i in batch_idx)]
+            summary.rows_skipped += sum(
+                (p.label, i) in done for p in cfg.postprocess for i in batch_idx
+            )
+            if missing:
+                plan.append((run, b, missing, done))
+    total = sum(len(indices[b * bs:(b + 1) * bs]) for _, b, _, _ in plan)
+    log.info("%d batches to compute (%d images x runs), %d outcomes already stored", len(plan),
+             total, summary.rows_skipped)
+
+    bar = tqdm(total=total, unit="img", disable=quiet or not ctx.is_main or total == 0,
+               desc=cfg.experiment, dynamic_ncols=True, file=sys.stderr)
+    model: nn.Module | None = None
+    model_spec: ModelSpec | None = None
+    clean_cache: dict[int, tuple[torch.Tensor, int]] = {}
+    try:
+        for run, b, missing, done in plan:
+            if model_spec is not run.model:
+                model = load_model(run.model, dev)
+                model_spec = run.model
+                clean_cache = {}
+                log.info("model %s loaded", run.model.label)
+            assert model is not None
+            batch_idx = indices[b * bs:(b + 1) * bs]
+            sel = torch.tensor(batch_idx, dtype=torch.long)
+            x = to_float(images[sel]).to(dev)
+            y = labels[sel].to(dev)
+            if b not in clean_cache:
+                with torch.no_grad():
+                    logits = model(x)
+                if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+                    raise ModelError(
+                        f"model {run.model.label!r} returned shape {tuple(logits.shape)}; "
+                        "expected logits of shape (batch, classes)"
+                    )
+                clean_cache[b] = (logits.argmax(1).cpu(), int(logits.shape[1]))
+            clean_pred, num_classes = clean_cache[b]
+            if int(labels[sel].max()) >= num_classes:
+                raise DataError(
+                    f"label {int(labels[sel].max())} is out of range for model "
+                    f"{run.model.label!r}, which has {num_classes} classes"
+                )
+            seed = batch_seed(cfg.seed, run.run_id, b)
+            targets = make_targets(cfg.targets, y, num_classes, seed)
+            t0 = time.perf_counter()
+            x_adv, a_calls, a_grads = call_attack(
+                run, attacks.get(run.attack.name) if run.attack.name else
+                load_entry(run.attack.entry, f"attacks[{run.attack.index}].entry"),  # type: ignore[arg-type]
+                model, x, y, targets, seed,
+            )
+            t_attack = time.perf_counter() - t0
+            summary.attack_seconds += t_attack
+            if not torch.isfinite(x_adv).all() or x_adv.min() < 0 or x_adv.max() > 1:
+                raise ConfigError(
+                    f"attacks[{run.attack.index}] ({run.description}) returned images outside "
+                    "[0, 1] or with NaN values"
+                )
+            rows: list[dict[str, Any]] = []
+            originals = []
+            adversarials = []
+            for pp in missing:
+                t1 = time.perf_counter()
+                x_out, p_calls, p_grads = apply_postprocess(
+                    pp, pp_fns[pp.name], model, x, x_adv, y, targets
+                )
+                t_pp = time.perf_counter() - t1
+                with torch.no_grad():
+                    adv_pred = model(x_out).argmax(1).cpu()
+                y_cpu = labels[sel]
+                success = (adv_pred == targets.cpu()) if targets is not None else (adv_pred != y_cpu)
+                d = distortion(x_out, x, "d").tolist()
+                l2 = distortion(x_out, x, "l2").tolist()
+                linf = distortion(x_out, x, "linf").tolist()
+                calls = (a_calls + p_calls).tolist() if a_calls is not None and p_calls is not None else None
+                grads = (a_grads + p_grads).tolist() if a_grads is not None and p_grads is not None else None
+                per_image = (t_attack + t_pp) / len(batch_idx)
+                for j, i in enumerate(batch_idx):
+                    if (pp.label, i) in done:
+                        continue
+                    rows.append({
+                        "run_id": run.run_id,
+                        "postprocess": pp.label,
+                        "idx": i,
+                        "label": int(y_cpu[j]),
+                        "target": int(targets[j]) if targets is not None else None,
+                        "clean_pred": int(clean_pred[j]),
+                        "adv_pred": int(adv_pred[j]),
+                        "success": int(bool(success[j])),
+                        "d": d[j],
+                        "l2": l2[j],
+                        "linf": linf[j],
+                        "calls": calls[j] if calls is not None else None,
+                        "grads": grads[j] if grads is not None else None,
+                        "seconds": per_image,
+                        "seed": seed,
+                    })
+                    position = b * bs + j
+                    if position < cfg.save_images:
+                        img = images[i]
+                        originals.append((i, tuple(img.shape), img.contiguous().numpy().tobytes()))
+                        out = x_out[j].detach().to("cpu", torch.float32).contiguous()
+                        adversarials.append(
+                            (run.run_id, pp.label, i, tuple(out.shape), out.numpy().tobytes())
+                        )
+            writer.write_batch(rows, originals, adversarials)
+            summary.rows_written += len(rows)
+            summary.images_attacked += len(batch_idx)
+            bar.update(len(batch_idx))
+            bar.set_postfix_str(run.description, refresh=False)
+    finally:
+        bar.close()
