@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -26,15 +27,21 @@ from ..errors import InputError
 
 def _vector(x: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
     try:
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)  # float64 for Python floats (torch would pick float32)
+            if x.dtype == object:
+                raise TypeError("mixed or non-numeric values")
         t = torch.as_tensor(x).detach().to("cpu")
     except (TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{name} must be a 1-D array of numbers, got {type(x).__name__} ({exc})") from None
     if t.dim() != 1:
         raise InputError(f"{name} must be 1-D (one value per image), got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        return t.to(dtype)
     if dtype == torch.bool:
         if t.dtype != torch.bool and (t.dtype.is_floating_point or t.dtype.is_complex):
             raise InputError(f"{name} must be booleans (or 0/1 integers), got dtype {t.dtype}")
-        if t.dtype != torch.bool and t.numel() and not bool(((t == 0) | (t == 1)).all()):
+        if t.dtype != torch.bool and not bool(((t == 0) | (t == 1)).all()):
             raise InputError(f"{name} must hold only 0/1 or True/False values")
     elif t.dtype == torch.bool or t.dtype.is_complex:
         raise InputError(f"{name} must be real numbers, got dtype {t.dtype}")

@@ -521,6 +521,19 @@ def write_report(
             f"results store {str(store_path)!r} has no results yet; run the experiment first "
             "(quantadv run CONFIG)"
         )
+    # Present everything in config order: runs as registered, post-processing as listed.
+    try:
+        pp_order = {p: i for i, p in enumerate(json.loads(meta.get("postprocess", "[]")))}
+    except ValueError:
+        pp_order = {}
+    run_order = {r["run_id"]: i for i, r in enumerate(runs)}
+
+    def order(r: dict) -> tuple:
+        return (run_order.get(r["run_id"], len(run_order)), pp_order.get(r["postprocess"], 0),
+                r["postprocess"], r["idx"])
+
+    rows.sort(key=order)
+    adversarials.sort(key=order)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
