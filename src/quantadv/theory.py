@@ -23,7 +23,9 @@ from .errors import InputError
 
 def _check_n(n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or int(n) < 1:
-        raise InputError(f"n (the number of pixel values per image) must be an integer >= 1, got {n!r}")
+        raise InputError(
+            f"n (the number of pixel values per image) must be an integer >= 1, got {n!r}"
+        )
     return int(n)
 
 
@@ -33,7 +35,9 @@ def _check_rho(rho: object) -> np.ndarray:
     except (TypeError, ValueError):
         raise InputError(f"rho must be a number or an array of numbers, got {rho!r}") from None
     if not np.all(np.isfinite(r)) or np.any(r < 0):
-        raise InputError("rho (the norm of the perturbation in pixel units) must be finite and >= 0")
+        raise InputError(
+            "rho (the norm of the perturbation in pixel units) must be finite and >= 0"
+        )
     return r
 
 

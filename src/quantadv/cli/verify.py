@@ -35,15 +35,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a shipped model name (see 'quantadv zoo list')")
     which.add_argument(
-        "--model-file", metavar="PATH",
-        help="your own model: X.safetensors with its manifest X.json (see quantadv.models.load_file)",
+        "--model-file",
+        metavar="PATH",
+        help="your own model: X.safetensors with its manifest X.json (quantadv.models.load_file)",
     )
     p.add_argument(
-        "--labels", metavar="FILE", default=None,
+        "--labels",
+        metavar="FILE",
+        default=None,
         help="JSON file with a 'labels' list (and optionally 'targets'); default DIR/labels.json",
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per forward pass (default 500)")
+    p.add_argument(
+        "--batch-size", type=int, default=500, help="images per forward pass (default 500)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     return p
 

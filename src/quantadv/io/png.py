@@ -134,7 +134,9 @@ def save_png(
     arrays = batch.permute(0, 2, 3, 1).numpy()
     paths = []
     for array, name in zip(arrays, files, strict=True):
-        picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array))
+        picture = Image.fromarray(
+            np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        )
         path = out_dir / name
         _write_atomic(path, lambda fh, picture=picture: picture.save(fh, format="PNG"))
         paths.append(path)

@@ -8,6 +8,8 @@ An attack outputs ``x_a``, which is not a digital image; these functions turn it
 - :func:`gradient_sign` — Q-infinity, Eq. 25 (most adversarial to first order);
 - :func:`lagrangian` — Q-lambda*, Eq. 26-30 and Sec. 4.4-4.5 (least distortion among the
   Lagrangian quantizations that stay adversarial under the true network);
+- :func:`fixed_multiplier` — Q-lambda for a given lambda and gradient (Eq. 28), with
+  :func:`loss_gradient` the gradient of L_Q (Eq. 24);
 - :func:`budgeted` — Q-delta*, Sec. 6 (Lagrangian quantization steered by a distortion
   budget, for use inside DDN; no network call).
 
@@ -20,6 +22,14 @@ paper) or the logit (``loss="logit"``). See docs/quantization.md.
 
 from .basic import gradient_sign, round_nearest, toward_original
 from .budgeted import budgeted
-from .lagrangian import lagrangian
+from .lagrangian import fixed_multiplier, lagrangian, loss_gradient
 
-__all__ = ["budgeted", "gradient_sign", "lagrangian", "round_nearest", "toward_original"]
+__all__ = [
+    "budgeted",
+    "fixed_multiplier",
+    "gradient_sign",
+    "lagrangian",
+    "loss_gradient",
+    "round_nearest",
+    "toward_original",
+]

@@ -49,7 +49,7 @@ class Objective:
         return pick[:, 0] - pick[:, 1]
 
     def success(self, logits: torch.Tensor) -> torch.Tensor:
-        """Adversarial under the true network: argmax criterion, and ``L_Q <= margin`` if ``margin < 0``."""
+        """True-network success: argmax criterion, and ``L_Q <= margin`` when ``margin < 0``."""
         ok = adversarial_from_logits(logits, self.labels, self.targets)
         if self.margin < 0:
             ok = ok & (self.loss(logits) <= self.margin)
@@ -78,14 +78,17 @@ def check_margin(margin: object) -> float:
     return m
 
 
-def check_logits(logits: torch.Tensor, batch: int, objective_labels: torch.Tensor,
-                 targets: torch.Tensor | None) -> None:
+def check_logits(
+    logits: torch.Tensor, batch: int, objective_labels: torch.Tensor, targets: torch.Tensor | None
+) -> None:
     if logits.dim() != 2 or logits.shape[0] != batch:
         raise InputError(
             f"the model must return logits of shape (batch, classes); got {tuple(logits.shape)}"
         )
     if logits.shape[1] < 2:
-        raise InputError(f"the model returns {logits.shape[1]} logit(s); L_Q needs at least 2 classes")
+        raise InputError(
+            f"the model returns {logits.shape[1]} logit(s); L_Q needs at least 2 classes"
+        )
     check_label_range(objective_labels, logits.shape[1])
     if targets is not None:
         check_label_range(targets, logits.shape[1], "targets")

@@ -112,7 +112,7 @@ def ratios(parts: Split, g: torch.Tensor) -> torch.Tensor:
 
 
 def agreeing(parts: Split, g: torch.Tensor) -> torch.Tensor:
-    """Pixels whose single best choice lowers both distortion and loss (Table 2, hashed in Fig. 3)."""
+    """Pixels whose one best choice lowers both distortion and loss (Table 2; Fig. 3, hashed)."""
     return (~parts.exact) & (g != 0) & ~in_j(parts, g)
 
 

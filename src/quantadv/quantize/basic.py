@@ -21,7 +21,7 @@ def round_nearest(x_adv: torch.Tensor) -> torch.Tensor:
 
     Ties follow the paper's convention (Eq. 13): a value ``v`` goes to ``e`` when
     ``v in (e - 1/2, e + 1/2]``, i.e. exact halves round *down*. Values within
-    ``SNAP_TOLERANCE`` of an integer are that integer.
+    ``SNAP_TOLERANCE`` (pixel units) of an integer or a half are treated as exactly that.
 
     Parameters
     ----------
@@ -35,9 +35,13 @@ def round_nearest(x_adv: torch.Tensor) -> torch.Tensor:
     """
     check_images(x_adv, "x_adv")
     p = pixel_units(x_adv).clamp(0.0, 255.0)
-    nearest = p.round()
-    snapped = (p - nearest).abs() <= _rule.SNAP_TOLERANCE
-    k = torch.where(snapped, nearest, torch.ceil(p - 0.5))
+    # Snap values within SNAP_TOLERANCE of an integer or of a half to it, so that a
+    # half stored as k/255 + 0.5/255 in float32 follows the tie rule, not its last bits.
+    doubled = 2.0 * p
+    snapped = torch.where(
+        (doubled - doubled.round()).abs() <= 2 * _rule.SNAP_TOLERANCE, doubled.round(), doubled
+    )
+    k = torch.ceil(snapped / 2.0 - 0.5)
     return k.to(dtype=x_adv.dtype) / 255.0
 
 
@@ -68,9 +72,7 @@ def gradient_sign(
     ``lambda -> infinity`` limit of Eq. 28. Costs one gradient computation.
     """
     parts = _rule.split(x_orig, x_adv)
-    labels_t, targets_t = _loss.check_labels_targets(
-        labels, targets, x_adv.shape[0], x_adv.device
-    )
+    labels_t, targets_t = _loss.check_labels_targets(labels, targets, x_adv.shape[0], x_adv.device)
     grad, _ = _loss.gradient(model, x_adv, labels_t, targets_t, loss)
     g = _rule.flatten_gradient(grad, parts)
     e = _rule.offsets(parts, _rule.in_j(parts, g), g)

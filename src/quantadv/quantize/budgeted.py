@@ -8,11 +8,14 @@ from ..errors import InputError
 from . import _rule
 
 
-def _per_image(value: object, batch: int, name: str, dtype: torch.dtype,
-               device: torch.device) -> torch.Tensor:
+def _per_image(
+    value: object, batch: int, name: str, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         if dtype == torch.bool and value.dtype.is_floating_point:
-            raise InputError(f"{name} must be boolean (one flag per image), got dtype {value.dtype}")
+            raise InputError(
+                f"{name} must be boolean (one flag per image), got dtype {value.dtype}"
+            )
         t = value.detach().to(device=device, dtype=dtype)
     else:
         t = torch.as_tensor(value, dtype=dtype, device=device)
@@ -100,7 +103,9 @@ def budgeted(
     within = ((cost <= budget_t.unsqueeze(1)) & (position < j_size.unsqueeze(1))).sum(dim=1)
     base_ok = base <= budget_t
     largest_within = torch.where(base_ok, within, torch.zeros_like(within))
-    smallest_over = torch.where(base_ok, torch.minimum(within + 1, j_size), torch.zeros_like(within))
+    smallest_over = torch.where(
+        base_ok, torch.minimum(within + 1, j_size), torch.zeros_like(within)
+    )
     k = torch.where(prev_t, largest_within, smallest_over)
 
     flip_sorted = position < k.unsqueeze(1)

@@ -5,7 +5,64 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import check_images
+from ..errors import InputError
 from . import _loss, _rule
+
+
+def loss_gradient(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    targets: torch.Tensor | None = None,
+    loss: str = "prob",
+) -> torch.Tensor:
+    """Gradient ``g`` of the quantization loss L_Q at ``x_a`` (paper 000, Eq. 21-24).
+
+    Returned per pixel in *pixel units* (derivative with respect to the 0..255 value), as
+    float64 with the shape of ``x_adv``. ``L_Q = s(t) - s(kappa_a)`` untargeted, ``s(kappa_a)
+    - s(tau)`` targeted (see :mod:`quantadv.quantize`); ``s`` is the softmax probability
+    (``loss="prob"``) or the logit (``loss="logit"``). One network call per image.
+    """
+    check_images(x_adv, "x_adv")
+    labels_t, targets_t = _loss.check_labels_targets(labels, targets, x_adv.shape[0], x_adv.device)
+    grad, _ = _loss.gradient(model, x_adv, labels_t, targets_t, loss)
+    return grad
+
+
+def fixed_multiplier(
+    x_orig: torch.Tensor,
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    multiplier: torch.Tensor | float,
+) -> torch.Tensor:
+    """Q-lambda of paper 000 (Eq. 26-28) for a given gradient and Lagrange multiplier.
+
+    Per pixel, with ``u = x_a - x_o`` and ``g = grad`` in pixel units: ``x_o + ceil(u)`` if
+    ``1 - 2 ceil(u) >= lambda g`` else ``x_o + floor(u)`` (Eq. 28), integer ``u`` kept. At a
+    tie on ``J`` (``lambda = r(j)``, Eq. 30) the loss-decreasing choice is taken, as in
+    :func:`lagrangian`. ``multiplier = 0`` gives Q0 (Eq. 20), ``inf`` gives Q-infinity
+    (Eq. 25). No network call; ``multiplier`` is a number or one value per image (>= 0).
+    Use it with :func:`loss_gradient` to trace loss and distortion against ``lambda``
+    (Fig. 4 of the paper).
+    """
+    parts = _rule.split(x_orig, x_adv)
+    if not isinstance(grad, torch.Tensor):
+        raise InputError(f"grad must be a torch.Tensor, got {type(grad).__name__}")
+    g = _rule.flatten_gradient(grad, parts)
+    lam = torch.as_tensor(multiplier, dtype=torch.float64).to(g.device)
+    if lam.dim() == 0:
+        lam = lam.expand(g.shape[0])
+    if lam.shape != (g.shape[0],):
+        raise InputError(
+            f"multiplier must be a number or hold one value per image ({g.shape[0]}), "
+            f"got shape {tuple(lam.shape)}"
+        )
+    if bool(torch.isnan(lam).any()) or bool((lam < 0).any()):
+        raise InputError("multiplier (lambda of Eq. 26) must be >= 0")
+    flip = _rule.in_j(parts, g) & (_rule.ratios(parts, g) <= lam.unsqueeze(1))
+    return _rule.image(parts, _rule.offsets(parts, flip, g), x_adv)
 
 
 def lagrangian(
