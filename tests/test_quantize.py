@@ -43,6 +43,8 @@ def tiny_cnn(seed: int = 1, dtype: torch.dtype = torch.float32) -> nn.Module:
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * N, 10)
     )
+    with torch.no_grad():
+        model[3].weight.mul_(20.0)  # logits of a few units, as a trained network has
     return model.to(dtype).eval()
 
 
@@ -259,7 +261,12 @@ def test_lagrangian_properties(case, loss, request):
     x_q, info = lagrangian(model, x, x_adv, labels, loss=loss, return_info=True)
     assert_digital_bracket(x_q, x_adv)
     assert set(info) == {
-        "lambda_star", "j_size", "success", "calls", "both_pixels", "lambda_pixels"
+        "lambda_star",
+        "j_size",
+        "success",
+        "calls",
+        "both_pixels",
+        "lambda_pixels",
     }
     assert info["lambda_star"].dtype == torch.float64
     assert info["success"].dtype == torch.bool
@@ -297,7 +304,6 @@ def test_lagrangian_properties(case, loss, request):
             assert int(model(x_below).argmax(1)) == int(labels[i])
 
 
-
 def test_lagrangian_mixes_outcomes(linear_case, cnn_case):
     """The fixtures exercise every branch: Q0 enough, search, and failure."""
     seen = set()
@@ -315,7 +321,9 @@ def test_lagrangian_batch_equals_single():
     x_adv = deepfool(model, x, labels, overshoot=1.02)
     batch_q, batch_info = lagrangian(model, x, x_adv, labels, return_info=True)
     for i in range(x.shape[0]):
-        q, info = lagrangian(model, x[i : i + 1], x_adv[i : i + 1], labels[i : i + 1], return_info=True)
+        q, info = lagrangian(
+            model, x[i : i + 1], x_adv[i : i + 1], labels[i : i + 1], return_info=True
+        )
         assert torch.equal(q, batch_q[i : i + 1])
         for key, value in info.items():
             if key == "lambda_star":  # the gradient of a batch may differ in its last bits
@@ -340,6 +348,7 @@ def test_lagrangian_targeted():
 
 def test_lagrangian_margin_is_met_by_the_true_loss(cnn_case):
     model, x, x_adv, labels = cnn_case
+    x_adv = (x + 1.8 * (x_adv - x)).clamp(0, 1)  # go well past the boundary
     margin = -0.2
     x_q, info = lagrangian(model, x, x_adv, labels, margin=margin, return_info=True)
     with torch.no_grad():
@@ -350,10 +359,10 @@ def test_lagrangian_margin_is_met_by_the_true_loss(cnn_case):
     ok = info["success"]
     assert torch.all(loss_q.squeeze(1)[ok] <= margin)
     assert torch.all(p_q.argmax(1)[ok] != labels[ok])
-    # a margin can only make the search harder: never more successes than without it
+    # a margin only makes success harder: every success with it is a success without it
     _, plain = lagrangian(model, x, x_adv, labels, return_info=True)
-    assert int(ok.sum()) <= int(plain["success"].sum())
-    assert torch.all(info["lambda_star"][plain["success"] & ok] >= plain["lambda_star"][plain["success"] & ok])
+    assert not bool((ok & ~plain["success"]).any())
+    assert int(ok.sum()) > 0
 
 
 def test_lagrangian_on_digital_input_changes_nothing(cnn_case):

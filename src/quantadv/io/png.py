@@ -72,8 +72,6 @@ def _file_names(names: Sequence[str] | None, count: int) -> list[str]:
         out.append(name if name.lower().endswith(".png") else name + ".png")
     if len(set(out)) != len(out):
         raise InputError("names must be unique (after adding the .png suffix)")
-    if LABELS_FILE in out:
-        raise InputError(f"{LABELS_FILE!r} is reserved for the label sidecar")
     return out
 
 

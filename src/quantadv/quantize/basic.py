@@ -34,14 +34,10 @@ def round_nearest(x_adv: torch.Tensor) -> torch.Tensor:
         Digital batch, same shape, dtype and device as ``x_adv``.
     """
     check_images(x_adv, "x_adv")
-    p = pixel_units(x_adv).clamp(0.0, 255.0)
-    # Snap values within SNAP_TOLERANCE of an integer or of a half to it, so that a
-    # half stored as k/255 + 0.5/255 in float32 follows the tie rule, not its last bits.
-    doubled = 2.0 * p
-    snapped = torch.where(
-        (doubled - doubled.round()).abs() <= 2 * _rule.SNAP_TOLERANCE, doubled.round(), doubled
-    )
-    k = torch.ceil(snapped / 2.0 - 0.5)
+    # k = ceil(p - 1/2 - tol) rounds to nearest with halves going down (Eq. 13), and sends
+    # values within tol of an integer or of a half to that integer or down, so that a half
+    # stored as (k + 0.5)/255 in float32 follows the tie rule rather than its last bits.
+    k = pixel_units(x_adv).clamp_(0.0, 255.0).sub_(0.5 + _rule.SNAP_TOLERANCE).ceil_()
     return k.to(dtype=x_adv.dtype) / 255.0
 
 
