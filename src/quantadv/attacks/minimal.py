@@ -30,7 +30,7 @@ def cw(
     *,
     steps: int = 20,
     search_steps: int = 5,
-    lr: float = 0.01,
+    lr: float = 0.1,
     c_init: float = 1.0,
     margin: float = 0.0,
     loss: str = "margin",
@@ -47,6 +47,12 @@ def cw(
     counts as adversarial when it is misclassified and ``L_A <= m``. The adversarial iterate
     of smallest L2 over all rounds is returned. Total gradient computations per image:
     ``steps * search_steps``.
+
+    The default ``lr=0.1`` (Carlini & Wagner used 0.01 with thousands of steps) is chosen for
+    the small budgets of paper 000 (5 x 20 steps): pixels at 0 or 1 sit where ``tanh`` is
+    saturated (``|w| ~ 7``), and at ``lr=0.01`` they cannot move within 20 Adam steps. On
+    ``mnist-cnn`` (97 correctly classified mnist-5k test images, 5 x 20 steps) we measured a
+    success rate of 1% at ``lr=0.01``, 23% at 0.05, 82% at 0.1 and 99% at 0.2.
     """
     steps = check_int(steps, "steps")
     search_steps = check_int(search_steps, "search_steps")
