@@ -145,6 +145,16 @@ def test_grid_expands_to_runs_with_stable_ids(tmp_path):
     assert cfg.log_path == tmp_path / "results" / "tiny.log"
 
 
+def test_grid_as_explicit_list_of_points(tmp_path):
+    config = _with(attacks=[{
+        "name": "pgd", "params": {"norm": "l2", "steps": 2},
+        "grid": [{"eps": 0.5, "step": 0.25}, {"eps": 1.0, "step": 0.5}],
+    }])
+    cfg = load_config(write_setup(tmp_path, config))
+    assert [(r.params["eps"], r.params["step"]) for r in cfg.runs] == [(0.5, 0.25), (1.0, 0.5)]
+    assert cfg.runs[1].description == "lin / pgd (eps=1.0, step=0.5)"
+
+
 def test_default_store_and_yaml_exponent_strings(tmp_path):
     (tmp_path / "tiny.py").write_text(TINY_MODULE)
     text = textwrap.dedent("""
@@ -222,7 +232,19 @@ def test_config_errors_name_the_key_and_allowed_values(tmp_path):
     assert "data.subset.range" in msg
 
     msg = _error(_with(attacks=[{"name": "fgsm", "grid": {"eps": [0.1, 0.1]}}]), tmp_path)
-    assert "attacks[0].grid.eps" in msg and "twice" in msg
+    assert "attacks[0].grid" in msg and "twice" in msg
+
+    msg = _error(_with(attacks=[{"name": "fgsm", "grid": [{"eps": 0.1}, {"loss": "ce"}]}]),
+                 tmp_path)
+    assert "attacks[0].grid[1]" in msg and "same parameters" in msg
+
+    msg = _error(_with(attacks=[{"name": "fgsm", "grid": [{"eps": 0.1}, {"eps": [1]}]}]),
+                 tmp_path)
+    assert "attacks[0].grid[1].eps" in msg and "float" in msg
+
+    msg = _error(_with(attacks=[{"name": "fgsm", "params": {"eps": 0.1},
+                                 "grid": {"eps": [0.2]}}]), tmp_path)
+    assert "attacks[0].grid.eps" in msg and "also in params" in msg
 
     msg = _error(_with(models=[{"entry": "missing.py:build"}]), tmp_path)
     assert "models[0].entry" in msg and "not found" in msg

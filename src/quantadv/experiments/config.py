@@ -21,6 +21,10 @@ Example::
       - name: pgd
         params: {norm: l2, step: 0.05, steps: 20}
         grid: {eps: [0.5, 1.0, 2.0]}  # three runs; per-image best effort over eps in reports
+      - name: pgd
+        label: pgd-l2-scaled         # a grid may also list its points explicitly:
+        params: {norm: l2, steps: 10}
+        grid: [{eps: 0.5, step: 0.125}, {eps: 1.0, step: 0.25}]
       - name: ddn
         params: {steps: 100}
     postprocess: [none, round_nearest, lagrangian]
@@ -503,26 +507,23 @@ class AttackSpec:
     name: str | None
     entry: EntryPoint | None
     params: dict
-    grid: dict  # name -> list of values, in config order
+    grid: tuple  # the grid points: dicts of the swept parameters, in config order
+    grid_keys: tuple[str, ...] = ()
 
     @property
     def attack_name(self) -> str:
         return self.name if self.name is not None else self.entry.spec  # type: ignore[union-attr]
 
     def identity(self) -> dict:
-        return {"name": self.name} if self.name is not None else {"entry": self.entry.identity()}  # type: ignore[union-attr]
+        if self.name is not None:
+            return {"name": self.name}
+        return {"entry": self.entry.identity()}  # type: ignore[union-attr]
 
     def points(self) -> list[dict]:
-        """The resolved parameters of every grid point (Cartesian product, grid order)."""
+        """The resolved parameters of every grid point (fixed params + the point's values)."""
         if not self.grid:
             return [dict(self.params)]
-        keys = list(self.grid)
-        out = []
-        for combo in itertools.product(*(self.grid[k] for k in keys)):
-            p = dict(self.params)
-            p.update(zip(keys, combo, strict=True))
-            out.append(p)
-        return out
+        return [{**self.params, **point} for point in self.grid]
 
 
 @dataclass(frozen=True)
@@ -548,7 +549,7 @@ class RunSpec:
     def description(self) -> str:
         if not self.attack.grid:
             return f"{self.model.label} / {self.attack.label}"
-        swept = ", ".join(f"{k}={self.params[k]}" for k in self.attack.grid)
+        swept = ", ".join(f"{k}={self.params[k]}" for k in self.attack.grid_keys)
         return f"{self.model.label} / {self.attack.label} ({swept})"
 
 
@@ -798,6 +799,58 @@ def _parse_subset(value: object) -> tuple:
     )
 
 
+def _parse_grid(value: object, params: dict, where: str) -> tuple[tuple[str, ...], list[dict]]:
+    """A grid: a mapping of lists (Cartesian product) or a list of mappings (explicit points).
+
+    Returns the swept keys and the grid points, in config order.
+    """
+    if value is None or value == {} or value == []:
+        return (), []
+    if isinstance(value, dict):
+        grid = _mapping(value, where)
+        lists = {}
+        for k, v in grid.items():
+            if k in params:
+                raise ConfigError(f"{where}.{k} is also in params; keep it in one of them")
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{where}.{k} must be a non-empty list of values, got {v!r}")
+            lists[k] = _value(v, f"{where}.{k}")
+        size = math.prod(len(v) for v in lists.values())
+        if size > MAX_RUNS:
+            raise ConfigError(
+                f"{where} expands to {size} points; at most {MAX_RUNS} are allowed; shrink it"
+            )
+        keys = tuple(lists)
+        points = [dict(zip(keys, combo, strict=True))
+                  for combo in itertools.product(*(lists[k] for k in keys))]
+        return keys, points
+    if isinstance(value, list):
+        if len(value) > MAX_LIST:
+            raise ConfigError(f"{where} has {len(value)} points; at most {MAX_LIST} are allowed")
+        points = []
+        keys: tuple[str, ...] = ()
+        for j, point in enumerate(value):
+            point = _mapping(point, f"{where}[{j}]")
+            if not point:
+                raise ConfigError(f"{where}[{j}] is empty; a grid point sets at least one value")
+            if j == 0:
+                keys = tuple(point)
+            elif set(point) != set(keys):
+                raise ConfigError(
+                    f"{where}[{j}] sets {', '.join(sorted(point))} but {where}[0] sets "
+                    f"{', '.join(sorted(keys))}; every grid point must set the same parameters"
+                )
+            for k in point:
+                if k in params:
+                    raise ConfigError(f"{where}[{j}].{k} is also in params; keep it in one place")
+            points.append({k: _value(point[k], f"{where}[{j}].{k}") for k in keys})
+        return keys, points
+    raise ConfigError(
+        f"{where} must be a mapping of value lists (every combination is run) or a list of "
+        f"mappings (each one grid point), got {_type_name(value)}"
+    )
+
+
 def attack_registry() -> dict[str, Any]:
     """The attacks a config can name: :data:`quantadv.attacks.REGISTRY`."""
     try:
@@ -844,33 +897,23 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
             fn = load_entry(entry, f"{where}.entry")
         raw_params = _mapping(item.get("params", {}) or {}, f"{where}.params")
         params = {k: _value(v, f"{where}.params.{k}") for k, v in raw_params.items()}
-        raw_grid = _mapping(item.get("grid", {}) or {}, f"{where}.grid")
-        grid: dict[str, list] = {}
-        for k, v in raw_grid.items():
-            if k in params:
-                raise ConfigError(
-                    f"{where}: {k!r} is in both params and grid; keep it in one of them"
-                )
-            if not isinstance(v, list) or not v:
-                raise ConfigError(
-                    f"{where}.grid.{k} must be a non-empty list of values, got {v!r}"
-                )
-            values = _value(v, f"{where}.grid.{k}")
-            grid[k] = values  # type: ignore[assignment]
         what = f"attack {name or entry.spec}"  # type: ignore[union-attr]
-        # Check every parameter once with a representative value, then every grid value.
-        probe = dict(params)
-        probe.update({k: v[0] for k, v in grid.items()})
+        grid_keys, points = _parse_grid(item.get("grid"), params, f"{where}.grid")
+        # Check the fixed parameters with a representative grid point, then every grid point.
+        probe = {**params, **(points[0] if points else {})}
         checked = check_params(fn, probe, f"{where}.params", what)
         params = {k: checked[k] for k in params}
-        for k, values in grid.items():
-            grid[k] = [
-                check_params(fn, {**probe, k: v}, f"{where}.grid", what)[k] for v in values
-            ]
-            if len({canonical_json(v) for v in grid[k]}) != len(grid[k]):
-                raise ConfigError(f"{where}.grid.{k} lists a value twice: {values!r}")
+        checked_points = []
+        for j, point in enumerate(points):
+            wh = f"{where}.grid" if isinstance(item.get("grid"), dict) else f"{where}.grid[{j}]"
+            full = check_params(fn, {**params, **point}, wh, what)
+            checked_points.append({k: full[k] for k in grid_keys})
+        seen = [canonical_json(p) for p in checked_points]
+        if len(set(seen)) != len(seen):
+            dup = next(p for p in seen if seen.count(p) > 1)
+            raise ConfigError(f"{where}.grid lists the point {dup} twice; list each once")
         label = _label(item.get("label", name or entry.function), f"{where}.label")  # type: ignore[union-attr]
-        specs.append(AttackSpec(i, label, name, entry, params, grid))
+        specs.append(AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -989,7 +1032,7 @@ def load_entry(entry: EntryPoint, where: str) -> Any:
 
 
 def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
-    total = len(cfg.models) * sum(math.prod(len(v) for v in a.grid.values()) for a in cfg.attacks)
+    total = len(cfg.models) * sum(max(1, len(a.grid)) for a in cfg.attacks)
     if total > MAX_RUNS:
         raise ConfigError(
             f"the config expands to {total} runs (models x grid points); at most {MAX_RUNS} are "

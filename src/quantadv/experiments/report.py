@@ -346,9 +346,12 @@ def _grid_plots(rows: Sequence[dict], runs: Sequence[dict]) -> list[_Plot]:
         params = [json.loads(r["params"]) for r in entry_runs]
         keys = set(params[0])
         varying = [k for k in keys if len({json.dumps(p.get(k)) for p in params}) > 1]
-        if len(varying) != 1:
+        if len(varying) == 1:
+            key = varying[0]
+        elif "eps" in varying:  # e.g. an explicit grid of (eps, step) pairs
+            key = "eps"
+        else:
             continue
-        key = varying[0]
         if not all(isinstance(p.get(key), int | float) and not isinstance(p.get(key), bool)
                    for p in params):
             continue
