@@ -462,6 +462,17 @@ def test_targeted_random_and_subset_indices(tmp_path):
     assert any(r["success"] for r in rows)
 
 
+def test_value_rejected_by_the_attack_is_a_config_error_naming_the_entry(tmp_path):
+    config = _with(attacks=[{"name": "fgsm", "params": {"eps": 0.1}},
+                            {"name": "fgsm", "label": "bad", "params": {"eps": 0.1,
+                                                                        "loss": "nope"}}])
+    cfg = load_config(write_setup(tmp_path, config))
+    with pytest.raises(ConfigError, match=r"attacks\[1\] \(lin / bad\).*loss"):
+        run_experiment(cfg, quiet=True)
+    rows = load_results(cfg.store, as_frame=False)  # the store holds the finished batches
+    assert len(rows) == 20 * 2 and {r["attack"] for r in rows} == {"fgsm"}
+
+
 def test_subset_beyond_dataset_is_a_config_error(tmp_path):
     config = json.loads(json.dumps(BASE_CONFIG))
     config["data"]["subset"] = {"first": 41}

@@ -1081,8 +1081,14 @@ def parse_config(
         For anything wrong, naming the offending key and the allowed values.
     """
     base = Path(base_dir)
-    text = data if isinstance(data, str) else ""
     raw = _read_yaml(data, source) if isinstance(data, str) else data
+    if isinstance(data, str):
+        text = data
+    else:
+        try:  # keep a readable copy of a config given as a mapping, for the store and report
+            text = yaml.safe_dump(data, sort_keys=False)
+        except yaml.YAMLError:
+            text = ""
     if raw is None:
         raise ConfigError(f"{source} is empty; a config needs experiment, models, data, attacks")
     top = _mapping(raw, "the config")
