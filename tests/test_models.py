@@ -235,6 +235,17 @@ def test_cli_train_writes_a_verifiable_model(tmp_path, fake_data, capsys):
     x, y = synthetic(n=48, size=28, seed=1)
     assert qm.accuracy(model, x, y) == pytest.approx(m["clean_accuracy"])
 
+    # fine-tuning from that file on part of the data, with PGD-L2 adversarial training
+    argv2 = ["train", "--arch", "small-cnn", "--data", "synthetic", "--method", "pgd-l2", "--eps",
+             "0.5", "--attack-steps", "2", "--epochs", "1", "--train-size", "40", "--init",
+             str(tmp_path / "toy.safetensors"), "--out", "toy-at", "--out-dir", str(tmp_path),
+             "--no-progress"]
+    assert main(argv2) == 0
+    m2 = json.loads((tmp_path / "toy-at.json").read_text())
+    assert m2["train_size"] == 40 and m2["init"]["sha256"] == m["sha256"]
+    assert m2["arch_kwargs"] == m["arch_kwargs"] and m2["attack_step"] == pytest.approx(0.625)
+    assert "--train-size 40 --init" in m2["command"] and "--eps 0.5" in m2["command"]
+
     # flipping one byte of the weights is caught by the sha256 check
     data = bytearray((tmp_path / "toy.safetensors").read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -99,6 +99,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="NAME|PATH",
         help="start from a zoo model or a .safetensors file with manifest (fine-tuning)",
     )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N images of the train split only (default: all)",
+    )
     p.add_argument("--out", required=True, metavar="NAME", help="name of the trained model")
     p.add_argument(
         "--out-dir",
@@ -152,6 +159,8 @@ def canonical_command(args: argparse.Namespace, config: TrainConfig) -> str:
         parts += ["--attack-steps", str(config.attack_steps)]
         if config.attack_step is not None:
             parts += ["--attack-step", repr(float(config.attack_step))]
+    if args.train_size is not None:
+        parts += ["--train-size", str(args.train_size)]
     if args.init:
         parts += ["--init", args.init]
     parts += ["--out", args.out, "--seed", str(config.seed), "--device", args.device]
@@ -237,6 +246,13 @@ def run(args: argparse.Namespace) -> int:
         )
 
     train_x, train_y, test_x, test_y = _load_data(args.data)
+    if args.train_size is not None:
+        if not 1 <= args.train_size <= train_x.shape[0]:
+            raise InputError(
+                f"--train-size must be between 1 and {train_x.shape[0]} (the size of the "
+                f"{args.data} train split), got {args.train_size}"
+            )
+        train_x, train_y = train_x[: args.train_size], train_y[: args.train_size]
     mean, std = channel_stats(train_x)
     kwargs = {
         "in_channels": int(train_x.shape[1]),
@@ -253,7 +269,13 @@ def run(args: argparse.Namespace) -> int:
         f"{torch.get_num_threads()} threads",
         flush=True,
     )
-    meta = {"arch": args.arch, "arch_kwargs": kwargs, "data": args.data, "init": init}
+    meta = {
+        "arch": args.arch,
+        "arch_kwargs": kwargs,
+        "data": args.data,
+        "train_size": int(train_x.shape[0]),
+        "init": init,
+    }
     result = train(
         model,
         train_x,
