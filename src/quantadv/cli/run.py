@@ -41,23 +41,43 @@ def _format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def summary_table(store_path, limit: int = 40) -> str:
-    """One line per (model, attack run, post-processing): images, success rate, median d."""
+    """One line per (run, post-processing) in config order: images, success rate, median d.
+
+    Only the parameters that vary between the runs of an attack entry are shown.
+    """
     from ..experiments.store import open_store
 
-    groups: dict[tuple, list[dict]] = {}
     with open_store(store_path) as store:
+        runs = store.runs()
+        try:
+            pp_order = json.loads(store.meta().get("postprocess", "[]"))
+        except ValueError:
+            pp_order = []
+        groups: dict[tuple[str, str], list[dict]] = {}
         for row in store.results():
-            key = (row["model"], row["attack"], row["params"], row["postprocess"])
-            groups.setdefault(key, []).append(row)
+            groups.setdefault((row["run_id"], row["postprocess"]), []).append(row)
+    params = {r["run_id"]: json.loads(r["params"]) for r in runs}
+    swept: dict[str, set[str]] = {}
+    for r in runs:
+        same = [params[x["run_id"]] for x in runs
+                if x["attack"] == r["attack"] and x["model"] == r["model"]]
+        swept[r["run_id"]] = {k for k in params[r["run_id"]]
+                              if len({json.dumps(p.get(k)) for p in same}) > 1}
     out = []
-    for (model, attack, params, pp), rows in groups.items():
-        correct = [r for r in rows if r["clean_pred"] == r["label"]]
-        ok = [r["d"] for r in correct if r["success"]]
-        rate = len(ok) / len(correct) if correct else math.nan
-        median = statistics.median(ok) if ok else math.nan
-        shown = ", ".join(f"{k}={v}" for k, v in json.loads(params).items())
-        out.append([model, f"{attack} ({shown})" if shown else attack, pp, str(len(rows)),
-                    f"{rate:.3f}", f"{median:.3f}"])
+    for r in runs:
+        shown = ", ".join(f"{k}={v}" for k, v in params[r["run_id"]].items()
+                          if k in swept[r["run_id"]])
+        for pp in [*pp_order, *sorted({p for (rid, p) in groups if rid == r["run_id"]} -
+                                      set(pp_order))]:
+            rows = groups.get((r["run_id"], pp))
+            if not rows:
+                continue
+            correct = [x for x in rows if x["clean_pred"] == x["label"]]
+            ok = [x["d"] for x in correct if x["success"]]
+            rate = len(ok) / len(correct) if correct else math.nan
+            median = statistics.median(ok) if ok else math.nan
+            out.append([r["model"], f"{r['attack']} ({shown})" if shown else r["attack"], pp,
+                        str(len(rows)), f"{rate:.3f}", f"{median:.3f}"])
     extra = ""
     if len(out) > limit:
         extra = f"\n... {len(out) - limit} more lines; see the report"

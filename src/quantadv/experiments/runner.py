@@ -528,7 +528,15 @@ def _process(
     model_spec: ModelSpec | None = None
     clean_cache: dict[int, tuple[torch.Tensor, int]] = {}
     try:
+        current: RunSpec | None = None
+        run_start = 0.0
+        run_images = 0
         for run, b, missing, done in plan:
+            if run is not current:
+                if current is not None:
+                    log.info("run %s (%s): %d images in %.1f s", current.run_id,
+                             current.description, run_images, time.perf_counter() - run_start)
+                current, run_start, run_images = run, time.perf_counter(), 0
             if model_spec is not run.model:
                 model = load_model(run.model, dev)
                 model_spec = run.model
@@ -619,7 +627,11 @@ def _process(
             writer.write_batch(rows, originals, adversarials)
             summary.rows_written += len(rows)
             summary.images_attacked += len(batch_idx)
+            run_images += len(batch_idx)
             bar.update(len(batch_idx))
             bar.set_postfix_str(run.description, refresh=False)
+        if current is not None:
+            log.info("run %s (%s): %d images in %.1f s", current.run_id, current.description,
+                     run_images, time.perf_counter() - run_start)
     finally:
         bar.close()
