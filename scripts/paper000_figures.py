@@ -1,0 +1,359 @@
+"""Figures and numbers of docs/paper-000-digital-images.md (paper 000, Bonnet, Furon, Bas).
+
+Reads the results stores written by ``quantadv run configs/paper000-*.yaml`` and writes small
+PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdown tables).
+
+    python scripts/paper000_figures.py fig2                 # theory + Monte Carlo, no network
+    python scripts/paper000_figures.py acceptance           # results/paper000-acceptance.db
+    python scripts/paper000_figures.py fig5                 # results/paper000-fig05.db
+    python scripts/paper000_figures.py fig6 fig9 fig10      # results/paper000-budget-*.db
+    python scripts/paper000_figures.py table2               # re-runs FGSM / PGD2 best efforts
+    python scripts/paper000_figures.py all
+
+Conventions (docs/experiments.md): success rates and operating characteristics are over the
+correctly classified images; ``P_suc(d_bar)`` is paper 000 Eq. 32 (failures count against
+the attack); ``d`` is Eq. 31 in pixel units; the best effort of an attack entry is, per
+image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+OUT = ROOT / "docs" / "img" / "paper000"
+MODELS = {"natural": "fmnist-cnn", "robust": "fmnist-cnn-at-l2"}
+PP_NAMES = {"none": "unquantized", "round_nearest": "rounding R",
+            "toward_original": "Q0", "gradient_sign": "Q-inf", "lagrangian": "Q-lambda*"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig, name: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / name
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def _load(store: str):
+    from quantadv.experiments import load_results
+
+    path = RESULTS / f"{store}.db"
+    if not path.exists():
+        sys.exit(f"{path} is missing: run 'quantadv run configs/{store}.yaml' first")
+    df = load_results(path, as_frame=True)
+    return df[df.clean_pred == df.label]          # the correctly classified images
+
+
+def best(df, attack: str, pp: str):
+    """Per image (correctly classified), min d over the entry's grid among successes."""
+    sub = df[(df.attack == attack) & (df.postprocess == pp)]
+    d = np.where(sub.success.to_numpy(bool), sub.d.to_numpy(float), np.inf)
+    tmp = sub.assign(dmin=d).groupby("idx").dmin.min()
+    return tmp.index.to_numpy(), tmp.to_numpy()
+
+
+def oc(dmin: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Eq. 32: fraction of the M images with a success at d < d_bar."""
+    return (dmin[None, :] < grid[:, None]).mean(axis=1)
+
+
+def _summary(dmin: np.ndarray) -> tuple[float, float]:
+    ok = np.isfinite(dmin)
+    return ok.mean(), (float(np.median(dmin[ok])) if ok.any() else math.nan)
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# --------------------------------------------------------------------------------- Fig. 2
+def fig2(args) -> None:
+    """E(D^2)/n after rounding vs rho^2/n before: Eq. 16, Monte Carlo, Eq. 15, Eq. 17."""
+    import torch
+
+    from quantadv import theory
+
+    n, samples = 784, args.mc_samples
+    power = np.linspace(0.0025, 1.0, 40)                    # rho^2 / n
+    rho = np.sqrt(power * n)
+    exact = theory.expected_rounding_distortion(rho, n) / n
+    highres = theory.high_resolution_distortion(rho, n) / n
+    fgsm = theory.fgsm_rounding_distortion(rho, n) / n
+    gen = torch.Generator().manual_seed(0)
+    mc, se = [], []
+    for r in rho:
+        u = torch.randn(samples, n, generator=gen, dtype=torch.float64)
+        u = u / u.norm(dim=1, keepdim=True) * r
+        e = torch.ceil(u - 0.5)                              # R: halves go down (Eq. 13)
+        p = (e ** 2).sum(1).numpy() / n
+        mc.append(p.mean())
+        se.append(p.std(ddof=1) / math.sqrt(samples))
+    mc, se = np.array(mc), np.array(se)
+    z = np.abs(mc - exact) / np.maximum(se, 1e-12)
+    # crossover: rounding shrinks the perturbation while E(D^2) < rho^2
+    fine = np.linspace(0.001, 0.5, 5000)
+    below = theory.expected_rounding_distortion(np.sqrt(fine * n), n) / n < fine
+    cross = fine[np.argmax(~below)] if below[0] else math.nan
+    print(f"n = {n}, {samples} Monte Carlo samples per point, {len(power)} points")
+    print(f"max |MC - Eq.16| = {np.max(np.abs(mc - exact)):.4f} (max {z.max():.2f} standard errors)")
+    print(f"rounding shrinks the power (E(D^2) < rho^2) for rho^2/n < {cross:.3f}")
+    for p in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0):
+        k = int(np.argmin(np.abs(power - p)))
+        print(f"  rho^2/n = {power[k]:.3f}: Eq.16 {exact[k]:.4f}, MC {mc[k]:.4f} +- {se[k]:.4f}")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    ax.plot(power, power, color="gray", lw=0.8, ls=":", label="no rounding (y = x)")
+    ax.plot(power, highres, color="C2", lw=1, ls="--", label="high resolution (15)")
+    ax.plot(power, fgsm, color="C1", lw=1, label="FGSM (17)")
+    ax.plot(power, exact, color="C0", lw=1.5, label="true distortion (16)")
+    ax.errorbar(power, mc, yerr=2 * se, fmt="o", ms=2.5, color="k", lw=0.8,
+                label=f"Monte Carlo ({samples} draws)")
+    ax.set_xlabel("power before rounding  rho^2 / n")
+    ax.set_ylabel("power after rounding  E(D^2) / n")
+    ax.set_title(f"Fig. 2, n = {n}")
+    ax.legend(fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.2)
+    _save(fig, "fig02_rounding_theory.png")
+
+
+# ------------------------------------------------------------------------------ acceptance
+def acceptance(args) -> None:
+    df = _load("paper000-acceptance")
+    _, d0 = best(df, "ddn", "none")
+    _, dr = best(df, "ddn", "round_nearest")
+    _, dl = best(df, "ddn", "lagrangian")
+    m = len(d0)
+    s0, sr, sl = np.isfinite(d0), np.isfinite(dr), np.isfinite(dl)
+    med0 = float(np.median(d0[s0]))
+    print(f"correctly classified images: {m} of {df.idx.nunique() if False else 'the first 1000'}")
+    print(_row("output", "successes", "kept (of unquantized successes)", "median d",
+               "median d / unquantized", "mean d"))
+    print(_row(*["---"] * 6))
+    for name, d, s in (("unquantized", d0, s0), ("rounding R", dr, sr), ("Q-lambda*", dl, sl)):
+        kept = (s & s0).sum() / s0.sum()
+        med = float(np.median(d[s]))
+        print(_row(name, f"{s.sum()} / {m}", f"{100 * kept:.1f}%", f"{med:.3f}",
+                   f"{med / med0:.4f}", f"{d[s].mean():.3f}"))
+    both = s0 & sl
+    print(f"on the {both.sum()} images both succeed: median d ratio "
+          f"{np.median(dl[both]) / np.median(d0[both]):.4f}, mean per-image ratio "
+          f"{np.mean(dl[both] / d0[both]):.4f}, max per-image ratio {np.max(dl[both] / d0[both]):.3f}")
+    lag = df[(df.postprocess == "lagrangian")]
+    non = df[(df.postprocess == "none")]
+    print(f"calls per image: DDN {non.calls.mean():.1f}; DDN + Q-lambda* {lag.calls.mean():.1f} "
+          f"(max {lag.calls.max()})")
+    accept = (s & s0).sum() / s0.sum() >= 0.99 and np.median(dl[sl]) <= 1.02 * med0
+    print(f"acceptance (>= 99% kept, median d <= 1.02x): {'PASS' if accept else 'FAIL'}")
+
+
+# ---------------------------------------------------------------------------------- Fig. 5
+def fig5(args) -> None:
+    df = _load("paper000-fig05")
+    grid = np.linspace(0, 1.2, 601)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    styles = {"none": ("k", "--"), "round_nearest": ("C3", ":"), "toward_original": ("C1", "-."),
+              "gradient_sign": ("C2", "-"), "lagrangian": ("C0", "-")}
+    print(_row("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
+               "P_suc(0.8)", "P_suc(1.0)"))
+    print(_row(*["---"] * 7))
+    for pp, (c, ls) in styles.items():
+        _, d = best(df, "fgsm", pp)
+        s, med = _summary(d)
+        print(_row(PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.3f}",
+                   *(f"{100 * oc(d, np.array([t]))[0]:.1f}%" for t in (0.4, 0.6, 0.8, 1.0))))
+        ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=PP_NAMES[pp])
+    ax.set_xlabel("distortion  d_bar  (Eq. 31, pixel units)")
+    ax.set_ylabel("P_suc(d_bar)  (Eq. 32)")
+    ax.set_title(f"Fig. 5: FGSM, eps in [0.1, 1] px, fmnist-cnn ({len(d)} images)")
+    ax.legend(fontsize=7)
+    _save(fig, "fig05_fgsm_subquantization.png")
+
+
+# ------------------------------------------------------------------------------ Fig. 6 / 7
+ATTACKS = (("fgsm", "FGSM", "C1"), ("ifgsm", "I-FGSM", "C2"), ("pgd2", "PGD2", "C0"),
+           ("cw", "CW", "C3"))
+
+
+def _budget(kind: str):
+    path = RESULTS / f"paper000-budget-{kind}.db"
+    return _load(f"paper000-budget-{kind}") if path.exists() else None
+
+
+def fig6(args) -> None:
+    plt = _plt()
+    for kind, fname, title in (("natural", "fig06_natural.png", "Fig. 6"),
+                               ("robust", "fig07_robust.png", "Fig. 7")):
+        df = _budget(kind)
+        if df is None:
+            print(f"(no store for the {kind} model)")
+            continue
+        m = df.idx.nunique()
+        dmax = 40 if kind == "natural" else 60
+        grid = np.linspace(0, dmax, 801)
+        fig, ax = plt.subplots(figsize=(4.6, 3.4))
+        print(f"\n{title}: {MODELS[kind]}, {m} correctly classified images")
+        print(_row("attack", "output", "success", "median min d", "mean min d"))
+        print(_row(*["---"] * 5))
+        for att, name, c in ATTACKS:
+            for pp, ls in (("none", "--"), ("round_nearest", ":"), ("lagrangian", "-")):
+                _, d = best(df, att, pp)
+                s, med = _summary(d)
+                print(_row(name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}",
+                           f"{d[np.isfinite(d)].mean():.2f}"))
+                ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.2,
+                        label=f"{name}, {PP_NAMES[pp]}")
+        ax.set_xlabel("distortion  d_bar  (pixel units)")
+        ax.set_ylabel("P_suc(d_bar)")
+        ax.set_title(f"{title}: {MODELS[kind]} ({m} images); dashed none, dotted R, plain Q-lambda*")
+        ax.title.set_fontsize(7)
+        ax.legend(fontsize=5.5, ncol=2)
+        _save(fig, fname)
+
+
+def fig9(args) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
+    print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
+    print(_row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
+    print(_row(*["---"] * 5))
+    for ax, kind in zip(axes, ("natural", "robust"), strict=True):
+        df = _budget(kind)
+        if df is None:
+            ax.set_title(f"{kind}: not run")
+            continue
+        grid = np.linspace(0, 40 if kind == "natural" else 60, 801)
+        _, ref = best(df, "pgd2", "lagrangian")
+        refmed = _summary(ref)[1]
+        for att, name, c in entries:
+            pp = "none" if att.startswith("ddn") else "lagrangian"
+            _, d = best(df, att, pp)
+            s, med = _summary(d)
+            print(_row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.2f}",
+                       f"{100 * oc(d, np.array([refmed]))[0]:.1f}%"))
+            ax.plot(grid, oc(d, grid), color=c, lw=1.3, label=name)
+        ax.set_title(f"Fig. 9: {MODELS[kind]} ({df.idx.nunique()} images)")
+        ax.set_xlabel("distortion  d_bar  (pixel units)")
+        ax.set_ylabel("P_suc(d_bar)")
+        ax.legend(fontsize=6)
+    _save(fig, "fig09_limited_complexity.png")
+
+
+def fig10(args) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    variants = (("ddn-round", "none", "DDN + R every iteration", "C3", "-"),
+                ("ddn", "lagrangian", "DDN then Q-lambda*", "C0", "-"),
+                ("ddn-qdelta", "none", "DDN with integrated Q-delta*", "C2", "-"),
+                ("ddn", "none", "DDN unquantized (reference)", "gray", "--"),
+                ("ddn", "round_nearest", "DDN then R (reference)", "gray", ":"))
+    print("\nFig. 10: DDN 2 x 50 steps, best of the two step sizes per image")
+    print(_row("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
+               "P_suc(d_bar = 5)"))
+    print(_row(*["---"] * 7))
+    for ax, kind in zip(axes, ("natural", "robust"), strict=True):
+        df = _budget(kind)
+        if df is None:
+            ax.set_title(f"{kind}: not run")
+            continue
+        grid = np.linspace(0, 25 if kind == "natural" else 50, 801)
+        for att, pp, name, c, ls in variants:
+            _, d = best(df, att, pp)
+            s, med = _summary(d)
+            print(_row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.3f}",
+                       f"{d[np.isfinite(d)].mean():.3f}",
+                       *(f"{100 * oc(d, np.array([t]))[0]:.1f}%" for t in (2.0, 5.0))))
+            ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
+        ax.set_title(f"Fig. 10: {MODELS[kind]} ({df.idx.nunique()} images)")
+        ax.set_xlabel("distortion  d_bar  (pixel units)")
+        ax.set_ylabel("P_suc(d_bar)")
+        ax.legend(fontsize=6)
+    _save(fig, "fig10_ddn_variants.png")
+
+
+# -------------------------------------------------------------------------------- Table 2
+def table2(args) -> None:
+    """Pixel statistics of Q-lambda* on the best-effort FGSM and PGD2 outputs.
+
+    The store keeps no quantizer info, so the best-effort grid point of each image (the
+    lowest d among its Q-lambda* successes) is re-run (the attacks are deterministic) and
+    quantized again with return_info=True; the re-run d is checked against the stored one.
+    """
+    import torch
+
+    from quantadv import attacks, data, models, quantize
+    from quantadv.eval import distortion
+
+    x_all, y_all = data.load("fashion-mnist", split="test")
+    print(_row("model", "attack", "images", "both (not J)", "J switched by lambda*", "total",
+               "|J|", "non-integer u", "max |d rerun - d stored|"))
+    print(_row(*["---"] * 9))
+    for kind in ("natural", "robust"):
+        df = _budget(kind)
+        if df is None:
+            continue
+        model = models.load(MODELS[kind])
+        for att, name, fn in (("fgsm", "FGSM", attacks.fgsm), ("pgd2", "PGD2", attacks.pgd)):
+            sub = df[(df.attack == att) & (df.postprocess == "lagrangian") & df.success]
+            pick = sub.loc[sub.groupby("idx").d.idxmin()]
+            stats = {k: [] for k in ("both", "lam", "j", "frac", "err")}
+            for params, grp in pick.groupby("params"):
+                p = json.loads(params)
+                idx = torch.as_tensor(grp.idx.to_numpy())
+                x = x_all[idx].float() / 255
+                y = y_all[idx]
+                xa = fn(model, x, y, **p)
+                xq, info = quantize.lagrangian(model, x, xa, y, return_info=True)
+                n = x[0].numel()
+                u = (xa.double() - x.double()) * 255
+                nonint = ((u - u.round()).abs() > 1e-4).flatten(1).sum(1)
+                stats["both"] += (info["both_pixels"].double() / n).tolist()
+                stats["lam"] += (info["lambda_pixels"].double() / n).tolist()
+                stats["j"] += (info["j_size"].double() / n).tolist()
+                stats["frac"] += (nonint.double() / n).tolist()
+                d = distortion(xq, x).double().numpy()
+                stats["err"] += np.abs(d - grp.d.to_numpy()).tolist()
+            b, lam = 100 * np.mean(stats["both"]), 100 * np.mean(stats["lam"])
+            print(_row(MODELS[kind], name, len(pick), f"{b:.1f}%", f"{lam:.1f}%",
+                       f"{b + lam:.1f}%", f"{100 * np.mean(stats['j']):.1f}%",
+                       f"{100 * np.mean(stats['frac']):.1f}%", f"{np.max(stats['err']):.2g}"))
+
+
+COMMANDS = {"fig2": fig2, "acceptance": acceptance, "fig5": fig5, "fig6": fig6, "fig9": fig9,
+            "fig10": fig10, "table2": table2}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", nargs="+", choices=[*COMMANDS, "all"])
+    ap.add_argument("--mc-samples", type=int, default=2000)
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    for w in COMMANDS if "all" in args.what else args.what:
+        print(f"\n## {w}")
+        COMMANDS[w](args)
+
+
+if __name__ == "__main__":
+    main()
