@@ -143,7 +143,7 @@ def acceptance(args) -> None:
     m = len(d0)
     s0, sr, sl = np.isfinite(d0), np.isfinite(dr), np.isfinite(dl)
     med0 = float(np.median(d0[s0]))
-    print(f"correctly classified images: {m} of {df.idx.nunique() if False else 'the first 1000'}")
+    print(f"correctly classified images (attacked, counted): {m}")
     print(_row("output", "successes", "kept (of unquantized successes)", "median d",
                "median d / unquantized", "mean d"))
     print(_row(*["---"] * 6))
