@@ -557,6 +557,11 @@ def _process(
                     )
                 clean_cache[b] = (logits.argmax(1).cpu(), int(logits.shape[1]))
             clean_pred, num_classes = clean_cache[b]
+            if num_classes < 2:
+                raise ModelError(
+                    f"model {run.model.label!r} returns {num_classes} logit(s); a classifier "
+                    "under attack needs at least 2 classes"
+                )
             if int(labels[sel].max()) >= num_classes:
                 raise DataError(
                     f"label {int(labels[sel].max())} is out of range for model "
