@@ -167,9 +167,9 @@ def main() -> int:
         "(one forward pass each per image), the attack's final success check that "
         "`return_info=True` asks for (one forward pass, counted inside the attack calls), d / L2 "
         "/ L-inf, config validation, data and model loading, and one SQLite transaction per "
-        "batch. A PGD step costs one forward and one backward pass, so the forward passes add "
-        "about 3 / (3 x steps) of the attack time: ~2.5% at 40 steps, ~10% at 10 steps; "
-        "single-step attacks (FGSM) pay proportionally more.",
+        "batch. A forward pass costs about half a PGD step (one forward and one backward "
+        "pass), so the three forward passes add about 3 / (2 x steps) of the attack time: "
+        "~4% at 40 steps, ~15% at 10 steps; single-step attacks (FGSM) pay proportionally more.",
     ]
     text = "\n".join(lines) + "\n"
     print()
