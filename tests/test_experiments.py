@@ -583,7 +583,7 @@ def test_cli_run_report_merge_and_errors(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "store:" in out and "success" in out and "median d" in out and "quantadv report" in out
     store = tmp_path / "results" / "tiny.db"
-    assert main(["report", str(store), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", str(store), "--out", str(tmp_path / "rep"), "--images", "1"]) == 0
     assert f"report: {tmp_path / 'rep' / 'index.html'}" in capsys.readouterr().out
     assert main(["merge", str(store)]) == 2
     assert "no shard files" in capsys.readouterr().err

@@ -576,10 +576,18 @@ def write_report(
     session_cols = [(k, k, "") for k in ("started", "finished", "rank", "host", "platform", "cpus",
                                          "threads", "torch", "device", "code")]
     n_images = len({r["idx"] for r in rows})
+    description = ""
+    with contextlib.suppress(Exception):  # the stored config text is informative only
+        import yaml
+
+        described = yaml.safe_load(meta.get("config_yaml", "") or "{}")
+        if isinstance(described, dict) and isinstance(described.get("description"), str):
+            description = f"<p>{html.escape(described['description'])}</p>"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>quantadv report: {html.escape(name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Experiment <code>{html.escape(name)}</code></h1>",
+        description,
         f"<p>Store <code>{html.escape(str(store_path))}</code>, created "
         f"{html.escape(meta.get('created', '?'))}; {len(runs)} runs, {n_images} images, "
         f"{len(rows)} outcomes. Code version: {html.escape(', '.join(versions))}.</p>",
