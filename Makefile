@@ -31,8 +31,10 @@ lint: $(BIN)/quantadv
 test: setup lint
 	$(BIN)/python -m pytest
 
+# The main job (also 'quantadv demo'): run the demo experiment into results/demo.db, then report.
 demo: setup
-	$(BIN)/quantadv demo
+	$(BIN)/quantadv run configs/demo.yaml
+	$(BIN)/quantadv report results/demo.db --out report/demo
 
 # Peers for the speed comparison (torchattacks without its torchvision dependency, which it does not need here).
 bench-deps: setup
@@ -41,6 +43,8 @@ bench-deps: setup
 
 bench: bench-deps
 	$(BIN)/python benchmarks/attack_speed.py
+	$(BIN)/python benchmarks/runner_overhead.py
+	$(BIN)/python benchmarks/quantization.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -31,3 +31,11 @@ def load_model(spec: str, device: torch.device):
     if spec.endswith(".safetensors"):
         return models.load_file(spec, device=device)
     return models.load(spec, device=device)
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    """A left-aligned plain-text table with a rule under the header (used by every subcommand)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

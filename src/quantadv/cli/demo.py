@@ -1,65 +1,61 @@
 """``quantadv demo``: the main job in one command.
 
-Attacks the shipped Fashion-MNIST classifier ``fmnist-cnn`` on the first 1,000 test images
-with PGD-L2 and DDN and prints clean accuracy, attack success rate and median distortion d
-(paper 000 Eq. 31, pixel units).
+Runs the experiment ``configs/demo.yaml`` (the shipped Fashion-MNIST classifier
+``fmnist-cnn`` on the first 1,000 test images under PGD-L2 and DDN; each adversarial image
+kept as is, rounded to 8 bits, and Lagrangian-quantized), prints the table of clean accuracy,
+success rate and median distortion d (paper 000 Eq. 31, pixel units), then writes the HTML
+report. It is exactly ``quantadv run configs/demo.yaml`` followed by
+``quantadv report results/demo.db --out report/demo``; like them it resumes a killed run.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-import torch
+from ..errors import InputError
 
-from ._common import add_device_seed, resolve_device
-
-#: (row label, attack name, parameters) of the demo table; budgets in [0, 1] units.
-DEMO_ATTACKS = (
-    ("PGD-L2 (eps=1.0, 20 steps)", "pgd", {"norm": "l2", "eps": 1.0, "step": 0.1, "steps": 20}),
-    ("DDN (100 steps)", "ddn", {"steps": 100}),
+#: Where the demo config is looked for: the working directory, then the source checkout.
+DEMO_CONFIG_CANDIDATES = (
+    Path("configs/demo.yaml"),
+    Path(__file__).resolve().parents[3] / "configs" / "demo.yaml",
 )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
-        help="attack the shipped fmnist-cnn with PGD-L2 and DDN on 1,000 test images and print a table",
+        help="run configs/demo.yaml (fmnist-cnn, PGD-L2 and DDN, quantized or not) and write its report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="fmnist-cnn", help="shipped model to attack (default fmnist-cnn)")
-    p.add_argument("--n", type=int, default=1000, help="number of test images (default 1000)")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--config", default=None, help="demo config (default: configs/demo.yaml)")
+    p.add_argument("--out", default="report/demo", help="report folder (default report/demo)")
+    p.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_seed(p)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import data, models
-    from ..attacks import REGISTRY
-    from ..eval.batched import attack_dataset, format_table, summarize
+def find_config(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    for candidate in DEMO_CONFIG_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    raise InputError("cannot find configs/demo.yaml: run from the quantadv checkout or pass --config PATH")
 
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    model = models.load(args.model, device=device)
-    dataset = models.manifest(args.model)["data"]
-    images, labels = data.load(dataset, split="test")
-    images, labels = images[: args.n], labels[: args.n]
-    rows = []
-    for label, name, params in DEMO_ATTACKS:
-        fn = REGISTRY[name]
-        result = attack_dataset(
-            model, images, labels, lambda m, x, y, fn=fn, params=params: fn(m, x, y, **params),
-            batch_size=args.batch_size, device=device, progress=not args.quiet, desc=label,
-        )
-        rows.append({"attack": label, **summarize(result, labels)})
-    print(f"\n{args.model} on {len(labels)} {dataset} test images ({device.type}):")
-    print(format_table(rows, [
-        ("attack", "attack", ""), ("clean_accuracy", "clean acc", ".3f"),
-        ("success_rate", "success", ".3f"), ("median_d", "median d", ".3f"),
-        ("mean_l2", "mean L2", ".3f"), ("seconds", "seconds", ".1f"),
-    ]))
-    print("d = ||x_adv - x||_2 / sqrt(n) in pixel units (0..255), paper 000 Eq. 31; "
-          "success is over the correctly classified images.")
-    return 0
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import load_config
+    from . import main
+
+    config = find_config(args.config)
+    run_argv = ["run", str(config)] + (["--device", args.device] if args.device else [])
+    code = main(run_argv + (["--quiet"] if args.quiet else []))
+    if code:
+        return code
+    if args.quiet:  # 'run --quiet' skips the table; the demo always shows it
+        from .run import summary_table
+
+        print(summary_table(load_config(config).store))
+    return main(["report", str(load_config(config).store), "--out", args.out])

@@ -14,6 +14,8 @@ import json
 import math
 import statistics
 
+from ._common import format_table
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -30,14 +32,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and list its runs without running anything")
     return p
-
-
-def _format_table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def summary_table(store_path, limit: int = 40) -> str:
@@ -83,7 +77,7 @@ def summary_table(store_path, limit: int = 40) -> str:
         extra = f"\n... {len(out) - limit} more lines; see the report"
         out = out[:limit]
     header = ["model", "attack", "postprocess", "images", "success", "median d"]
-    return _format_table(out, header) + extra
+    return format_table(out, header) + extra
 
 
 def run(args: argparse.Namespace) -> int:

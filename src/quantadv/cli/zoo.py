@@ -17,6 +17,7 @@ from typing import Any
 
 from ..models import list as list_models
 from ..models import manifest, read_manifest, verify
+from ._common import format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,14 +47,6 @@ def _row(name: str, m: dict[str, Any]) -> list[str]:
         f"{100 * acc:.2f}%" if isinstance(acc, (int, float)) else "?",
         f"{size / 1e6:.1f} MB" if isinstance(size, int) else "?",
     ]
-
-
-def format_table(rows: list[list[str]], header: list[str]) -> str:
-    """Left-aligned plain-text table with a header rule."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

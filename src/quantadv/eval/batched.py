@@ -95,14 +95,3 @@ def summarize(result: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str
         "mean_linf": float(result["linf"][success].mean()) if d.numel() else math.nan,
         "seconds": float(result["seconds"].sum()),
     }
-
-
-def format_table(rows: list[dict[str, object]], columns: list[tuple[str, str, str]]) -> str:
-    """A plain-text table; ``columns`` are ``(key, header, format)`` triples."""
-    cells = [[h for _, h, _ in columns]]
-    for r in rows:
-        cells.append([format(r[k], f) if isinstance(r[k], float | int) else str(r[k]) for k, _, f in columns])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
