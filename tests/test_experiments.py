@@ -594,3 +594,14 @@ def test_cli_run_report_merge_and_errors(tmp_path, capsys, monkeypatch):
     assert err.startswith("quantadv run: error:")
     assert main(["report", str(tmp_path / "missing.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_demo_command_runs_config_then_report(tmp_path, capsys, monkeypatch):
+    """`quantadv demo --config X` = `quantadv run X` + `quantadv report`, table always shown."""
+    path = write_setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--config", str(path), "--out", str(tmp_path / "rep"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "median" in out and "report:" in out
+    assert (tmp_path / "rep" / "index.html").is_file()
+    assert len(load_results(load_config(path).store)) == len(load_config(path).runs) * 2 * 20
