@@ -35,7 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def summary_table(store_path, limit: int = 40) -> str:
-    """One line per (run, post-processing) in config order: images, success rate, median d.
+    """One line per (run, post-processing) in config order: images, clean accuracy, success rate
+    (over the correctly classified images) and median d (paper 000 Eq. 31) of the successes.
 
     Only the parameters that vary between the runs of an attack entry are shown.
     """
@@ -71,12 +72,12 @@ def summary_table(store_path, limit: int = 40) -> str:
             rate = len(ok) / len(correct) if correct else math.nan
             median = statistics.median(ok) if ok else math.nan
             out.append([r["model"], f"{r['attack']} ({shown})" if shown else r["attack"], pp,
-                        str(len(rows)), f"{rate:.3f}", f"{median:.3f}"])
+                        str(len(rows)), f"{len(correct) / len(rows):.3f}", f"{rate:.3f}", f"{median:.3f}"])
     extra = ""
     if len(out) > limit:
         extra = f"\n... {len(out) - limit} more lines; see the report"
         out = out[:limit]
-    header = ["model", "attack", "postprocess", "images", "success", "median d"]
+    header = ["model", "attack", "postprocess", "images", "clean acc", "success", "median d"]
     return format_table(out, header) + extra
 
 
