@@ -6,8 +6,9 @@ images against the shipped ``fmnist-cnn``, batch 500, 2 CPU threads. The plain l
 the same number of forward+backward passes with nothing else (the cost floor); torchattacks
 and Foolbox are timed at equal settings when they are importable. Every method runs
 ``--repeats`` times, interleaved, in this one process; medians are reported, with the
-ratio to the plain loop. Peak memory (resident set growth) is measured per method in a
-fresh subprocess.
+ratio to the plain loop. Peak memory (growth of the resident set while the method runs on one
+batch, sampled every 2 ms) is measured per method in a fresh subprocess, with 3 steps (the
+memory an attack needs does not grow with its number of steps).
 
 Run: ``make bench`` (installs the peers) or ``.venv/bin/python benchmarks/attack_speed.py``.
 """
@@ -21,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -102,14 +104,38 @@ def run_method(fn, model, x, y, batch):
     return time.perf_counter() - t0
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure_peak(name, n, batch):
+    """Peak resident-set growth (MiB) while ``name`` runs, sampled every 2 ms in this process."""
+    global PGD_STEPS, CW_STEPS, DDN_STEPS
+    PGD_STEPS = CW_STEPS = DDN_STEPS = 3  # memory does not grow with the number of steps
+    model, x, y = load(n)
+    fn = methods()[name]
+    fn(model, x[:8], y[:8])
+    before, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    run_method(fn, model, x, y, batch)
+    done.set()
+    sampler.join()
+    return max(peak[0], _rss_mib()) - before
+
+
 def peak_memory(name, n, batch):
-    """Resident-set growth (MiB) of one run of ``name`` in a fresh interpreter."""
+    """:func:`measure_peak` in a fresh interpreter, so methods do not share an allocator."""
     code = (
-        "import resource, torch, sys; sys.path.insert(0, 'benchmarks'); import attack_speed as b; "
-        f"torch.set_num_threads(2); model, x, y = b.load({n}); "
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        f"b.run_method(b.methods()[{name!r}], model, x, y, {batch}); "
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)"
+        "import sys, torch; sys.path.insert(0, 'benchmarks'); import attack_speed as b; "
+        f"torch.set_num_threads(2); print(b.measure_peak({name!r}, {n}, {batch}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
