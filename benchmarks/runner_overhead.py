@@ -11,7 +11,7 @@ alternate ``--repeats`` times; the overhead is ``runner / direct - 1`` from the 
 Usage::
 
     python benchmarks/runner_overhead.py                 # fmnist-cnn, 1,000 test images
-    python benchmarks/runner_overhead.py --write benchmarks/RESULTS-runner.md
+    python benchmarks/runner_overhead.py --write /tmp/runner.md   # then paste into RESULTS.md
 
 Falls back to a randomly initialised small CNN and random images when the shipped model or
 Fashion-MNIST is missing (the timing is the same; the printed note says so).
