@@ -322,12 +322,13 @@ def table2(args) -> None:
             continue
         model = models.load(MODELS[kind])
         for att, name, fn in (("fgsm", "FGSM", attacks.fgsm), ("pgd2", "PGD2", attacks.pgd)):
-            sub = df[(df.attack == att) & (df.postprocess == "lagrangian") & df.success]
+            src = _budget(kind, "fgsm") if att == "fgsm" else df
+            sub = src[(src.attack == att) & (src.postprocess == "lagrangian") & src.success]
             pick = sub.loc[sub.groupby("idx").d.idxmin()]
             stats = {k: [] for k in ("both", "lam", "j", "frac", "err")}
             for params, grp in pick.groupby("params"):
                 p = json.loads(params)
-                idx = torch.as_tensor(grp.idx.to_numpy())
+                idx = torch.as_tensor(grp.idx.to_numpy().copy())
                 x = x_all[idx].float() / 255
                 y = y_all[idx]
                 xa = fn(model, x, y, **p)
