@@ -146,10 +146,14 @@ def lagrangian(
         value = r_sorted[idx].gather(1, pos).squeeze(1)
         return torch.where(k > 0, value, torch.zeros_like(value))
 
+    # Every Q-lambda takes, per pixel, either its Q0 value or its Q-infinity value (they differ
+    # on J only), so both images are built once and each search step is a single selection.
+    q_zero = _rule.image(parts, _rule.offsets(parts, None, None), x_adv).flatten(1)
+    q_inf = _rule.image(parts, _rule.offsets(parts, j_mask, g), x_adv).flatten(1)
+
     def quantize(idx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        flip = j_mask[idx] & (r[idx] <= lam.unsqueeze(1))
-        sub = parts.select(idx)
-        return _rule.image(sub, _rule.offsets(sub, flip, g[idx]), x_adv)
+        flip = r[idx] <= lam.unsqueeze(1)  # r = +inf off J, where q_zero == q_inf anyway
+        return torch.where(flip, q_inf[idx], q_zero[idx]).reshape(idx.numel(), *x_adv.shape[1:])
 
     @torch.no_grad()
     def adversarial(idx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
