@@ -47,3 +47,34 @@ def test_attack_float_output_and_bad_arguments(tmp_path, capsys):
     assert main(["attack", "--model", "no-such-model", "--attack", "fgsm", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "key=value" in err and "--quantize" in err and "unknown model" in err
+
+
+def test_targeted_attack_lagrangian_png_then_verify(tmp_path, capsys):
+    """--target: success means 'classified as the target'; verify judges the targets it reads back."""
+    out, png = tmp_path / "out", tmp_path / "png"
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--n", "20", "--attack", "ddn",
+                 "-p", "steps=40", "--target", "random", "--quantize", "lagrangian", "--png", str(png),
+                 "--out", str(out), "--quiet"]) == 0
+    arrays = np.load(out / "adversarial.npz")
+    labels, targets = arrays["labels"], arrays["targets"]
+    assert (targets != labels).all() and ((targets >= 0) & (targets < 10)).all()
+    ok = arrays["success"]
+    assert ok.sum() > 0 and (arrays["adv_pred"][ok] == targets[ok]).all()
+    sidecar = json.loads((png / "labels.json").read_text())
+    assert sidecar["targets"] == targets[ok].tolist()
+    assert json.loads((out / "summary.json").read_text())["target"] == "random"
+    capsys.readouterr()
+    assert main(["verify", str(png), "--model", "mnist-cnn", "--quiet"]) == 0
+    assert "targeted" in capsys.readouterr().out
+    # a fixed class: images of that class are not attacked; a bad mode is a one-line error
+    out2 = tmp_path / "out2"
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--n", "20", "--attack", "fgsm",
+                 "--target", "3", "--out", str(out2), "--quiet"]) == 0
+    a2 = np.load(out2 / "adversarial.npz")
+    assert (a2["targets"] == 3).all() and not a2["attacked"][a2["labels"] == 3].any()
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--attack", "fgsm",
+                 "--target", "sideways", "--out", str(out2)]) == 2
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--n", "4", "--attack", "fgsm",
+                 "--target", "10", "--out", str(out2)]) == 2
+    err = capsys.readouterr().err
+    assert "least-likely" in err and "out of range" in err

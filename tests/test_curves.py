@@ -104,3 +104,27 @@ def test_curves_agree_with_direct_counting(case):
         _, again = operating_characteristic(d, success, th, inclusive=True)
         assert torch.allclose(p, again)
         assert bool((p[1:] > p[:-1]).all()) and p[-1] == pytest.approx(float(s_t.double().mean()))
+
+
+def test_choose_targets_modes():
+    """choose_targets: never the label; random is seeded; least-likely is the lowest clean logit."""
+    import torch
+    from torch import nn
+
+    from quantadv.eval.batched import choose_targets
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+    images = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8)
+    labels = torch.randint(0, 5, (40,))
+    r1 = choose_targets(model, images, labels, "random", seed=1, batch_size=7)
+    assert torch.equal(r1, choose_targets(model, images, labels, "random", seed=1))
+    assert not torch.equal(r1, choose_targets(model, images, labels, "random", seed=2))
+    assert (r1 != labels).all() and ((r1 >= 0) & (r1 < 5)).all()
+    ll = choose_targets(model, images, labels, "least-likely", batch_size=9)
+    with torch.no_grad():
+        logits = model(images.float() / 255)
+    for i in range(40):
+        others = [k for k in range(5) if k != int(labels[i])]
+        assert int(ll[i]) == min(others, key=lambda k: float(logits[i, k]))
+    assert (choose_targets(model, images, labels, 2) == 2).all()

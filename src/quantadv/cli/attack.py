@@ -57,6 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="attack parameter, repeatable, e.g. -p eps=0.5 -p steps=50 -p loss=margin")
     p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                    help="turn the output into 8-bit images: round (R) or lagrangian (Q-lambda*)")
+    p.add_argument("--target", default=None, metavar="MODE",
+                   help="targeted attack: 'random' (a class other than the label, from --seed), "
+                        "'least-likely' (lowest clean logit), or a class index K (images of class K are skipped); "
+                        "success then means 'classified as the target', and --png records the targets for verify")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--out", default="attack-out", help="output folder for adversarial.npz and summary.json")
     p.add_argument("--png", default=None, metavar="DIR",
@@ -75,9 +79,10 @@ def make_attack(name: str, params: dict[str, object], seed: int):
     if name == "pgd" and bound.get("random_start"):
         bound.setdefault("seed", seed)
 
-    def run(model, x, y):
+    def run(model, x, y, targets=None):
+        extra = {} if targets is None else {"targets": targets}
         try:
-            return fn(model, x, y, **bound)
+            return fn(model, x, y, **bound, **extra)
         except TypeError as exc:
             raise InputError(f"bad parameter for {name}: {exc}") from None
 
@@ -91,8 +96,24 @@ def make_postprocess(kind: str):
     from .. import quantize
 
     if kind == "round":
-        return lambda model, x, x_adv, y: quantize.round_nearest(x_adv)
-    return lambda model, x, x_adv, y: quantize.lagrangian(model, x, x_adv, y)
+        return lambda model, x, x_adv, y, targets=None: quantize.round_nearest(x_adv)
+    return lambda model, x, x_adv, y, targets=None: quantize.lagrangian(model, x, x_adv, y, targets=targets)
+
+
+def parse_target(value: str | None) -> str | int | None:
+    """``--target``: None (untargeted), a mode of :data:`TARGET_MODES`, or a class index."""
+    from ..eval.batched import TARGET_MODES
+
+    if value is None:
+        return None
+    if value in TARGET_MODES:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(
+            f"--target must be one of {', '.join(TARGET_MODES)} or a class index, got {value!r}"
+        ) from None
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -109,7 +130,7 @@ def _atomic_write(path: Path, write) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import data
     from ..digital import is_digital, to_uint8
-    from ..eval.batched import attack_dataset, summarize
+    from ..eval.batched import attack_dataset, choose_targets, summarize
 
     if args.n < 1 or args.batch_size < 1:
         raise InputError("--n and --batch-size must be positive integers")
@@ -122,13 +143,19 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device)
     images, labels = data.load(args.data, split=args.split)
     images, labels = images[: args.n], labels[: args.n]
+    target_mode = parse_target(args.target)
+    targets = None
+    if target_mode is not None:
+        targets = choose_targets(model, images, labels, target_mode, seed=args.seed,
+                                 batch_size=args.batch_size, device=device)
     result = attack_dataset(
         model, images, labels, attack, batch_size=args.batch_size, device=device,
-        postprocess=make_postprocess(args.quantize), progress=not args.quiet, desc=args.attack,
+        postprocess=make_postprocess(args.quantize), targets=targets, progress=not args.quiet, desc=args.attack,
     )
     summary = {
         "model": args.model, "data": args.data, "split": args.split, "attack": args.attack,
-        "params": bound, "quantize": args.quantize, "seed": args.seed, **summarize(result, labels),
+        "params": bound, "quantize": args.quantize, "target": target_mode, "seed": args.seed,
+        **summarize(result, labels),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         "success": result["success"].numpy(), "d": result["d"].numpy(),
         "l2": result["l2"].numpy(), "linf": result["linf"].numpy(),
     }
+    if targets is not None:
+        arrays["targets"] = targets.numpy()
     if digital:
         arrays["images_uint8"] = to_uint8(result["adv"]).numpy()
     else:
@@ -153,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
         from ..io import save_png
 
         keep = result["success"]
-        save_png(to_uint8(result["adv"][keep]), args.png, labels=labels[keep])
-    print(f"{args.attack} on {args.model}: clean accuracy {summary['clean_accuracy']:.3f}, "
+        save_png(to_uint8(result["adv"][keep]), args.png, labels=labels[keep],
+                 targets=None if targets is None else targets[keep])
+    goal = "untargeted" if target_mode is None else f"targeted ({target_mode})"
+    print(f"{args.attack} {goal} on {args.model}: clean accuracy {summary['clean_accuracy']:.3f}, "
           f"success {summary['success_rate']:.3f} of {summary['attacked']} attacked, "
           f"median d {summary['median_d']:.3f} (pixel units)")
     print(f"wrote {out / 'adversarial.npz'} and {out / 'summary.json'}")

@@ -19,7 +19,51 @@ from tqdm import tqdm
 from ..digital import to_float
 from .metrics import distortion
 
-AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+AttackFn = Callable[..., torch.Tensor]
+
+#: Ways to pick a target class per image for a targeted attack (see :func:`choose_targets`).
+TARGET_MODES = ("random", "least-likely")
+
+
+def choose_targets(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mode: str | int,
+    *,
+    seed: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """One target class per image for a targeted attack, never the true label.
+
+    ``mode`` is ``"random"`` (uniform over the classes other than the label, drawn from a
+    generator seeded with ``seed``: the same targets for the same seed), ``"least-likely"``
+    (the class with the lowest clean logit, as in Kurakin et al.'s iterative least-likely
+    class method) or a class index ``k`` (every image gets ``k``; images whose label is ``k``
+    have nothing to attack and :func:`attack_dataset` skips them). Returns int64 CPU targets.
+    """
+    from ..errors import InputError
+
+    logits = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            logits.append(model(to_float(images[start : start + batch_size]).to(device)).cpu())
+    scores = torch.cat(logits)
+    classes = scores.shape[1]
+    labels = labels.cpu().long()
+    if mode == "least-likely":
+        masked = scores.scatter(1, labels.unsqueeze(1), float("inf"))
+        return masked.argmin(dim=1)
+    if mode == "random":
+        gen = torch.Generator().manual_seed(int(seed))
+        shift = torch.randint(1, classes, (labels.shape[0],), generator=gen)
+        return (labels + shift) % classes
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise InputError(f"target must be one of {', '.join(TARGET_MODES)} or a class index, got {mode!r}")
+    if not 0 <= mode < classes:
+        raise InputError(f"target class {mode} is out of range: the model has {classes} classes (0..{classes - 1})")
+    return torch.full_like(labels, mode)
 
 
 def attack_dataset(
@@ -30,18 +74,26 @@ def attack_dataset(
     *,
     batch_size: int = 500,
     device: torch.device | str = "cpu",
-    postprocess: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    postprocess: Callable[..., torch.Tensor] | None = None,
+    targets: torch.Tensor | None = None,
     progress: bool = True,
     desc: str = "attack",
 ) -> dict[str, torch.Tensor]:
     """Attack every correctly classified image of ``images`` (uint8 NCHW) and measure the result.
 
     ``attack(model, x, y)`` returns adversarial floats; ``postprocess(model, x, x_adv, y)``
-    (e.g. a quantizer) is applied to its output when given. Returns CPU tensors per image:
-    ``clean_pred``, ``attacked`` (was correctly classified), ``adv`` (float images; the
-    original where not attacked), ``adv_pred``, ``success`` (attacked and now misclassified),
-    ``d`` (Eq. 31, pixel units), ``l2``, ``linf``, and ``seconds`` (attack time per image).
+    (e.g. a quantizer) is applied to its output when given. With ``targets`` (one class per
+    image, see :func:`choose_targets`) both are called with ``targets=`` the batch's targets
+    as a keyword, and success means "classified as the target". Returns CPU tensors per image:
+    ``clean_pred``, ``attacked`` (was correctly classified, and its target is not its label), ``adv`` (float images; the
+    original where not attacked), ``adv_pred``, ``success`` (attacked and now misclassified,
+    or classified as its target), ``d`` (Eq. 31, pixel units), ``l2``, ``linf``, and
+    ``seconds`` (attack time per image).
     """
+    if targets is not None and targets.shape != labels.shape:
+        from ..errors import InputError
+
+        raise InputError(f"targets must hold one class per image ({labels.shape[0]}), got {tuple(targets.shape)}")
     n = images.shape[0]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in
                                           ("clean_pred", "attacked", "adv", "adv_pred", "seconds")}
@@ -52,13 +104,18 @@ def attack_dataset(
         with torch.no_grad():
             clean_pred = model(x).argmax(1)
         attacked = clean_pred == y
+        if targets is not None:  # an image already of the target class has nothing to attack
+            attacked &= targets[start : start + batch_size].to(device) != y
         x_adv = x.clone()
         t0 = time.perf_counter()
         if bool(attacked.any()):
             xa, ya = x[attacked], y[attacked]
-            result = attack(model, xa, ya)
+            extra = {}
+            if targets is not None:
+                extra["targets"] = targets[start : start + batch_size].to(device)[attacked]
+            result = attack(model, xa, ya, **extra)
             if postprocess is not None:
-                result = postprocess(model, xa, result, ya)
+                result = postprocess(model, xa, result, ya, **extra)
             x_adv[attacked] = result
         elapsed = time.perf_counter() - t0
         with torch.no_grad():
@@ -73,7 +130,10 @@ def attack_dataset(
     bar.close()
     result = {k: torch.cat(v) for k, v in out.items()}
     originals = to_float(images)
-    result["success"] = result["attacked"] & (result["adv_pred"] != labels.cpu())
+    if targets is None:
+        result["success"] = result["attacked"] & (result["adv_pred"] != labels.cpu())
+    else:
+        result["success"] = result["attacked"] & (result["adv_pred"] == targets.cpu())
     for kind in ("d", "l2", "linf"):
         result[kind] = distortion(result["adv"], originals, kind)
     return result
