@@ -26,7 +26,7 @@ data:
 	fi
 
 lint: $(BIN)/quantadv
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts examples
 
 test: setup lint
 	$(BIN)/python -m pytest
