@@ -128,3 +128,4 @@ def test_choose_targets_modes():
         others = [k for k in range(5) if k != int(labels[i])]
         assert int(ll[i]) == min(others, key=lambda k: float(logits[i, k]))
     assert (choose_targets(model, images, labels, 2) == 2).all()
+    assert torch.equal(choose_targets(model, images, labels, "next"), (labels + 1) % 5)

@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
                    help="turn the output into 8-bit images: round (R) or lagrangian (Q-lambda*)")
     p.add_argument("--target", default=None, metavar="MODE",
-                   help="targeted attack: 'random' (a class other than the label, from --seed), "
+                   help="targeted attack: 'random' (a class other than the label, from --seed), 'next' (label + 1), "
                         "'least-likely' (lowest clean logit), or a class index K (images of class K are skipped); "
                         "success then means 'classified as the target', and --png records the targets for verify")
     p.add_argument("--batch-size", type=int, default=500)
@@ -102,7 +102,7 @@ def make_postprocess(kind: str):
 
 def parse_target(value: str | None) -> str | int | None:
     """``--target``: None (untargeted), a mode of :data:`TARGET_MODES`, or a class index."""
-    from ..eval.batched import TARGET_MODES
+    from ..eval.targets import TARGET_MODES
 
     if value is None:
         return None

@@ -18,12 +18,9 @@ from tqdm import tqdm
 
 from ..digital import to_float
 from .metrics import distortion
+from .targets import pick_targets
 
 AttackFn = Callable[..., torch.Tensor]
-
-#: Ways to pick a target class per image for a targeted attack (see :func:`choose_targets`).
-TARGET_MODES = ("random", "least-likely")
-
 
 def choose_targets(
     model: nn.Module,
@@ -35,35 +32,20 @@ def choose_targets(
     batch_size: int = 500,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """One target class per image for a targeted attack, never the true label.
+    """One target class per image of a dataset (int64, CPU), by :func:`~quantadv.eval.targets.pick_targets`.
 
-    ``mode`` is ``"random"`` (uniform over the classes other than the label, drawn from a
-    generator seeded with ``seed``: the same targets for the same seed), ``"least-likely"``
-    (the class with the lowest clean logit, as in Kurakin et al.'s iterative least-likely
-    class method) or a class index ``k`` (every image gets ``k``; images whose label is ``k``
-    have nothing to attack and :func:`attack_dataset` skips them). Returns int64 CPU targets.
+    ``mode``: ``"random"`` (drawn from a generator seeded with ``seed``: the same targets for
+    the same seed), ``"next"``, ``"least-likely"`` (lowest clean logit) or a class index
+    ``k`` (images of class ``k`` have nothing to attack and :func:`attack_dataset` skips
+    them). The model classifies the images once to learn the number of classes and logits.
     """
-    from ..errors import InputError
-
     logits = []
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             logits.append(model(to_float(images[start : start + batch_size]).to(device)).cpu())
     scores = torch.cat(logits)
-    classes = scores.shape[1]
-    labels = labels.cpu().long()
-    if mode == "least-likely":
-        masked = scores.scatter(1, labels.unsqueeze(1), float("inf"))
-        return masked.argmin(dim=1)
-    if mode == "random":
-        gen = torch.Generator().manual_seed(int(seed))
-        shift = torch.randint(1, classes, (labels.shape[0],), generator=gen)
-        return (labels + shift) % classes
-    if isinstance(mode, bool) or not isinstance(mode, int):
-        raise InputError(f"target must be one of {', '.join(TARGET_MODES)} or a class index, got {mode!r}")
-    if not 0 <= mode < classes:
-        raise InputError(f"target class {mode} is out of range: the model has {classes} classes (0..{classes - 1})")
-    return torch.full_like(labels, mode)
+    gen = torch.Generator().manual_seed(int(seed))
+    return pick_targets(mode, labels.cpu(), scores.shape[1], generator=gen, logits=scores)
 
 
 def attack_dataset(

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..digital import to_float
 from ..errors import ConfigError, DataError, ModelError, QuantadvError
+from ..eval.targets import pick_targets
 from .config import (
     DataSpec,
     ExperimentConfig,
@@ -196,11 +197,8 @@ def make_targets(mode: str, labels: torch.Tensor, num_classes: int, seed: int) -
     """Target classes for a targeted config: ``random`` (uniform over other classes) or ``next``."""
     if mode == "none":
         return None
-    if mode == "next":
-        return (labels + 1) % num_classes
     gen = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
-    offset = torch.randint(1, num_classes, (labels.shape[0],), generator=gen)
-    return (labels.cpu() + offset).remainder(num_classes).to(labels.device)
+    return pick_targets(mode, labels, num_classes, generator=gen)
 
 
 def _accepts(fn: Any, name: str) -> bool:
