@@ -605,3 +605,66 @@ def test_demo_command_runs_config_then_report(tmp_path, capsys, monkeypatch):
     assert "median" in out and "report:" in out
     assert (tmp_path / "rep" / "index.html").is_file()
     assert len(load_results(load_config(path).store)) == len(load_config(path).runs) * 2 * 20
+
+
+def test_quantizer_info_is_stored_per_image(tmp_path):
+    """postprocess lagrangian: lambda*, |J| and the Table 2 pixel counts land in results.info."""
+    from quantadv import quantize
+    from quantadv.attacks import fgsm
+    from quantadv.digital import to_float
+
+    cfg_dict = {**BASE_CONFIG, "experiment": "tiny-info", "save_images": 0,
+                "attacks": [{"name": "fgsm", "params": {"eps": 0.3}}],
+                "postprocess": ["none", "lagrangian"]}
+    cfg = load_config(write_setup(tmp_path, cfg_dict))
+    run_experiment(cfg, quiet=True)
+    rows = load_results(cfg.store, as_frame=False)
+    assert all(r["info"] is None for r in rows if r["postprocess"] == "none")
+    lag = sorted((r for r in rows if r["postprocess"] == "lagrangian"), key=lambda r: r["idx"])
+    assert len(lag) == 20
+    # the same quantization, done by hand on the same (deterministic) FGSM output
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_info", tmp_path / "tiny.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    model = tiny.build()
+    x_u8, y = tiny.data()
+    x, y = to_float(x_u8[:20]), y[:20]
+    _, info = quantize.lagrangian(model, x, fgsm(model, x, y, eps=0.3), y, return_info=True)
+    for r in lag:
+        stored = json.loads(r["info"])["postprocess"]
+        i = r["idx"]
+        assert stored["j_size"] == int(info["j_size"][i])
+        assert stored["both_pixels"] == int(info["both_pixels"][i])
+        assert stored["lambda_pixels"] == int(info["lambda_pixels"][i])
+        lam = float(info["lambda_star"][i])
+        assert stored["lambda_star"] == (pytest.approx(lam) if lam != float("inf") else None)
+
+
+def test_version_1_store_is_read_and_upgraded_in_place(finished):
+    """A store written before results.info existed: read as is (info None), upgraded on write."""
+    cfg, _ = finished
+    con = sqlite3.connect(cfg.store)
+    with con:  # turn the finished store back into a version-1 store
+        con.execute("ALTER TABLE results DROP COLUMN info")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    def rows_as_sets():  # column order differs between the versions
+        return sorted(tuple(sorted(r)) for r in comparable(cfg.store))
+
+    before = rows_as_sets()
+    assert all(dict(r)["info"] is None for r in before)
+    with ResultsStore.open(cfg.store) as store:  # read-only: nothing changes
+        assert store.meta()["schema_version"] == "1"
+    again = run_experiment(cfg, quiet=True)  # opens for writing: upgraded, rows kept
+    assert again.rows_written == 0
+    with ResultsStore.open(cfg.store) as store:
+        assert store.meta()["schema_version"] == "2"
+    assert rows_as_sets() == before
+    con = sqlite3.connect(cfg.store)
+    with con:
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(DataError, match="schema version '99'"):
+        ResultsStore.open(cfg.store)

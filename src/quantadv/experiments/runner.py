@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 import logging
 import math
 import os
@@ -218,6 +219,37 @@ def _per_image(value: Any, n: int, device: torch.device) -> torch.Tensor | None:
     return t if t.numel() == n else None
 
 
+#: Keys of an ``info`` dict that have their own columns (or are recomputed) in the store.
+_COUNTED = ("success", "calls", "grads")
+
+
+def info_extras(info: dict, n: int) -> dict[str, list]:
+    """The per-image numbers of an ``info`` dict beyond success and counts, as JSON-ready lists.
+
+    Keeps tensors with exactly ``n`` values (one per image); floats that are not finite
+    become ``None`` (JSON has no infinity), booleans stay booleans.
+    """
+    out: dict[str, list] = {}
+    for key, value in info.items():
+        if key in _COUNTED or not isinstance(value, torch.Tensor) or value.numel() != n:
+            continue
+        v = value.detach().cpu().flatten()
+        if v.dtype == torch.bool:
+            out[key] = [bool(b) for b in v.tolist()]
+        elif v.dtype.is_floating_point:
+            out[key] = [float(f) if math.isfinite(f) else None for f in v.double().tolist()]
+        else:
+            out[key] = [int(i) for i in v.tolist()]
+    return out
+
+
+def _row_info(attack: dict[str, list], post: dict[str, list], j: int) -> str | None:
+    """The ``info`` JSON of image ``j`` of a batch: its attack and post-processing extras."""
+    parts = {name: {k: v[j] for k, v in extras.items()}
+             for name, extras in (("attack", attack), ("postprocess", post)) if extras}
+    return json.dumps(parts, sort_keys=True) if parts else None
+
+
 def call_attack(
     run: RunSpec,
     fn: Any,
@@ -226,8 +258,11 @@ def call_attack(
     y: torch.Tensor,
     targets: torch.Tensor | None,
     seed: int,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Run ``run``'s attack on one batch: (adversarial images, calls, grads) per image."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, list]]:
+    """Run ``run``'s attack on one batch: (adversarial images, calls, grads, extras) per image.
+
+    ``extras`` are the other per-image numbers of the attack's info (:func:`info_extras`).
+    """
     kwargs = dict(run.params)
     if _accepts(fn, "generator"):
         kwargs["generator"] = torch.Generator().manual_seed(seed)
@@ -259,9 +294,8 @@ def call_attack(
             f"shape {tuple(x.shape)}"
         )
     n = x.shape[0]
-    return out.detach(), _per_image(info.get("calls"), n, x.device), _per_image(
-        info.get("grads"), n, x.device
-    )
+    return (out.detach(), _per_image(info.get("calls"), n, x.device),
+            _per_image(info.get("grads"), n, x.device), info_extras(info, n))
 
 
 #: Gradient computations per image of quantizers whose info dict does not report them:
@@ -277,27 +311,32 @@ def apply_postprocess(
     x_adv: torch.Tensor,
     y: torch.Tensor,
     targets: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Apply one post-processing step; returns (images, extra calls, extra grads) per image."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, list]]:
+    """Apply one post-processing step: (images, extra calls, extra grads, extras) per image.
+
+    ``extras`` are the other per-image numbers of the quantizer's info (:func:`info_extras`),
+    e.g. ``lambda_star``, ``j_size``, ``both_pixels``, ``lambda_pixels`` for Q-lambda*.
+    """
     n = x.shape[0]
     zero = torch.zeros(n, dtype=torch.int64)
     if pp.name == "none":
-        return x_adv, zero, zero
+        return x_adv, zero, zero, {}
     if pp.name == "round_nearest":
-        return fn(x_adv), zero, zero
+        return fn(x_adv), zero, zero, {}
     if pp.name == "toward_original":
-        return fn(x, x_adv), zero, zero
+        return fn(x, x_adv), zero, zero, {}
     kwargs = dict(pp.params)
     if targets is not None:
         kwargs["targets"] = targets
     if pp.name == "gradient_sign":  # one gradient of L_Q at x_a (paper 000 Eq. 25)
         one = torch.ones(n, dtype=torch.int64)
-        return fn(model, x, x_adv, y, **kwargs), one, one
+        return fn(model, x, x_adv, y, **kwargs), one, one, {}
     if _accepts(fn, "return_info"):
         out, info = fn(model, x, x_adv, y, return_info=True, **kwargs)
         grads = info.get("grads", _POSTPROCESS_GRADS.get(pp.name))
-        return out, _per_image(info.get("calls"), n, x.device), _per_image(grads, n, x.device)
-    return fn(model, x, x_adv, y, **kwargs), None, None
+        return (out, _per_image(info.get("calls"), n, x.device), _per_image(grads, n, x.device),
+                info_extras(info, n))
+    return fn(model, x, x_adv, y, **kwargs), None, None, {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +607,7 @@ def _process(
             seed = batch_seed(cfg.seed, run.run_id, b)
             targets = make_targets(cfg.targets, y, num_classes, seed)
             t0 = time.perf_counter()
-            x_adv, a_calls, a_grads = call_attack(
+            x_adv, a_calls, a_grads, a_extras = call_attack(
                 run, attacks.get(run.attack.name) if run.attack.name else
                 load_entry(run.attack.entry, f"attacks[{run.attack.index}].entry"),  # type: ignore[arg-type]
                 model, x, y, targets, seed,
@@ -585,7 +624,7 @@ def _process(
             adversarials = []
             for pp in missing:
                 t1 = time.perf_counter()
-                x_out, p_calls, p_grads = apply_postprocess(
+                x_out, p_calls, p_grads, p_extras = apply_postprocess(
                     pp, pp_fns[pp.name], model, x, x_adv, y, targets
                 )
                 t_pp = time.perf_counter() - t1
@@ -618,6 +657,7 @@ def _process(
                         "grads": grads[j] if grads is not None else None,
                         "seconds": per_image,
                         "seed": seed,
+                        "info": _row_info(a_extras, p_extras, j),
                     })
                     position = b * bs + j
                     if position < cfg.save_images:

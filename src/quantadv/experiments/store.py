@@ -16,7 +16,12 @@ Tables
     ``success``, ``d`` (paper 000 Eq. 31, pixel units), ``l2`` and ``linf`` ([0, 1] units),
     ``calls`` (network forward passes, a gradient counting as one) and ``grads`` (gradient
     computations) spent on the image by the attack and the post-processing, ``seconds`` (the
-    image's share of its batch's wall time) and ``seed`` (the seed of the batch's generator).
+    image's share of its batch's wall time), ``seed`` (the seed of the batch's generator) and
+    ``info`` (NULL, or JSON of the per-image numbers the attack and the post-processing
+    reported beyond success and counts, e.g. ``{"postprocess": {"lambda_star": ..., "j_size":
+    ..., "both_pixels": ..., "lambda_pixels": ...}}`` for Q-lambda*; non-finite values are
+    ``null``). Added in schema version 2; a version-1 store opened for writing gains the
+    column (its old rows keep ``info`` NULL).
 ``originals`` / ``adversarials``
     a few images for the report's image grids (``save_images`` per run and post-processing):
     originals as uint8 bytes, adversarials as float32 bytes, with their shape.
@@ -45,7 +50,9 @@ from typing import Any
 
 from ..errors import DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schema versions this code reads; older ones are upgraded in place when opened for writing.
+READABLE_VERSIONS = ("1", "2")
 
 #: Columns of the ``results`` table, in order.
 RESULT_COLUMNS = (
@@ -64,6 +71,7 @@ RESULT_COLUMNS = (
     "grads",
     "seconds",
     "seed",
+    "info",
 )
 #: Columns of the ``runs`` table, in order.
 RUN_COLUMNS = ("run_id", "model", "attack", "attack_name", "params", "config", "code_version",
@@ -97,6 +105,7 @@ CREATE TABLE results (
     grads INTEGER,
     seconds REAL NOT NULL,
     seed INTEGER NOT NULL,
+    info TEXT,
     PRIMARY KEY (run_id, postprocess, idx)
 ) WITHOUT ROWID;
 CREATE TABLE originals (idx INTEGER PRIMARY KEY, shape TEXT NOT NULL, data BLOB NOT NULL);
@@ -217,6 +226,7 @@ class ResultsStore:
             store._validate(full_check=not readonly)
             if not readonly:
                 store._configure_writer()
+                store._upgrade()
         except sqlite3.DatabaseError as exc:
             if lock:
                 lock.release()
@@ -298,10 +308,10 @@ class ResultsStore:
             )
         meta = self.meta()
         version = meta.get("schema_version")
-        if version != str(SCHEMA_VERSION):
+        if version not in READABLE_VERSIONS:
             raise DataError(
                 f"results store {str(self.path)!r} has schema version {version!r}; this quantadv "
-                f"reads version {SCHEMA_VERSION}. Use the quantadv version that wrote it"
+                f"reads versions {', '.join(READABLE_VERSIONS)}. Use the quantadv version that wrote it"
             )
         if full_check:
             status = self.conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -310,6 +320,20 @@ class ResultsStore:
                     f"results store {str(self.path)!r} failed SQLite's integrity check ({status}); "
                     "it was left untouched"
                 )
+
+    def _upgrade(self) -> None:
+        """Bring an older store to :data:`SCHEMA_VERSION` (one transaction; rows untouched)."""
+        if self.meta().get("schema_version") == str(SCHEMA_VERSION):
+            return
+        with self.conn:  # version 1 -> 2: the results.info column
+            if "info" not in self._columns("results"):
+                self.conn.execute("ALTER TABLE results ADD COLUMN info TEXT")
+            self.conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+
+    def _columns(self, table: str, schema: str = "main") -> list[str]:
+        return [r[1] for r in self.conn.execute(f"PRAGMA {schema}.table_info({table})")]
 
     def check_identity(self, identity: StoreIdentity) -> None:
         meta = self.meta()
@@ -356,6 +380,7 @@ class ResultsStore:
         for r in self.conn.execute(sql, args):
             row = dict(r)
             row["success"] = bool(row["success"])
+            row.setdefault("info", None)  # a version-1 store read as it is
             rows.append(row)
         return rows
 
@@ -443,8 +468,12 @@ class ResultsStore:
         try:
             with self.conn:
                 for table in ("runs", "results", "originals", "adversarials", "sessions"):
+                    theirs = set(self._columns(table, "shard"))
+                    cols = ", ".join(c for c in self._columns(table) if c in theirs)
                     before = self.conn.total_changes
-                    self.conn.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM shard.{table}")
+                    self.conn.execute(
+                        f"INSERT OR IGNORE INTO main.{table} ({cols}) SELECT {cols} FROM shard.{table}"
+                    )
                     added[table] = self.conn.total_changes - before
         finally:
             self.conn.execute("DETACH DATABASE shard")
