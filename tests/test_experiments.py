@@ -668,3 +668,27 @@ def test_version_1_store_is_read_and_upgraded_in_place(finished):
     con.close()
     with pytest.raises(DataError, match="schema version '99'"):
         ResultsStore.open(cfg.store)
+
+
+def test_postprocess_chosen_per_attack_entry(tmp_path):
+    """attacks[i].postprocess picks some of the top-level steps for that entry only."""
+    base_hash = load_config(write_setup(tmp_path, name="base.yaml")).experiment_hash
+    cfg_dict = {**BASE_CONFIG, "attacks": [
+        {"name": "pgd", "params": {"norm": "l2", "step": 0.1, "steps": 3, "random_start": True},
+         "grid": {"eps": [0.2, 0.6]}},
+        {"name": "fgsm", "grid": {"eps": [0.05, 0.2]}, "postprocess": ["none"]},
+    ]}
+    cfg = load_config(write_setup(tmp_path, cfg_dict))
+    assert cfg.experiment_hash != base_hash  # a different experiment, refused by the old store
+    summary = run_experiment(cfg, quiet=True)
+    rows = load_results(cfg.store, as_frame=False)
+    by_attack = {a: {r["postprocess"] for r in rows if r["attack"] == a} for a in ("pgd", "fgsm")}
+    assert by_attack == {"pgd": {"none", "round_nearest"}, "fgsm": {"none"}}
+    assert summary.rows_written == len(rows) == 2 * 2 * 20 + 2 * 1 * 20
+    assert run_experiment(cfg, quiet=True).rows_written == 0  # resume knows the entry's list
+    bad = {**cfg_dict, "attacks": [{"name": "fgsm", "params": {"eps": 0.1}, "postprocess": ["round"]}]}
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.postprocess: 'round' is not in the top-level.*round_nearest"):
+        load_config(write_setup(tmp_path, bad, name="bad.yaml"))
+    bad["attacks"][0]["postprocess"] = []
+    with pytest.raises(ConfigError, match="non-empty list"):
+        load_config(write_setup(tmp_path, bad, name="bad.yaml"))

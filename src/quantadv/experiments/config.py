@@ -27,6 +27,10 @@ Example::
         grid: [{eps: 0.5, step: 0.125}, {eps: 1.0, step: 0.25}]
       - name: ddn
         params: {steps: 100}
+      - name: ddn
+        label: ddn-qdelta
+        params: {steps: 100, quantize: lagrangian}
+        postprocess: [none]          # already digital: only some of the list below
     postprocess: [none, round_nearest, lagrangian]
 
 Relative paths of *inputs* (weight files, ``.py`` entry points, image folders) are resolved
@@ -509,6 +513,7 @@ class AttackSpec:
     params: dict
     grid: tuple  # the grid points: dicts of the swept parameters, in config order
     grid_keys: tuple[str, ...] = ()
+    postprocess: tuple[str, ...] | None = None  # labels of the top-level list; None: all
 
     @property
     def attack_name(self) -> str:
@@ -590,7 +595,16 @@ class ExperimentConfig:
             "postprocess": [[p.label, p.name, p.params] for p in self.postprocess],
             "save_images": self.save_images,
         }
+        chosen = {a.label: list(a.postprocess) for a in self.attacks if a.postprocess is not None}
+        if chosen:  # only then, so that configs without per-entry lists keep their hash
+            payload["postprocess_per_attack"] = chosen
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:16]
+
+    def postprocess_for(self, attack: AttackSpec) -> tuple[PostprocessSpec, ...]:
+        """The post-processing steps applied to the runs of one attack entry."""
+        if attack.postprocess is None:
+            return self.postprocess
+        return tuple(p for p in self.postprocess if p.label in attack.postprocess)
 
     def with_store(self, store: str | Path) -> ExperimentConfig:
         import dataclasses
@@ -877,7 +891,7 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "entry", "label", "params", "grid"))
+        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess"))
         if ("name" in item) == ("entry" in item):
             raise ConfigError(
                 f"{where} must have exactly one of 'name' (one of {_allowed(sorted(registry))}) "
@@ -913,7 +927,10 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
             dup = next(p for p in seen if seen.count(p) > 1)
             raise ConfigError(f"{where}.grid lists the point {dup} twice; list each once")
         label = _label(item.get("label", name or entry.function), f"{where}.label")  # type: ignore[union-attr]
-        specs.append(AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys))
+        chosen = None
+        if "postprocess" in item:
+            chosen = _str_list(item["postprocess"], f"{where}.postprocess")
+        specs.append(AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -922,6 +939,17 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
             "(e.g. label: pgd-l2)"
         )
     return tuple(specs)
+
+
+def _str_list(value: object, where: str) -> tuple[str, ...]:
+    """A non-empty list of distinct strings (a single string is a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a non-empty list of labels, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} lists a label twice: {value!r}")
+    return tuple(value)
 
 
 def postprocess_registry() -> dict[str, Any]:
@@ -1127,6 +1155,14 @@ def parse_config(
     data_spec = _parse_data(top.get("data"), base)
     attacks = _parse_attacks(top.get("attacks"), base)
     postprocess = _parse_postprocess(top.get("postprocess"))
+    known = [p.label for p in postprocess]
+    for a in attacks:
+        for lab in a.postprocess or ():
+            if lab not in known:
+                raise ConfigError(
+                    f"attacks[{a.index}].postprocess: {lab!r} is not in the top-level postprocess "
+                    f"list{_suggest(lab, known)}; allowed: {_allowed(known)}"
+                )
     cfg = ExperimentConfig(
         experiment=name,
         description=description,

@@ -549,10 +549,9 @@ def _process(
             done |= reader.done_keys(run.run_id)
         for b in mine:
             batch_idx = indices[b * bs:(b + 1) * bs]
-            missing = [p for p in cfg.postprocess if any((p.label, i) not in done for i in batch_idx)]
-            summary.rows_skipped += sum(
-                (p.label, i) in done for p in cfg.postprocess for i in batch_idx
-            )
+            steps = cfg.postprocess_for(run.attack)
+            missing = [p for p in steps if any((p.label, i) not in done for i in batch_idx)]
+            summary.rows_skipped += sum((p.label, i) in done for p in steps for i in batch_idx)
             if missing:
                 plan.append((run, b, missing, done))
     total = sum(len(indices[b * bs:(b + 1) * bs]) for _, b, _, _ in plan)
