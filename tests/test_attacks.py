@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import SmallNet, affine_problem, minimal_l2
+from conftest import SmallNet, affine_problem, minimal_l2, minimal_linf
 from quantadv import InputError
 from quantadv.attacks import REGISTRY, cw, ddn, fgsm, ifgsm, pgd
 from quantadv.eval import distortion, is_adversarial
@@ -227,3 +227,43 @@ def test_model_with_wrong_output_shape_raises():
     x = torch.rand(2, 1, 4, 4)
     with pytest.raises(InputError, match="logits"):
         fgsm(nn.Identity(), x, torch.zeros(2, dtype=torch.long), eps=0.1)
+
+
+# ---------------------------------------------------------------- budget search (Sec. 5.4)
+
+
+def test_budget_search_brackets_the_minimal_fgsm_eps_on_binary_affine():
+    """Binary affine model: FGSM succeeds iff eps >= margin / ||w_y - w_k||_1 (closed form)."""
+    from quantadv.attacks import budget_search
+
+    model, x, y = affine_problem(classes=2, n=12, seed=3)
+    exact = minimal_linf(model, x, y)
+    low, high, steps = 0.0, 0.4, 6
+    x_adv, info = budget_search(fgsm, model, x, y, low=low, high=high, steps=steps, return_info=True)
+    width = (high - low) / 2**steps
+    inside = exact < high - width
+    assert inside.sum() >= 6
+    b = info["budget"]
+    assert torch.all(b[inside] >= exact[inside] - 1e-9) and torch.all(b[inside] <= exact[inside] + width + 1e-9)
+    assert torch.equal(info["success"], torch.isfinite(b))
+    assert torch.all(info["calls"] == steps * 2) and torch.all(info["grads"] == steps)  # FGSM: 1 grad + check
+    # the returned image is FGSM at the found budget
+    for i in torch.nonzero(info["success"]).flatten().tolist():
+        ref = fgsm(model, x[i : i + 1], y[i : i + 1], eps=float(b[i]))
+        assert torch.allclose(x_adv[i : i + 1], ref)
+    # images that never succeed keep the last (largest) budget tried; batch == per image
+    for i in range(3):
+        one = budget_search(fgsm, model, x[i : i + 1], y[i : i + 1], low=low, high=high, steps=steps)
+        assert torch.allclose(one, x_adv[i : i + 1])
+
+
+def test_budget_search_rejects_bad_input(small_net):
+    from quantadv.attacks import budget_search
+
+    model, x, y = small_net
+    with pytest.raises(InputError, match="low < high"):
+        budget_search(pgd, model, x, y, low=0.5, high=0.1, step=0.1, steps=3)
+    with pytest.raises(InputError, match="searched"):
+        budget_search(ifgsm, model, x, y, low=0.0, high=0.1, eps=0.2)
+    with pytest.raises(InputError, match="attack function"):
+        budget_search("pgd", model, x, y, low=0.0, high=0.1)

@@ -692,3 +692,33 @@ def test_postprocess_chosen_per_attack_entry(tmp_path):
     bad["attacks"][0]["postprocess"] = []
     with pytest.raises(ConfigError, match="non-empty list"):
         load_config(write_setup(tmp_path, bad, name="bad.yaml"))
+
+
+def test_attack_entry_with_a_budget_search(tmp_path):
+    """attacks[i].search bisects a budget per image (paper 000 Sec. 5.4); the budget is stored."""
+    cfg_dict = {**BASE_CONFIG, "experiment": "tiny-search", "attacks": [
+        *BASE_CONFIG["attacks"],
+        {"name": "fgsm", "label": "fgsm-search", "search": {"eps": [0.0, 0.4], "steps": 4}},
+    ]}
+    cfg = load_config(write_setup(tmp_path, cfg_dict))
+    base = load_config(write_setup(tmp_path, name="base.yaml"))
+    assert {r.run_id for r in base.runs} < {r.run_id for r in cfg.runs}  # other runs keep their ids
+    (run,) = [r for r in cfg.runs if r.attack.label == "fgsm-search"]
+    assert "eps searched in [0.0, 0.4], 4 steps" in run.description
+    run_experiment(cfg, quiet=True)
+    rows = [r for r in load_results(cfg.store, as_frame=False)
+            if r["attack"] == "fgsm-search" and r["postprocess"] == "none"]
+    assert len(rows) == 20
+    tried = {0.4 * j / 16 for j in range(1, 16)}
+    for r in rows:
+        budget = json.loads(r["info"])["attack"]["budget"]
+        assert r["grads"] == 4  # one FGSM gradient per round
+        if r["success"]:
+            assert min(abs(budget - t) for t in tried) < 1e-12
+            assert r["linf"] <= budget + 1e-6
+    for bad, match in (({"eps": [0.0, 0.4]}, None), ({"eps": [0.3, 0.1]}, "low < high"),
+                       ({"eps": [0, 1], "step": [0, 1]}, "exactly one"), ({"epz": [0, 1]}, "epz")):
+        entry = {"name": "fgsm", "params": {"eps": 0.1}, "search": bad} if match is None else {
+            "name": "fgsm", "search": bad}
+        with pytest.raises(ConfigError, match=match or "searched"):
+            load_config(write_setup(tmp_path, {**BASE_CONFIG, "attacks": [entry]}, name="bad.yaml"))

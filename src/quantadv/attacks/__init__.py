@@ -11,8 +11,9 @@ loop of :mod:`quantadv.attacks.engine`.
 from .gradient import fgsm, ifgsm, pgd
 from .losses import LOSSES, attack_loss
 from .minimal import cw, ddn
+from .search import budget_search
 
 #: Attacks by name, for configs and the command line.
 REGISTRY = {"fgsm": fgsm, "ifgsm": ifgsm, "pgd": pgd, "cw": cw, "ddn": ddn}
 
-__all__ = ["LOSSES", "REGISTRY", "attack_loss", "cw", "ddn", "fgsm", "ifgsm", "pgd"]
+__all__ = ["LOSSES", "REGISTRY", "attack_loss", "budget_search", "cw", "ddn", "fgsm", "ifgsm", "pgd"]

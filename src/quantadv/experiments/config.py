@@ -514,15 +514,18 @@ class AttackSpec:
     grid: tuple  # the grid points: dicts of the swept parameters, in config order
     grid_keys: tuple[str, ...] = ()
     postprocess: tuple[str, ...] | None = None  # labels of the top-level list; None: all
+    search: tuple | None = None  # (param, low, high, steps): per-image bisection of a budget
 
     @property
     def attack_name(self) -> str:
         return self.name if self.name is not None else self.entry.spec  # type: ignore[union-attr]
 
     def identity(self) -> dict:
-        if self.name is not None:
-            return {"name": self.name}
-        return {"entry": self.entry.identity()}  # type: ignore[union-attr]
+        ident: dict = {"name": self.name} if self.name is not None else {"entry": self.entry.identity()}  # type: ignore[union-attr]
+        if self.search is not None:  # only then, so that other runs keep their ids
+            param, low, high, steps = self.search
+            ident["search"] = {"param": param, "low": low, "high": high, "steps": steps}
+        return ident
 
     def points(self) -> list[dict]:
         """The resolved parameters of every grid point (fixed params + the point's values)."""
@@ -552,10 +555,19 @@ class RunSpec:
 
     @property
     def description(self) -> str:
-        if not self.attack.grid:
-            return f"{self.model.label} / {self.attack.label}"
-        swept = ", ".join(f"{k}={self.params[k]}" for k in self.attack.grid_keys)
-        return f"{self.model.label} / {self.attack.label} ({swept})"
+        parts = [", ".join(f"{k}={self.params[k]}" for k in self.attack.grid_keys)] if self.attack.grid else []
+        if self.search_text:
+            parts.append(self.search_text)
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        return f"{self.model.label} / {self.attack.label}{detail}"
+
+    @property
+    def search_text(self) -> str:
+        """``"eps searched in [0, 0.06], 5 steps"`` or ``""``."""
+        if self.attack.search is None:
+            return ""
+        param, low, high, steps = self.attack.search
+        return f"{param} searched in [{low}, {high}], {steps} steps"
 
 
 @dataclass(frozen=True)
@@ -891,7 +903,7 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess"))
+        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess", "search"))
         if ("name" in item) == ("entry" in item):
             raise ConfigError(
                 f"{where} must have exactly one of 'name' (one of {_allowed(sorted(registry))}) "
@@ -913,14 +925,19 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         params = {k: _value(v, f"{where}.params.{k}") for k, v in raw_params.items()}
         what = f"attack {name or entry.spec}"  # type: ignore[union-attr]
         grid_keys, points = _parse_grid(item.get("grid"), params, f"{where}.grid")
+        search = None
+        searched: dict = {}
+        if "search" in item:
+            search = _parse_search(item["search"], fn, params, grid_keys, f"{where}.search", what)
+            searched = {search[0]: search[2]}  # check the searched parameter at its upper end
         # Check the fixed parameters with a representative grid point, then every grid point.
-        probe = {**params, **(points[0] if points else {})}
+        probe = {**params, **(points[0] if points else {}), **searched}
         checked = check_params(fn, probe, f"{where}.params", what)
         params = {k: checked[k] for k in params}
         checked_points = []
         for j, point in enumerate(points):
             wh = f"{where}.grid" if isinstance(item.get("grid"), dict) else f"{where}.grid[{j}]"
-            full = check_params(fn, {**params, **point}, wh, what)
+            full = check_params(fn, {**params, **point, **searched}, wh, what)
             checked_points.append({k: full[k] for k in grid_keys})
         seen = [canonical_json(p) for p in checked_points]
         if len(set(seen)) != len(seen):
@@ -930,7 +947,9 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         chosen = None
         if "postprocess" in item:
             chosen = _str_list(item["postprocess"], f"{where}.postprocess")
-        specs.append(AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen))
+        specs.append(
+            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search)
+        )
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -939,6 +958,43 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
             "(e.g. label: pgd-l2)"
         )
     return tuple(specs)
+
+
+def _parse_search(value: object, fn: Any, fixed: dict, grid_keys: tuple, where: str, what: str) -> tuple:
+    """``search: {eps: [low, high], steps: 5}``: bisect one budget per image (paper 000 Sec. 5.4)."""
+    d = _mapping(value, where)
+    steps = _int(d.get("steps", 5), f"{where}.steps", 1)
+    names = [k for k in d if k != "steps"]
+    if len(names) != 1:
+        raise ConfigError(
+            f"{where} must name exactly one parameter with its interval, e.g. {{eps: [0.0, 0.06], steps: 5}}; "
+            f"got keys {sorted(d)}"
+        )
+    param = names[0]
+    bounds = d[param]
+    if (not isinstance(bounds, list) or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            or not 0 <= bounds[0] < bounds[1] or not math.isfinite(bounds[1])):
+        raise ConfigError(f"{where}.{param} must be [low, high] with 0 <= low < high, got {bounds!r}")
+    if param in fixed or param in grid_keys:
+        raise ConfigError(f"{where}: {param} is searched; remove it from params and grid")
+    if param not in configurable_params(fn) and not _takes(fn, param):
+        raise ConfigError(
+            f"{where}: {what} has no parameter {param!r}{_suggest(param, configurable_params(fn))}; "
+            f"allowed: {_allowed(sorted(configurable_params(fn)))}"
+        )
+    if not _takes(fn, "return_info"):
+        raise ConfigError(f"{where}: {what} has no return_info= argument, which a search needs")
+    return (param, float(bounds[0]), float(bounds[1]), steps)
+
+
+def _takes(fn: Any, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def _str_list(value: object, where: str) -> tuple[str, ...]:

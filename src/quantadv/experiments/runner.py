@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attacks.search import budget_search
 from ..digital import to_float
 from ..errors import ConfigError, DataError, ModelError, QuantadvError
 from ..eval.targets import pick_targets
@@ -277,7 +278,11 @@ def call_attack(
             )
         kwargs["targets"] = targets
     try:
-        out = fn(model, x, y, **kwargs)
+        if run.attack.search is None:
+            out = fn(model, x, y, **kwargs)
+        else:  # per-image bisection of one budget (paper 000 Sec. 5.4)
+            param, low, high, steps = run.attack.search
+            out = budget_search(fn, model, x, y, param=param, low=low, high=high, steps=steps, **kwargs)
     except QuantadvError as exc:
         raise ConfigError(f"attacks[{run.attack.index}] ({run.description}): {exc}") from exc
     info: dict = {}
