@@ -238,22 +238,22 @@ def test_budget_search_brackets_the_minimal_fgsm_eps_on_binary_affine():
 
     model, x, y = affine_problem(classes=2, n=12, seed=3)
     exact = minimal_linf(model, x, y)
-    low, high, steps = 0.0, 0.4, 6
-    x_adv, info = budget_search(fgsm, model, x, y, low=low, high=high, steps=steps, return_info=True)
-    width = (high - low) / 2**steps
+    low, high, rounds = 0.0, 0.4, 6
+    x_adv, info = budget_search(fgsm, model, x, y, low=low, high=high, rounds=rounds, return_info=True)
+    width = (high - low) / 2**rounds
     inside = exact < high - width
     assert inside.sum() >= 6
     b = info["budget"]
     assert torch.all(b[inside] >= exact[inside] - 1e-9) and torch.all(b[inside] <= exact[inside] + width + 1e-9)
     assert torch.equal(info["success"], torch.isfinite(b))
-    assert torch.all(info["calls"] == steps * 2) and torch.all(info["grads"] == steps)  # FGSM: 1 grad + check
+    assert torch.all(info["calls"] == rounds * 2) and torch.all(info["grads"] == rounds)  # FGSM: 1 grad + check
     # the returned image is FGSM at the found budget
     for i in torch.nonzero(info["success"]).flatten().tolist():
         ref = fgsm(model, x[i : i + 1], y[i : i + 1], eps=float(b[i]))
         assert torch.allclose(x_adv[i : i + 1], ref)
     # images that never succeed keep the last (largest) budget tried; batch == per image
     for i in range(3):
-        one = budget_search(fgsm, model, x[i : i + 1], y[i : i + 1], low=low, high=high, steps=steps)
+        one = budget_search(fgsm, model, x[i : i + 1], y[i : i + 1], low=low, high=high, rounds=rounds)
         assert torch.allclose(one, x_adv[i : i + 1])
 
 
@@ -265,5 +265,8 @@ def test_budget_search_rejects_bad_input(small_net):
         budget_search(pgd, model, x, y, low=0.5, high=0.1, step=0.1, steps=3)
     with pytest.raises(InputError, match="searched"):
         budget_search(ifgsm, model, x, y, low=0.0, high=0.1, eps=0.2)
+    # the attack's own steps pass through: 2 rounds of 3-step I-FGSM = at most 6 gradients
+    _, info = budget_search(ifgsm, model, x, y, low=0.0, high=0.2, rounds=2, steps=3, return_info=True)
+    assert int(info["grads"].max()) <= 6 and int(info["grads"].min()) >= 2
     with pytest.raises(InputError, match="attack function"):
         budget_search("pgd", model, x, y, low=0.0, high=0.1)

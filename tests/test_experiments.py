@@ -698,13 +698,13 @@ def test_attack_entry_with_a_budget_search(tmp_path):
     """attacks[i].search bisects a budget per image (paper 000 Sec. 5.4); the budget is stored."""
     cfg_dict = {**BASE_CONFIG, "experiment": "tiny-search", "attacks": [
         *BASE_CONFIG["attacks"],
-        {"name": "fgsm", "label": "fgsm-search", "search": {"eps": [0.0, 0.4], "steps": 4}},
+        {"name": "fgsm", "label": "fgsm-search", "search": {"eps": [0.0, 0.4], "rounds": 4}},
     ]}
     cfg = load_config(write_setup(tmp_path, cfg_dict))
     base = load_config(write_setup(tmp_path, name="base.yaml"))
     assert {r.run_id for r in base.runs} < {r.run_id for r in cfg.runs}  # other runs keep their ids
     (run,) = [r for r in cfg.runs if r.attack.label == "fgsm-search"]
-    assert "eps searched in [0.0, 0.4], 4 steps" in run.description
+    assert "eps searched in [0.0, 0.4], 4 rounds" in run.description
     run_experiment(cfg, quiet=True)
     rows = [r for r in load_results(cfg.store, as_frame=False)
             if r["attack"] == "fgsm-search" and r["postprocess"] == "none"]

@@ -28,18 +28,18 @@ def budget_search(
     param: str = "eps",
     low: float,
     high: float,
-    steps: int = 5,
+    rounds: int = 5,
     targets: torch.Tensor | None = None,
     return_info: bool = False,
     **params: object,
 ):
     """Bisect ``attack``'s budget ``param`` per image over ``[low, high]`` (paper 000 Sec. 5.4).
 
-    Each of the ``steps`` rounds runs ``attack`` once per image at the midpoint of the image's
+    Each of the ``rounds`` rounds runs ``attack`` once per image at the midpoint of the image's
     current interval: if the attack succeeds the interval keeps its lower half, otherwise its
     upper half. Images that share a midpoint are attacked together (at most ``2**(k-1)``
     groups in round ``k``). As in the paper, the end points are never tried themselves: every
-    budget tried is ``low + (high - low) * j / 2**steps`` for some ``0 < j < 2**steps``.
+    budget tried is ``low + (high - low) * j / 2**rounds`` for some ``0 < j < 2**rounds``.
 
     Parameters
     ----------
@@ -48,9 +48,10 @@ def budget_search(
         ``success`` decides each round.
     param : the budget's keyword (``"eps"`` for FGSM, I-FGSM and PGD).
     low, high : the search interval, ``0 <= low < high``, in the attack's units.
-    steps : rounds of bisection (the paper: 5).
+    rounds : rounds of bisection (the paper: 5).
     targets : passed on for a targeted attack.
-    params : the attack's other keyword arguments (e.g. ``steps=20`` or ``norm="l2", step=...``).
+    params : the attack's other keyword arguments (e.g. I-FGSM's ``steps=20``, or PGD's
+        ``norm="l2", step=..., steps=10``).
 
     Returns
     -------
@@ -67,7 +68,7 @@ def budget_search(
     high = check_positive(high, "high")
     if not low < high:
         raise InputError(f"the search interval needs low < high, got low={low}, high={high}")
-    steps = check_int(steps, "steps", minimum=1)
+    rounds = check_int(rounds, "rounds", minimum=1)
     if param in params:
         raise InputError(f"{param} is searched; do not pass it as a fixed parameter too")
     n = images.shape[0]
@@ -78,7 +79,7 @@ def budget_search(
     budget = torch.full((n,), float("inf"), dtype=torch.float64)
     calls = torch.zeros(n, dtype=torch.int64, device=device)
     grads = torch.zeros(n, dtype=torch.int64, device=device)
-    for _ in range(steps):
+    for _ in range(rounds):
         mid = (lo + hi) / 2
         for value in torch.unique(mid).tolist():
             group = (mid == value).nonzero().flatten()

@@ -514,7 +514,7 @@ class AttackSpec:
     grid: tuple  # the grid points: dicts of the swept parameters, in config order
     grid_keys: tuple[str, ...] = ()
     postprocess: tuple[str, ...] | None = None  # labels of the top-level list; None: all
-    search: tuple | None = None  # (param, low, high, steps): per-image bisection of a budget
+    search: tuple | None = None  # (param, low, high, rounds): per-image bisection of a budget
 
     @property
     def attack_name(self) -> str:
@@ -523,8 +523,8 @@ class AttackSpec:
     def identity(self) -> dict:
         ident: dict = {"name": self.name} if self.name is not None else {"entry": self.entry.identity()}  # type: ignore[union-attr]
         if self.search is not None:  # only then, so that other runs keep their ids
-            param, low, high, steps = self.search
-            ident["search"] = {"param": param, "low": low, "high": high, "steps": steps}
+            param, low, high, rounds = self.search
+            ident["search"] = {"param": param, "low": low, "high": high, "rounds": rounds}
         return ident
 
     def points(self) -> list[dict]:
@@ -563,11 +563,11 @@ class RunSpec:
 
     @property
     def search_text(self) -> str:
-        """``"eps searched in [0, 0.06], 5 steps"`` or ``""``."""
+        """``"eps searched in [0, 0.06], 5 rounds"`` or ``""``."""
         if self.attack.search is None:
             return ""
-        param, low, high, steps = self.attack.search
-        return f"{param} searched in [{low}, {high}], {steps} steps"
+        param, low, high, rounds = self.attack.search
+        return f"{param} searched in [{low}, {high}], {rounds} rounds"
 
 
 @dataclass(frozen=True)
@@ -961,13 +961,13 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
 
 
 def _parse_search(value: object, fn: Any, fixed: dict, grid_keys: tuple, where: str, what: str) -> tuple:
-    """``search: {eps: [low, high], steps: 5}``: bisect one budget per image (paper 000 Sec. 5.4)."""
+    """``search: {eps: [low, high], rounds: 5}``: bisect one budget per image (paper 000 Sec. 5.4)."""
     d = _mapping(value, where)
-    steps = _int(d.get("steps", 5), f"{where}.steps", 1)
-    names = [k for k in d if k != "steps"]
+    rounds = _int(d.get("rounds", 5), f"{where}.rounds", 1)
+    names = [k for k in d if k != "rounds"]
     if len(names) != 1:
         raise ConfigError(
-            f"{where} must name exactly one parameter with its interval, e.g. {{eps: [0.0, 0.06], steps: 5}}; "
+            f"{where} must name exactly one parameter with its interval, e.g. {{eps: [0.0, 0.06], rounds: 5}}; "
             f"got keys {sorted(d)}"
         )
     param = names[0]
@@ -985,7 +985,7 @@ def _parse_search(value: object, fn: Any, fixed: dict, grid_keys: tuple, where: 
         )
     if not _takes(fn, "return_info"):
         raise ConfigError(f"{where}: {what} has no return_info= argument, which a search needs")
-    return (param, float(bounds[0]), float(bounds[1]), steps)
+    return (param, float(bounds[0]), float(bounds[1]), rounds)
 
 
 def _takes(fn: Any, name: str) -> bool:

@@ -281,8 +281,8 @@ def call_attack(
         if run.attack.search is None:
             out = fn(model, x, y, **kwargs)
         else:  # per-image bisection of one budget (paper 000 Sec. 5.4)
-            param, low, high, steps = run.attack.search
-            out = budget_search(fn, model, x, y, param=param, low=low, high=high, steps=steps, **kwargs)
+            param, low, high, rounds = run.attack.search
+            out = budget_search(fn, model, x, y, param=param, low=low, high=high, rounds=rounds, **kwargs)
     except QuantadvError as exc:
         raise ConfigError(f"attacks[{run.attack.index}] ({run.description}): {exc}") from exc
     info: dict = {}
