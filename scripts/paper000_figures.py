@@ -7,6 +7,7 @@ PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdo
     python scripts/paper000_figures.py acceptance           # results/paper000-acceptance.db
     python scripts/paper000_figures.py fig5                 # results/paper000-fig05.db
     python scripts/paper000_figures.py fig6 fig9 fig10      # results/paper000-budget-*.db
+                                                            # (fig9 also paper000-search-*.db)
     python scripts/paper000_figures.py table2               # re-runs FGSM / PGD2 best efforts
     python scripts/paper000_figures.py all
 
@@ -242,6 +243,8 @@ def fig9(args) -> None:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
+    searched = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
+                ("pgd2-search", "PGD2, eps bisected (Sec. 5.4)", "C0"))
     print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
     print(_row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
     print(_row(*["---"] * 5))
@@ -253,13 +256,17 @@ def fig9(args) -> None:
         grid = np.linspace(0, 40 if kind == "natural" else 60, 801)
         _, ref = best(df, "pgd2", "lagrangian")
         refmed = _summary(ref)[1]
-        for att, name, c in entries:
+        sdf = _budget(kind, "search")  # the budget-search variants, when their store exists
+        curves = [(df, att, name, c, "-") for att, name, c in entries]
+        if sdf is not None:
+            curves += [(sdf, att, name, c, "--") for att, name, c in searched]
+        for src, att, name, c, ls in curves:
             pp = "none" if att.startswith("ddn") else "lagrangian"
-            _, d = _best_for(kind, df, att, pp)
+            _, d = _best_for(kind, src, att, pp)
             s, med = _summary(d)
             print(_row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.2f}",
                        f"{100 * oc(d, np.array([refmed]))[0]:.1f}%"))
-            ax.plot(grid, oc(d, grid), color=c, lw=1.3, label=name)
+            ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
         ax.set_title(f"Fig. 9: {MODELS[kind]} ({df.idx.nunique()} images)")
         ax.set_xlabel("distortion  d_bar  (pixel units)")
         ax.set_ylabel("P_suc(d_bar)")

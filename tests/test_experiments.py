@@ -722,3 +722,24 @@ def test_attack_entry_with_a_budget_search(tmp_path):
             "name": "fgsm", "search": bad}
         with pytest.raises(ConfigError, match=match or "searched"):
             load_config(write_setup(tmp_path, {**BASE_CONFIG, "attacks": [entry]}, name="bad.yaml"))
+
+
+def test_targeted_least_likely(tmp_path):
+    """targets: least-likely takes, per image, the class with the lowest clean logit."""
+    import importlib.util
+
+    config = json.loads(json.dumps(BASE_CONFIG))
+    config.update(experiment="tiny-ll", targets="least-likely", postprocess=["none"], save_images=0,
+                  attacks=[{"name": "fgsm", "params": {"eps": 0.3}}])
+    cfg = load_config(write_setup(tmp_path, config))
+    run_experiment(cfg, quiet=True)
+    spec = importlib.util.spec_from_file_location("tiny_ll", tmp_path / "tiny.py")
+    tiny = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny)
+    x_u8, y = tiny.data()
+    with torch.no_grad():
+        logits = tiny.build()(x_u8.float() / 255)
+    for r in load_results(cfg.store, as_frame=False):
+        others = [k for k in range(3) if k != r["label"]]
+        assert r["target"] == min(others, key=lambda k: float(logits[r["idx"], k]))
+        assert r["success"] == (r["adv_pred"] == r["target"])

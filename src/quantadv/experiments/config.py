@@ -73,7 +73,7 @@ TOP_LEVEL_KEYS = (
     "defense",
 )
 #: Targeting modes: untargeted, a uniformly random class other than the label, label + 1 mod K.
-TARGET_MODES = ("none", "random", "next")
+TARGET_MODES = ("none", "random", "next", "least-likely")
 #: Defenses the runner can put in front of a model (none are implemented yet).
 AVAILABLE_DEFENSES: tuple[str, ...] = ()
 #: Keyword arguments the runner sets itself; a config may not set them.

@@ -195,12 +195,18 @@ def batch_seed(seed: int, run_id: str, batch: int) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def make_targets(mode: str, labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor | None:
-    """Target classes for a targeted config: ``random`` (uniform over other classes) or ``next``."""
+def make_targets(
+    mode: str, labels: torch.Tensor, num_classes: int, seed: int, logits: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """Target classes for a targeted config (:func:`quantadv.eval.targets.pick_targets`).
+
+    ``random`` (uniform over the other classes, from the batch's seed), ``next`` (label + 1)
+    or ``least-likely`` (lowest clean logit, needs ``logits``); ``none`` gives None.
+    """
     if mode == "none":
         return None
     gen = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
-    return pick_targets(mode, labels, num_classes, generator=gen)
+    return pick_targets(mode, labels, num_classes, generator=gen, logits=logits)
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -596,8 +602,8 @@ def _process(
                         f"model {run.model.label!r} returned shape {tuple(logits.shape)}; "
                         "expected logits of shape (batch, classes)"
                     )
-                clean_cache[b] = (logits.argmax(1).cpu(), int(logits.shape[1]))
-            clean_pred, num_classes = clean_cache[b]
+                clean_cache[b] = (logits.argmax(1).cpu(), int(logits.shape[1]), logits.detach())
+            clean_pred, num_classes, clean_logits = clean_cache[b]
             if num_classes < 2:
                 raise ModelError(
                     f"model {run.model.label!r} returns {num_classes} logit(s); a classifier "
@@ -609,7 +615,7 @@ def _process(
                     f"{run.model.label!r}, which has {num_classes} classes"
                 )
             seed = batch_seed(cfg.seed, run.run_id, b)
-            targets = make_targets(cfg.targets, y, num_classes, seed)
+            targets = make_targets(cfg.targets, y, num_classes, seed, clean_logits)
             t0 = time.perf_counter()
             x_adv, a_calls, a_grads, a_extras = call_attack(
                 run, attacks.get(run.attack.name) if run.attack.name else
