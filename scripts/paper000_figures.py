@@ -245,6 +245,7 @@ def fig9(args) -> None:
     entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
     searched = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
                 ("pgd2-search", "PGD2, eps bisected (Sec. 5.4)", "C0"))
+    searched_tables = []
     print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
     print(_row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
     print(_row(*["---"] * 5))
@@ -267,11 +268,24 @@ def fig9(args) -> None:
             print(_row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.2f}",
                        f"{100 * oc(d, np.array([refmed]))[0]:.1f}%"))
             ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
+        if sdf is not None:
+            searched_tables.append((kind, sdf))
         ax.set_title(f"Fig. 9: {MODELS[kind]} ({df.idx.nunique()} images)")
         ax.set_xlabel("distortion  d_bar  (pixel units)")
         ax.set_ylabel("P_suc(d_bar)")
         ax.legend(fontsize=6)
     _save(fig, "fig09_limited_complexity.png")
+    if searched_tables:
+        print("\nThe bisected variants, unquantized vs rounded vs Q-lambda* (gradients: mean per image)")
+        print(_row("model", "attack", "output", "success", "median min d", "gradients"))
+        print(_row(*["---"] * 6))
+    for kind, sdf in searched_tables:
+        for att, name, _ in searched:
+            grads = sdf[(sdf.attack == att) & (sdf.postprocess == "none")].groupby("idx").grads.sum().mean()
+            for pp in ("none", "round_nearest", "lagrangian"):
+                _, d = best(sdf, att, pp)
+                s, med = _summary(d)
+                print(_row(MODELS[kind], name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}", f"{grads:.1f}"))
 
 
 def fig10(args) -> None:
