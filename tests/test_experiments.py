@@ -743,3 +743,32 @@ def test_targeted_least_likely(tmp_path):
         others = [k for k in range(3) if k != r["label"]]
         assert r["target"] == min(others, key=lambda k: float(logits[r["idx"], k]))
         assert r["success"] == (r["adv_pred"] == r["target"])
+
+
+def test_extend_a_store_with_new_runs(finished, tmp_path, capsys):
+    """quantadv run --extend: a config that adds runs continues the old store; others are refused."""
+    cfg, _ = finished
+    before = comparable(cfg.store)
+    bigger = {**BASE_CONFIG, "store": str(cfg.store),
+              "attacks": [*BASE_CONFIG["attacks"], {"name": "fgsm", "label": "fgsm-big", "params": {"eps": 0.4}}]}
+    path = write_setup(tmp_path, bigger, name="bigger.yaml")
+    big = load_config(path)
+    with pytest.raises(DataError, match="different config"):
+        run_experiment(big, quiet=True)  # refused without --extend, store untouched
+    assert comparable(cfg.store) == before
+    assert main(["run", str(path), "--extend", "--quiet"]) == 0
+    rows = comparable(cfg.store)
+    assert len(rows) == len(before) + 2 * 20 and set(before) <= set(rows)  # only the new run computed
+    with ResultsStore.open(cfg.store) as store:
+        meta = store.meta()
+    assert meta["experiment_hash"] == big.experiment_hash
+    assert json.loads(meta["previous_hashes"]) == [cfg.experiment_hash]
+    assert run_experiment(big, quiet=True).rows_written == 0  # now it is this config's store
+    # dropping a run or changing the post-processing is not an extension
+    smaller = {**BASE_CONFIG, "store": str(cfg.store), "attacks": BASE_CONFIG["attacks"][:1]}
+    with pytest.raises(DataError, match="drops 3 run"):  # the two FGSM runs and fgsm-big
+        run_experiment(load_config(write_setup(tmp_path, smaller, name="smaller.yaml")), quiet=True, extend=True)
+    other_pp = {**bigger, "postprocess": ["none"]}
+    with pytest.raises(DataError, match="post-processing list changed"):
+        run_experiment(load_config(write_setup(tmp_path, other_pp, name="pp.yaml")), quiet=True, extend=True)
+    assert len(comparable(cfg.store)) == len(rows)

@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "results/<experiment>.db)")
     p.add_argument("--device", help="override the config's device (cpu, cuda, cuda:N)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    p.add_argument("--extend", action="store_true",
+                   help="write into a store made by an earlier version of this config that had a subset of "
+                        "its runs (same post-processing): only the new runs are computed")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and list its runs without running anything")
     return p
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         for r in cfg.runs:
             print(f"  {r.run_id}  {r.description}")
         return 0
-    summary = run_experiment(cfg, device=args.device, quiet=args.quiet)
+    summary = run_experiment(cfg, device=args.device, quiet=args.quiet, extend=args.extend)
     if summary.rank != 0:
         return 0
     if not args.quiet:

@@ -427,6 +427,7 @@ def run_experiment(
     store: str | os.PathLike | None = None,
     device: str | None = None,
     quiet: bool = False,
+    extend: bool = False,
 ) -> RunSummary:
     """Run every missing (run, post-processing, image) outcome of ``config`` into its store.
 
@@ -437,6 +438,9 @@ def run_experiment(
         ``results/<experiment>.db``).
     device : override of the config's device.
     quiet : no progress bar.
+    extend : let ``config`` write into a store made by a config it extends (same runs and
+        more, same post-processing; :meth:`ResultsStore.extend_to`); only the new outcomes
+        are computed. Without it a store of another config is refused.
 
     Under ``torchrun`` the batches are sharded across ranks (see
     :mod:`quantadv.experiments.distributed`); otherwise the store is written directly.
@@ -454,7 +458,7 @@ def run_experiment(
     summary = RunSummary(store=cfg.store, rank=ctx.rank, world_size=ctx.world_size)
     start = time.perf_counter()
     try:
-        _run(cfg, dev, ctx, quiet, summary)
+        _run(cfg, dev, ctx, quiet, summary, extend)
     except BaseException as exc:
         log.error("run stopped: %r", exc)
         raise
@@ -467,7 +471,7 @@ def run_experiment(
 
 
 def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool,
-         summary: RunSummary) -> None:
+         summary: RunSummary, extend: bool = False) -> None:
     identity = store_identity(cfg)
     log.info(
         "experiment %s (hash %s), %d runs x %d post-processing, store %s, rank %d/%d, device %s, "
@@ -482,6 +486,10 @@ def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool
     reader: ResultsStore | None = None
     if ctx.is_main:
         _check_shard_identities(cfg.store, identity)
+        if cfg.store.exists() and extend:
+            with ResultsStore.open(cfg.store, readonly=False) as existing:
+                if existing.extend_to(identity, [r.run_id for r in cfg.runs]):
+                    log.info("store %s extended to experiment hash %s", cfg.store, cfg.experiment_hash)
         if cfg.store.exists():
             with ResultsStore.open(cfg.store, readonly=True) as existing:
                 existing.check_identity(identity)

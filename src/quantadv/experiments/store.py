@@ -5,7 +5,8 @@ Tables
 ``meta``
     key/value pairs: ``schema_version``, ``experiment``, ``experiment_hash`` (see
     :attr:`~quantadv.experiments.config.ExperimentConfig.experiment_hash`), ``config_yaml``
-    (the config text), ``postprocess`` (JSON list of labels), ``created``.
+    (the config text), ``postprocess`` (JSON list of labels), ``created``, and after
+    ``quantadv run --extend`` ``previous_hashes`` (JSON list of the hashes it had before).
 ``runs``
     one row per attack run: ``run_id`` (hash of the resolved run config), ``model``,
     ``attack`` (the config entry's label), ``attack_name``, ``params`` (JSON), ``config`` (the
@@ -345,6 +346,43 @@ class ResultsStore:
                 "targets, postprocess or save_images changed). The store was not modified. Give "
                 "the new config another experiment name, pass --store, or move the old store away"
             )
+
+    def extend_to(self, identity: StoreIdentity, run_ids: Iterable[str]) -> bool:
+        """Let a config that *extends* this store's config write into it (``quantadv run --extend``).
+
+        Allowed when every run already registered here is among ``run_ids`` (the new config's
+        runs; ids depend on model, data, attack, parameters, seed, batch size and targets, so
+        stored outcomes stay valid) and the post-processing list is the same. Then the store
+        takes the new identity in one transaction and remembers the old hash in the meta key
+        ``previous_hashes``. Returns False when the identity already matches; raises
+        :class:`DataError` (store untouched) when the new config is not an extension.
+        """
+        self._writable()
+        meta = self.meta()
+        if meta.get("experiment_hash") == identity.experiment_hash:
+            return False
+        stored = {r["run_id"] for r in self.runs()}
+        new = set(run_ids)
+        dropped = sorted(stored - new)
+        if dropped:
+            raise DataError(
+                f"--extend: the config drops {len(dropped)} run(s) that {str(self.path)!r} holds "
+                f"(e.g. {dropped[0]}); an extension may only add runs. The store was not modified"
+            )
+        old_pp = json.loads(meta.get("postprocess", "[]"))
+        if old_pp != list(identity.postprocess):
+            raise DataError(
+                f"--extend: the post-processing list changed ({old_pp} -> {list(identity.postprocess)}); "
+                "an extension keeps it. The store was not modified"
+            )
+        history = json.loads(meta.get("previous_hashes", "[]")) + [meta.get("experiment_hash")]
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("experiment", identity.experiment), ("experiment_hash", identity.experiment_hash),
+                 ("config_yaml", identity.config_yaml), ("previous_hashes", json.dumps(history))],
+            )
+        return True
 
     # -- reading ----------------------------------------------------------------------------
 
