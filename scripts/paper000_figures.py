@@ -355,7 +355,6 @@ def table2(args) -> None:
                     stats["both"].append(q["both_pixels"] / n)
                     stats["lam"].append(q["lambda_pixels"] / n)
                     stats["j"].append(q["j_size"] / n)
-                stats["frac"], stats["err"] = [math.nan], [0.0]
                 groups = []
             else:
                 groups = pick.groupby("params")
@@ -376,9 +375,11 @@ def table2(args) -> None:
                 d = distortion(xq, x).double().numpy()
                 stats["err"] += np.abs(d - grp.d.to_numpy()).tolist()
             b, lam = 100 * np.mean(stats["both"]), 100 * np.mean(stats["lam"])
+            rerun = bool(stats["err"])  # False: read from the store's info column
             print(_row(MODELS[kind], name, len(pick), f"{b:.1f}%", f"{lam:.1f}%",
                        f"{b + lam:.1f}%", f"{100 * np.mean(stats['j']):.1f}%",
-                       f"{100 * np.mean(stats['frac']):.1f}%", f"{np.max(stats['err']):.2g}"))
+                       f"{100 * np.mean(stats['frac']):.1f}%" if rerun else "(not stored)",
+                       f"{np.max(stats['err']):.2g}" if rerun else "(from the store, no re-run)"))
 
 
 COMMANDS = {"fig2": fig2, "acceptance": acceptance, "fig5": fig5, "fig6": fig6, "fig9": fig9,
