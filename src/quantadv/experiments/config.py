@@ -978,17 +978,17 @@ def _parse_search(value: object, fn: Any, fixed: dict, grid_keys: tuple, where: 
         raise ConfigError(f"{where}.{param} must be [low, high] with 0 <= low < high, got {bounds!r}")
     if param in fixed or param in grid_keys:
         raise ConfigError(f"{where}: {param} is searched; remove it from params and grid")
-    if param not in configurable_params(fn) and not _takes(fn, param):
+    if param not in configurable_params(fn) and not accepts_keyword(fn, param):
         raise ConfigError(
             f"{where}: {what} has no parameter {param!r}{_suggest(param, configurable_params(fn))}; "
             f"allowed: {_allowed(sorted(configurable_params(fn)))}"
         )
-    if not _takes(fn, "return_info"):
+    if not accepts_keyword(fn, "return_info"):
         raise ConfigError(f"{where}: {what} has no return_info= argument, which a search needs")
     return (param, float(bounds[0]), float(bounds[1]), rounds)
 
 
-def _takes(fn: Any, name: str) -> bool:
+def accepts_keyword(fn: Any, name: str) -> bool:
     """Whether ``fn`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
     try:
         params = inspect.signature(fn).parameters

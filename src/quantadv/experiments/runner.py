@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from .config import (
     ModelSpec,
     PostprocessSpec,
     RunSpec,
+    accepts_keyword,
     attack_registry,
     canonical_json,
     load_entry,
@@ -209,14 +209,6 @@ def make_targets(
     return pick_targets(mode, labels, num_classes, generator=gen, logits=logits)
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def _per_image(value: Any, n: int, device: torch.device) -> torch.Tensor | None:
     if value is None:
         return None
@@ -271,13 +263,13 @@ def call_attack(
     ``extras`` are the other per-image numbers of the attack's info (:func:`info_extras`).
     """
     kwargs = dict(run.params)
-    if _accepts(fn, "generator"):
+    if accepts_keyword(fn, "generator"):
         kwargs["generator"] = torch.Generator().manual_seed(seed)
-    want_info = _accepts(fn, "return_info")
+    want_info = accepts_keyword(fn, "return_info")
     if want_info:
         kwargs["return_info"] = True
     if targets is not None:
-        if not _accepts(fn, "targets"):
+        if not accepts_keyword(fn, "targets"):
             raise ConfigError(
                 f"attacks[{run.attack.index}] ({run.attack.attack_name}) has no targets= "
                 "argument; use targets: none"
@@ -342,7 +334,7 @@ def apply_postprocess(
     if pp.name == "gradient_sign":  # one gradient of L_Q at x_a (paper 000 Eq. 25)
         one = torch.ones(n, dtype=torch.int64)
         return fn(model, x, x_adv, y, **kwargs), one, one, {}
-    if _accepts(fn, "return_info"):
+    if accepts_keyword(fn, "return_info"):
         out, info = fn(model, x, x_adv, y, return_info=True, **kwargs)
         grads = info.get("grads", _POSTPROCESS_GRADS.get(pp.name))
         return (out, _per_image(info.get("calls"), n, x.device), _per_image(grads, n, x.device),
