@@ -187,7 +187,7 @@ def lagrangian(
             lam_star[searching] = lam_at(searching, hi[searching])
 
     flip = j_mask & (r <= lam_star.unsqueeze(1))
-    x_q = _rule.image(parts, _rule.offsets(parts, flip, g), x_adv)
+    x_q = torch.where(flip, q_inf, q_zero).reshape(x_adv.shape)
     if not return_info:
         return x_q
     info = {
