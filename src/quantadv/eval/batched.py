@@ -17,10 +17,12 @@ from torch import nn
 from tqdm import tqdm
 
 from ..digital import to_float
+from ..errors import InputError
 from .metrics import distortion
 from .targets import pick_targets
 
 AttackFn = Callable[..., torch.Tensor]
+
 
 def choose_targets(
     model: nn.Module,
@@ -67,14 +69,12 @@ def attack_dataset(
     (e.g. a quantizer) is applied to its output when given. With ``targets`` (one class per
     image, see :func:`choose_targets`) both are called with ``targets=`` the batch's targets
     as a keyword, and success means "classified as the target". Returns CPU tensors per image:
-    ``clean_pred``, ``attacked`` (was correctly classified, and its target is not its label), ``adv`` (float images; the
-    original where not attacked), ``adv_pred``, ``success`` (attacked and now misclassified,
+    ``clean_pred``, ``attacked`` (was correctly classified, and its target is not its label),
+    ``adv`` (float images; the original where not attacked), ``adv_pred``, ``success`` (attacked and now misclassified,
     or classified as its target), ``d`` (Eq. 31, pixel units), ``l2``, ``linf``, and
     ``seconds`` (attack time per image).
     """
     if targets is not None and targets.shape != labels.shape:
-        from ..errors import InputError
-
         raise InputError(f"targets must hold one class per image ({labels.shape[0]}), got {tuple(targets.shape)}")
     n = images.shape[0]
     out: dict[str, list[torch.Tensor]] = {k: [] for k in
@@ -86,15 +86,14 @@ def attack_dataset(
         with torch.no_grad():
             clean_pred = model(x).argmax(1)
         attacked = clean_pred == y
-        if targets is not None:  # an image already of the target class has nothing to attack
-            attacked &= targets[start : start + batch_size].to(device) != y
+        t = None if targets is None else targets[start : start + batch_size].to(device)
+        if t is not None:  # an image already of the target class has nothing to attack
+            attacked &= t != y
         x_adv = x.clone()
         t0 = time.perf_counter()
         if bool(attacked.any()):
             xa, ya = x[attacked], y[attacked]
-            extra = {}
-            if targets is not None:
-                extra["targets"] = targets[start : start + batch_size].to(device)[attacked]
+            extra = {} if t is None else {"targets": t[attacked]}
             result = attack(model, xa, ya, **extra)
             if postprocess is not None:
                 result = postprocess(model, xa, result, ya, **extra)

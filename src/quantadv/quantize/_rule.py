@@ -47,11 +47,6 @@ class Split:
     exact: torch.Tensor  # bool: u is (within SNAP_TOLERANCE) an integer, the pixel is kept
     shape: torch.Size  # shape of the image batch (B, C, H, W)
 
-    def select(self, idx: torch.Tensor) -> Split:
-        """The same split restricted to the images ``idx``."""
-        shape = torch.Size((int(idx.numel()), *self.shape[1:]))
-        return Split(self.origin[idx], self.ceil[idx], self.exact[idx], shape)
-
     @property
     def distortion_ceil(self) -> torch.Tensor:
         """Q0 (Eq. 20) picks ``ceil`` iff ``u <= 0``, i.e. iff ``ceil(u) <= 0``."""
