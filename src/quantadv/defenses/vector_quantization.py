@@ -1,0 +1,497 @@
+"""Randomized vector quantization of the input: RandDisc, pRD and swRD (paper 003).
+
+Three preprocessing defenses that replace an image by a randomized quantized version of it
+before the classifier sees it (paper 003, Dong & Mao 2023, "Adversarial Defenses via Vector
+Quantization", built on Zhang & Liang 2019, "Randomized Discretization"):
+
+- :class:`RandDisc` quantizes every pixel (a vector of ``C`` channel values) on its own;
+- :class:`PatchRandDisc` (pRD, Sec. 3.1) quantizes non-overlapping ``s x s`` patches
+  (vectors of ``C s^2`` values), zero-padding the image to a multiple of ``s``;
+- :class:`SlidingWindowRandDisc` (swRD, Sec. 3.2) quantizes every ``s x s`` window at stride
+  one, then gives each pixel the softmax-weighted mean of its reconstructions over the windows
+  that cover it (Eq. 2-4).
+
+All three run the same three steps on a set of points (pixels, patches or windows) per image:
+Gaussian noise of standard deviation ``sigma`` is added to the points, the noisy points are
+clustered into ``k`` centres (k-means++ initialisation, then a fixed number of Lloyd
+iterations), and every point, after *fresh* Gaussian noise of standard deviation ``tau``, is
+replaced by its nearest centre (Eq. 1). ``sigma`` and ``tau`` are in ``[0, 1]`` image units
+(the paper's MNIST setting ``sigma = tau = 4/255``); ``beta`` of swRD multiplies squared
+distances in the same units (the paper's MNIST setting ``beta = 1``).
+
+Implementation notes
+--------------------
+- **Batched.** The clustering of all images of a batch is one tensor program on the inputs'
+  device: k-means++ is a loop over the ``k`` centres (not over images) and every Lloyd
+  iteration is a few batched matrix products. There is no per-image Python loop.
+- **Randomness, reproducible per image.** ``forward(x, generator=g)`` draws one 62-bit seed
+  per image from ``g`` (one ``torch.randint`` call, in batch order; ``g=None`` uses torch's
+  global generator). Every random number an image needs (its ``sigma`` noise, its k-means++
+  choices, its ``tau`` noise) is then a counter-based hash of (image seed, stream, index), so an
+  image's draws depend only on its seed: quantizing a data set in batches of any size with one
+  generator gives the same images as quantizing it in one batch, and an image gives the same
+  output at any position once its seed is fixed. On the CPU generator one ``randint`` call of
+  ``n`` values equals ``n`` calls of one value (tested), which is what makes the batch size
+  irrelevant. The hash is the PCG hash of Jarzynski & Olano (2020), computed with 64-bit
+  integer tensor ops that never overflow, and normals come from Box-Muller on 24-bit
+  uniforms (tails cut at about 5.8 standard deviations), identical on every device.
+- **Empty clusters** keep their previous centre (scikit-learn would move them to a far point;
+  the tests compare with scikit-learn on inputs where no cluster empties).
+- **Output range.** Centres of noisy points can leave ``[0, 1]`` by a few ``sigma``; the output
+  is clamped to ``[0, 1]`` so the classifier sees a valid image.
+- **Gradients.** The forward pass is left differentiable where it is (centres are means of
+  their members, swRD's weights are smooth in the distances); the assignments are not. A
+  "naive" attack therefore differentiates the real function, and an adaptive one wraps the
+  quantizer in BPDA (identity backward) plus EOT (Athalye et al. 2018).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._validate import check_images, check_int, check_positive
+from ..errors import InputError
+
+__all__ = [
+    "SPECS",
+    "PatchRandDisc",
+    "RandDisc",
+    "SlidingWindowRandDisc",
+    "draw_seeds",
+    "from_spec",
+    "kmeans",
+    "kmeans_plus_plus",
+    "normal_noise",
+    "uniform_noise",
+]
+
+_M32 = 0xFFFFFFFF
+# Stream identifiers: each random quantity of an image has its own counter space.
+_STREAM_SIGMA = 1
+_STREAM_INIT = 2
+_STREAM_TAU = 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Counter-based random numbers
+# ----------------------------------------------------------------------------------------------
+
+
+def _pcg(v: torch.Tensor) -> torch.Tensor:
+    """PCG hash (Jarzynski & Olano 2020) of 32-bit values held in an int64 tensor.
+
+    Every product stays below 2**62, so int64 arithmetic is exact (no overflow) on any device.
+    """
+    state = (v * 747796405 + 2891336453) & _M32
+    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _M32
+    return ((word >> 22) ^ word) & _M32
+
+
+def _keys(seeds: torch.Tensor, stream: int) -> torch.Tensor:
+    """One 32-bit key per (image seed, stream), shape ``(B, 1)``."""
+    lo = seeds & _M32
+    hi = (seeds >> 32) & _M32
+    s = _pcg(torch.full_like(seeds, stream))
+    return _pcg(_pcg(lo ^ s) ^ hi).unsqueeze(1)
+
+
+def _hash_counters(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
+    ctr = torch.arange(count, device=seeds.device, dtype=torch.int64).unsqueeze(0)
+    return _pcg(_pcg(ctr) ^ _keys(seeds, stream))
+
+
+def draw_seeds(batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """One 62-bit seed per image, drawn from ``generator`` (torch's global generator if None).
+
+    On the CPU generator, drawing ``n`` seeds at once equals drawing them one by one, so the
+    seed an image gets does not depend on how a data set is cut into batches.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=gen_device, dtype=torch.int64)
+    return seeds.to(device)
+
+
+def uniform_noise(seeds: torch.Tensor, stream: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Uniform numbers in the open interval (0, 1), shape ``(len(seeds), count)``.
+
+    Value ``j`` of image ``b`` depends only on ``(seeds[b], stream, j)`` (24-bit resolution).
+    """
+    h = _hash_counters(seeds, stream, count) >> 8
+    return (h.to(dtype) + 0.5) * (2.0**-24)
+
+
+def normal_noise(seeds: torch.Tensor, stream: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal numbers, shape ``(len(seeds), count)``, by Box-Muller on counter hashes.
+
+    Value ``j`` of image ``b`` depends only on ``(seeds[b], stream, j)``.
+    """
+    pairs = (count + 1) // 2
+    u1 = uniform_noise(seeds, 2 * stream, pairs, torch.float32)
+    u2 = uniform_noise(seeds, 2 * stream + 1, pairs, torch.float32)
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    angle = (2.0 * math.pi) * u2
+    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=2).reshape(len(seeds), 2 * pairs)
+    return z[:, :count].to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched k-means
+# ----------------------------------------------------------------------------------------------
+
+
+def _sq_dists(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(B, N, k)`` between ``(B, N, D)`` points and ``(B, k, D)`` centres."""
+    pn = (points * points).sum(-1, keepdim=True)
+    cn = (centres * centres).sum(-1).unsqueeze(1)
+    return (pn - 2.0 * torch.bmm(points, centres.transpose(1, 2)) + cn).clamp_min_(0.0)
+
+
+def kmeans_plus_plus(points: torch.Tensor, k: int, uniforms: torch.Tensor) -> torch.Tensor:
+    """k-means++ initial centres (Arthur & Vassilvitskii 2007), batched over images.
+
+    Parameters
+    ----------
+    points : Tensor, shape (B, N, D)
+    k : int
+        Number of centres.
+    uniforms : Tensor, shape (B, k)
+        Uniform numbers in (0, 1): the first centre is point ``floor(u_0 N)``; centre ``j`` is
+        drawn with probability proportional to the squared distance to the nearest centre
+        chosen so far, by inverting the cumulative distribution at ``u_j``. When all those
+        distances are zero (fewer distinct points than ``k``) the choice is uniform.
+
+    Returns
+    -------
+    Tensor, shape (B, k, D)
+    """
+    b, n, d = points.shape
+    batch = torch.arange(b, device=points.device)
+    u = uniforms.to(points.dtype)
+    first = (u[:, 0] * n).long().clamp_(max=n - 1)
+    centres = [points[batch, first]]
+    dist = ((points - centres[0].unsqueeze(1)) ** 2).sum(-1)  # (B, N)
+    for j in range(1, k):
+        cum = torch.cumsum(dist, dim=1)
+        total = cum[:, -1]
+        target = (u[:, j] * total).unsqueeze(1)
+        by_weight = torch.searchsorted(cum, target, right=True).squeeze(1).clamp_(max=n - 1)
+        uniform = (u[:, j] * n).long().clamp_(max=n - 1)
+        idx = torch.where(total > 0, by_weight, uniform)
+        c = points[batch, idx]
+        centres.append(c)
+        dist = torch.minimum(dist, ((points - c.unsqueeze(1)) ** 2).sum(-1))
+    return torch.stack(centres, dim=1)
+
+
+def _centre_update(points: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    k = old.shape[1]
+    onehot = F.one_hot(labels, k).to(points.dtype)  # (B, N, k)
+    counts = onehot.sum(1).unsqueeze(-1)  # (B, k, 1)
+    sums = torch.bmm(onehot.transpose(1, 2), points)  # (B, k, D)
+    return torch.where(counts > 0, sums / counts.clamp_min(1.0), old)
+
+
+def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's algorithm from given initial centres, batched over images.
+
+    Runs at most ``iters`` iterations (assign every point to its nearest centre, move every
+    centre to the mean of its points; an empty cluster keeps its centre) and stops early once
+    no assignment changes anywhere in the batch (a fixed point, so the result is the same).
+    Gradients flow from the returned centres to the points through the last mean (the
+    assignments are treated as constants).
+
+    Parameters
+    ----------
+    points : Tensor, shape (B, N, D)
+    init : Tensor, shape (B, k, D)
+    iters : int
+        Maximum number of Lloyd iterations (``0`` returns ``init``).
+
+    Returns
+    -------
+    centres : Tensor, shape (B, k, D)
+    labels : Tensor, shape (B, N)
+        Nearest-centre index of every point for the returned centres.
+    """
+    centres = init
+    with torch.no_grad():
+        data = points.detach()
+        labels = _sq_dists(data, centres).argmin(-1)
+        prev, prev_labels = centres, labels
+        for _ in range(iters):
+            prev, prev_labels = centres, labels
+            centres = _centre_update(data, labels, centres)
+            new_labels = _sq_dists(data, centres).argmin(-1)
+            if torch.equal(new_labels, labels):
+                labels = new_labels
+                break
+            labels = new_labels
+    if iters > 0 and points.requires_grad:
+        # Recompute the last update with autograd (same ops, same values).
+        centres = _centre_update(points, prev_labels, prev)
+    return centres, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# The shared quantization step
+# ----------------------------------------------------------------------------------------------
+
+
+def _quantize_points(
+    points: torch.Tensor, k: int, sigma: float, tau: float, iters: int, seeds: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 1 of paper 003 on ``(B, N, D)`` points: noisy k-means codebook, then nearest centre."""
+    b, n, d = points.shape
+    noisy = points
+    if sigma > 0:
+        noisy = points + sigma * normal_noise(seeds, _STREAM_SIGMA, n * d, points.dtype).view(b, n, d)
+    init = kmeans_plus_plus(noisy.detach(), k, uniform_noise(seeds, _STREAM_INIT, k, points.dtype))
+    centres, _ = kmeans(noisy, init, iters)
+    probe = points
+    if tau > 0:
+        probe = points + tau * normal_noise(seeds, _STREAM_TAU, n * d, points.dtype).view(b, n, d)
+    with torch.no_grad():
+        labels = _sq_dists(probe.detach(), centres.detach()).argmin(-1)
+    return torch.gather(centres, 1, labels.unsqueeze(-1).expand(b, n, d))
+
+
+class _RandomQuantizer(nn.Module):
+    """Shared parameter checks, input checks and seeding of the three quantizers."""
+
+    def __init__(self, k: int, sigma: float, tau: float, iters: int) -> None:
+        super().__init__()
+        self.k = check_int(k, "k", minimum=1)
+        self.sigma = check_positive(sigma, "sigma", allow_zero=True)
+        self.tau = check_positive(tau, "tau", allow_zero=True)
+        self.iters = check_int(iters, "iters", minimum=0)
+        if self.sigma > 1 or self.tau > 1:
+            raise InputError(
+                f"sigma and tau are in [0, 1] image units (got sigma={sigma!r}, tau={tau!r}); "
+                "for a noise level of 4 on the 0..255 scale pass 4/255"
+            )
+
+    def _prepare(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        check_images(x, "x")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        return draw_seeds(x.shape[0], generator, x.device)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, sigma={self.sigma:g}, tau={self.tau:g}, iters={self.iters}"
+
+
+class RandDisc(_RandomQuantizer):
+    """Randomized discretization per pixel (Zhang & Liang 2019; the ``s = 1`` case of paper 003).
+
+    Every pixel (a vector of ``C`` channel values) gets Gaussian noise of standard deviation
+    ``sigma``; the noisy pixels of the image are clustered into ``k`` centres (k-means++ then
+    ``iters`` Lloyd iterations); every pixel, with fresh noise of standard deviation ``tau``,
+    is replaced by its nearest centre (paper 003, Eq. 1 with patches of one pixel).
+
+    Parameters
+    ----------
+    k : int
+        Number of centres (the paper's MNIST setting: 2).
+    sigma, tau : float
+        Noise standard deviations in [0, 1] image units (paper: 4/255 on MNIST).
+    iters : int, default 10
+        Maximum number of Lloyd iterations (stops earlier at a fixed point).
+
+    Call as ``quantizer(x, generator=None)`` with ``x`` a float NCHW batch in [0, 1]; returns a
+    tensor of the same shape, dtype and device, values in [0, 1].
+    """
+
+    def __init__(self, k: int, sigma: float, tau: float, iters: int = 10) -> None:
+        super().__init__(k, sigma, tau, iters)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        seeds = self._prepare(x, generator)
+        b, c, h, w = x.shape
+        points = x.reshape(b, c, h * w).transpose(1, 2)
+        q = _quantize_points(points, self.k, self.sigma, self.tau, self.iters, seeds)
+        return q.transpose(1, 2).reshape(b, c, h, w).clamp(0.0, 1.0)
+
+
+class PatchRandDisc(_RandomQuantizer):
+    """pRD: randomized vector quantization of non-overlapping ``s x s`` patches (paper 003, Sec. 3.1).
+
+    The image is zero-padded at the bottom and right to multiples of ``s`` and cut into
+    ``s x s`` patches (vectors of ``C s^2`` values); noise ``sigma`` is added to every patch,
+    the noisy patches are clustered into ``k`` centres, and every patch plus fresh noise ``tau``
+    is replaced by its nearest centre (Eq. 1). The padding is cropped off the output. With
+    ``s = 1`` this is :class:`RandDisc` (same draws for the same seed).
+
+    Parameters
+    ----------
+    s : int
+        Patch side (paper MNIST: 2).
+    k : int
+        Number of centres (paper MNIST: 2).
+    sigma, tau : float
+        Noise standard deviations in [0, 1] image units (paper MNIST: 4/255).
+    iters : int, default 10
+        Maximum number of Lloyd iterations.
+    """
+
+    def __init__(self, s: int, k: int, sigma: float, tau: float, iters: int = 10) -> None:
+        super().__init__(k, sigma, tau, iters)
+        self.s = check_int(s, "s", minimum=1)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        seeds = self._prepare(x, generator)
+        b, c, h, w = x.shape
+        s = self.s
+        ph, pw = -h % s, -w % s
+        xp = F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x
+        hp, wp = h + ph, w + pw
+        patches = F.unfold(xp, kernel_size=s, stride=s).transpose(1, 2)  # (B, N, C s^2)
+        q = _quantize_points(patches, self.k, self.sigma, self.tau, self.iters, seeds)
+        out = F.fold(q.transpose(1, 2), output_size=(hp, wp), kernel_size=s, stride=s)
+        return out[:, :, :h, :w].clamp(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, " + super().extra_repr()
+
+
+class SlidingWindowRandDisc(_RandomQuantizer):
+    """swRD: randomized vector quantization of all ``s x s`` windows (paper 003, Sec. 3.2, Eq. 2-4).
+
+    Every ``s x s`` window at stride one (``(H - s + 1)(W - s + 1)`` windows, no padding) is a
+    point; noise ``sigma`` is added, the noisy windows are clustered into ``k`` centres, and
+    every window ``p`` plus fresh noise ``tau`` is reconstructed as its nearest centre ``p_hat``
+    (Eq. 1). Each pixel ``i`` then becomes the weighted mean of its reconstructions over the
+    windows ``P(i)`` covering it, with weights ``softmax_p(-beta ||p - p_hat||^2)`` over ``P(i)``
+    (Eq. 2-4; ``p`` is the window of the input image). ``beta = inf`` gives every pixel the
+    reconstruction from its closest window (ties averaged). With ``s = 1`` this is
+    :class:`RandDisc` (same draws for the same seed).
+
+    Parameters
+    ----------
+    s : int
+        Window side (paper MNIST: 2); must not exceed the image's height or width.
+    k : int
+        Number of centres (paper MNIST: 2).
+    sigma, tau : float
+        Noise standard deviations in [0, 1] image units (paper MNIST: 4/255).
+    beta : float
+        Inverse temperature on squared distances in [0, 1] image units (paper MNIST: 1), or
+        ``math.inf``.
+    iters : int, default 10
+        Maximum number of Lloyd iterations.
+    """
+
+    def __init__(self, s: int, k: int, sigma: float, tau: float, beta: float = 1.0, iters: int = 10) -> None:
+        super().__init__(k, sigma, tau, iters)
+        self.s = check_int(s, "s", minimum=1)
+        self.beta = check_positive(beta, "beta", allow_zero=True)
+
+    def reconstructions(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows' reconstructions and their squared distances to the input windows.
+
+        Returns ``(p_hat, dist)`` of shapes ``(B, C s^2, L)`` (in :func:`torch.nn.functional.unfold`
+        layout, ``L`` windows) and ``(B, L)``: the ingredients of Eq. 2-4. ``forward`` with the same
+        generator state combines exactly these.
+        """
+        seeds = self._prepare(x, generator)
+        b, c, h, w = x.shape
+        s = self.s
+        if s > h or s > w:
+            raise InputError(f"swRD window side s={s} exceeds the image size {h}x{w}; use s <= {min(h, w)}")
+        windows = F.unfold(x, kernel_size=s)  # (B, C s^2, L)
+        q = _quantize_points(windows.transpose(1, 2), self.k, self.sigma, self.tau, self.iters, seeds)
+        p_hat = q.transpose(1, 2)
+        dist = ((windows - p_hat) ** 2).sum(1)
+        return p_hat, dist
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        p_hat, dist = self.reconstructions(x, generator)
+        b, c, h, w = x.shape
+        s = self.s
+        lh, lw = h - s + 1, w - s + 1
+        # Per-pixel softmax over the covering windows, stabilised by the per-pixel maximum score.
+        score = -dist if math.isinf(self.beta) else -self.beta * dist
+        smap = score.view(b, 1, lh, lw)
+        pixel_max = F.max_pool2d(F.pad(smap, (s - 1, s - 1, s - 1, s - 1), value=-math.inf), s, stride=1)
+        max_unf = F.unfold(pixel_max.detach(), kernel_size=s)  # (B, s^2, L): max at each window pixel
+        if math.isinf(self.beta):
+            weight = (score.unsqueeze(1) >= max_unf).to(x.dtype)
+        else:
+            weight = torch.exp(score.unsqueeze(1) - max_unf)  # (B, s^2, L), <= 1, = 1 at the argmax
+        num = F.fold((p_hat.view(b, c, s * s, -1) * weight.unsqueeze(1)).view(b, c * s * s, -1), (h, w), s)
+        den = F.fold(weight, (h, w), s)
+        return (num / den).clamp(0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"s={self.s}, " + super().extra_repr() + f", beta={self.beta:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Spec strings
+# ----------------------------------------------------------------------------------------------
+
+#: Defense spec names this module provides, for the general ``--defense NAME:k=v,...`` parser.
+SPECS: dict[str, type[nn.Module]] = {
+    "randdisc": RandDisc,
+    "prd": PatchRandDisc,
+    "swrd": SlidingWindowRandDisc,
+}
+
+_PARAM_TYPES = {"s": int, "k": int, "iters": int, "sigma": float, "tau": float, "beta": float}
+
+
+def _parse_value(name: str, key: str, value: object) -> object:
+    kind = _PARAM_TYPES.get(key)
+    if kind is None or not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if kind is int:
+            return int(text)
+        if "/" in text:  # "4/255"
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except ValueError:
+        raise InputError(f"{name}: parameter {key}={value!r} is not a valid {kind.__name__}") from None
+
+
+def from_spec(name: str, params: dict[str, object]) -> nn.Module:
+    """Build one of this module's quantizers from a spec name and its parameters.
+
+    ``from_spec("swrd", {"s": "2", "k": "2", "sigma": "4/255", "tau": "4/255", "beta": "1"})``;
+    values may be strings (as parsed from ``swrd:s=2,k=2,...``; ``4/255`` is accepted) or numbers.
+    Parameters: ``randdisc``: k, sigma, tau, iters; ``prd``: s, k, sigma, tau, iters; ``swrd``:
+    s, k, sigma, tau, beta, iters. ``sigma`` and ``tau`` default to 0, ``beta`` to 1.
+    """
+    key = name.strip().lower()
+    if key not in SPECS:
+        raise InputError(f"unknown vector-quantization defense {name!r}; choose one of {', '.join(SPECS)}")
+    cls = SPECS[key]
+    allowed = {"k", "sigma", "tau", "iters"} | ({"s"} if key != "randdisc" else set()) | (
+        {"beta"} if key == "swrd" else set()
+    )
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise InputError(f"{key}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    required = {"k"} | ({"s"} if key != "randdisc" else set())
+    missing = sorted(required - set(params))
+    if missing:
+        raise InputError(f"{key}: missing parameter(s) {', '.join(missing)} (e.g. {key}:{_example(key)})")
+    kwargs = {p: _parse_value(key, p, v) for p, v in params.items()}
+    kwargs.setdefault("sigma", 0.0)
+    kwargs.setdefault("tau", 0.0)
+    return cls(**kwargs)
+
+
+def _example(key: str) -> str:
+    return {
+        "randdisc": "k=2,sigma=4/255,tau=4/255",
+        "prd": "s=2,k=2,sigma=4/255,tau=4/255",
+        "swrd": "s=2,k=2,sigma=4/255,tau=4/255,beta=1",
+    }[key]
