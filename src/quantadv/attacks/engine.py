@@ -11,10 +11,25 @@ A step function has the signature ``step(problem, idx, state, iteration) -> (adv
 tensors restricted to those images (it always holds ``"x"``, the current point in image
 space), ``adv`` a boolean tensor telling whether ``state["x"]`` is adversarial (computed
 from the forward pass the step made anyway), and ``new_state`` the state after the update.
+
+Options every gradient attack gets from here rather than implementing them itself:
+
+- ``temperature`` (beta): the loss is computed on ``beta * logits`` (paper 004's temperature
+  scaling; a per-image tensor or a float, fixed for the problem or given per call). Success
+  is always judged on the unscaled logits (argmax is invariant to beta > 0).
+- ``eot`` (m draws): each gradient is the average over ``m`` forward/backward passes, so a
+  randomised model (a defense with fresh noise per call, paper 003) is attacked through the
+  expectation of its randomness (Athalye et al. 2018, "Expectation over Transformation");
+  the logits used to judge success are the average of the ``m`` draws' logits.
+- restarts: :func:`with_restarts` reruns any attack from fresh random starts on the images not
+  yet broken (paper 001 Sec. 4.1, "Practical issues").
+- ``pred``: the info dict of every attack holds the model's prediction at the returned image
+  (from the forward pass that judged it, so callers need no extra pass).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,14 +65,19 @@ class Problem:
     targets: torch.Tensor | None
     loss_name: str
     margin: float = 0.0
+    temperature: float | torch.Tensor = 1.0
+    eot: int = 1
     calls: torch.Tensor = field(init=False)
     grads: torch.Tensor = field(init=False)
+    pred: torch.Tensor = field(init=False)
     _checked_classes: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         n = self.x_orig.shape[0]
         self.calls = torch.zeros(n, dtype=torch.int64)
         self.grads = torch.zeros(n, dtype=torch.int64)
+        #: argmax of the logits at the last point judged by :meth:`adversarial` (-1: none yet)
+        self.pred = torch.full((n,), -1, dtype=torch.int64, device=self.x_orig.device)
 
     @property
     def size(self) -> int:
@@ -85,32 +105,58 @@ class Problem:
         with torch.no_grad():
             return self._forward(x, idx)
 
+    def _scale(self, temperature: float | torch.Tensor | None, idx: torch.Tensor) -> float | torch.Tensor:
+        t = self.temperature if temperature is None else temperature
+        if isinstance(t, torch.Tensor):
+            if temperature is None and t.dim() == 1 and t.shape[0] == self.size:
+                t = t[idx]  # the problem's per-image temperature, restricted to idx
+            return t.view(-1, 1) if t.dim() == 1 else t
+        return t
+
     def loss_and_grad(
         self,
         x: torch.Tensor,
         idx: torch.Tensor,
         extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        temperature: float | torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_A, d objective / d x, logits)`` at ``x`` for the images ``idx``.
 
-        The objective is ``L_A`` per image, or ``extra(x, logits)`` when given (e.g. the
-        Lagrangian of CW). Gradients are taken with respect to ``x`` only: the model's
-        parameters and their ``.grad`` are not touched.
+        The objective is ``L_A`` per image, or ``extra(x, L_A)`` when given (e.g. the
+        Lagrangian of CW). ``L_A`` is computed on ``temperature * logits`` (default: the
+        problem's temperature, 1; a float or one value per image of ``idx``); the returned
+        logits are unscaled. With ``eot = m > 1`` loss, gradient and logits are averages over
+        ``m`` passes (m network calls and m gradients per image). Gradients are taken with
+        respect to ``x`` only: the model's parameters and their ``.grad`` are not touched.
         """
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            logits = self._forward(xg, idx)
-            loss = attack_loss(logits, self.labels[idx], self._targets(idx), self.loss_name)
-            objective = loss if extra is None else extra(xg, loss)
-            (grad,) = torch.autograd.grad(objective.sum(), xg)
-        self.grads[idx.cpu()] += 1
-        return loss.detach(), grad.detach(), logits.detach()
+        scale = self._scale(temperature, idx)
+        loss_sum = grad_sum = logit_sum = None
+        for _ in range(self.eot):
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                logits = self._forward(xg, idx)
+                scaled = logits if isinstance(scale, float) and scale == 1.0 else logits * scale
+                loss = attack_loss(scaled, self.labels[idx], self._targets(idx), self.loss_name)
+                objective = loss if extra is None else extra(xg, loss)
+                (grad,) = torch.autograd.grad(objective.sum(), xg)
+            self.grads[idx.cpu()] += 1
+            if loss_sum is None:
+                loss_sum, grad_sum, logit_sum = loss.detach(), grad.detach(), logits.detach()
+            else:
+                loss_sum = loss_sum + loss.detach()
+                grad_sum = grad_sum + grad.detach()
+                logit_sum = logit_sum + logits.detach()
+        assert loss_sum is not None and grad_sum is not None and logit_sum is not None
+        if self.eot == 1:
+            return loss_sum, grad_sum, logit_sum
+        return loss_sum / self.eot, grad_sum / self.eot, logit_sum / self.eot
 
     def adversarial(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Success at the points whose logits are given (argmax criterion, plus the margin)."""
         labels = self.labels[idx]
         targets = self._targets(idx)
         pred = logits.argmax(dim=1)
+        self.pred[idx] = pred
         adv = pred == targets if targets is not None else pred != labels
         if self.margin < 0:
             adv = adv & (attack_loss(logits, labels, targets, "margin") <= self.margin)
@@ -124,8 +170,14 @@ def make_problem(
     targets: torch.Tensor | None = None,
     loss: str = "ce",
     margin: float = 0.0,
+    temperature: float | torch.Tensor = 1.0,
+    eot: int = 1,
 ) -> Problem:
-    """Validate an attack's inputs (DESIGN.md section 1) and build its :class:`Problem`."""
+    """Validate an attack's inputs (DESIGN.md section 1) and build its :class:`Problem`.
+
+    ``temperature`` (beta > 0, a float or one value per image) scales the logits inside the
+    loss; ``eot`` is the number of draws a gradient averages (see the module docstring).
+    """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     check_images(images)
@@ -145,7 +197,25 @@ def make_problem(
             f"margin is m <= 0 of paper 000 Eq. 9 (L_A must fall below it), got {margin}; "
             "for a Carlini-Wagner confidence kappa pass margin=-kappa"
         )
-    return Problem(model, images.detach(), labels, targets, loss, margin)
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.detach().to(images.device, images.dtype).flatten()
+        if temperature.numel() == 1:
+            temperature = float(temperature)
+        elif temperature.shape[0] != images.shape[0]:
+            raise InputError(f"temperature must be a number or one value per image ({images.shape[0]}), "
+                             f"got {temperature.shape[0]} values")
+        elif not bool((temperature > 0).all()) or not bool(torch.isfinite(temperature).all()):
+            raise InputError("temperature must be finite and > 0 for every image")
+    if not isinstance(temperature, torch.Tensor):
+        try:
+            temperature = float(temperature)
+        except (TypeError, ValueError):
+            raise InputError(f"temperature must be a number > 0, got {temperature!r}") from None
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise InputError(f"temperature (beta) must be finite and > 0, got {temperature}")
+    if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+        raise InputError(f"eot must be an integer >= 1 (the number of draws a gradient averages), got {eot!r}")
+    return Problem(model, images.detach(), labels, targets, loss, margin, temperature, eot)
 
 
 @dataclass
@@ -159,6 +229,8 @@ class Outcome:
     x: torch.Tensor
     success: torch.Tensor
     best_norm: torch.Tensor
+    #: prediction at ``x`` where a forward pass judged it, else -1 (:func:`info` fills it in)
+    pred: torch.Tensor | None = None
 
 
 class BestTracker:
@@ -168,8 +240,11 @@ class BestTracker:
         self.x_orig = x_orig
         self.x = x_orig.clone()
         self.norm = torch.full((x_orig.shape[0],), float("inf"), device=x_orig.device, dtype=torch.float64)
+        self.pred = torch.full((x_orig.shape[0],), -1, device=x_orig.device, dtype=torch.int64)
 
-    def update(self, idx: torch.Tensor, x: torch.Tensor, adv: torch.Tensor) -> None:
+    def update(self, idx: torch.Tensor, x: torch.Tensor, adv: torch.Tensor,
+               pred: torch.Tensor | None = None) -> None:
+        """Keep ``x[j]`` for image ``idx[j]`` if it is adversarial and closer than the best so far."""
         if not bool(adv.any()):
             return
         norms = (x - self.x_orig[idx]).flatten(1).norm(dim=1).to(torch.float64)
@@ -177,6 +252,7 @@ class BestTracker:
         rows = idx[better]
         self.x[rows] = x[better]
         self.norm[rows] = norms[better]
+        self.pred[rows] = pred[better] if pred is not None else -1
 
     @property
     def found(self) -> torch.Tensor:
@@ -223,7 +299,7 @@ def iterate(
         adv, new = step(problem, idx, sub, i)
         success[idx] = adv
         if tracker is not None:
-            tracker.update(idx, sub["x"], adv)
+            tracker.update(idx, sub["x"], adv, problem.pred[idx])
         if early_stop and bool(adv.any()):
             active[idx[adv]] = False
             moving = ~adv
@@ -241,26 +317,107 @@ def iterate(
             adv = problem.adversarial(problem.logits(state["x"][idx], idx), idx)
             success[idx] = adv
             if tracker is not None:
-                tracker.update(idx, state["x"][idx], adv)
+                tracker.update(idx, state["x"][idx], adv, problem.pred[idx])
 
     if keep == "best":
         assert tracker is not None
-        return Outcome(tracker.x.clone(), tracker.found.clone(), tracker.norm.clone())
+        return Outcome(tracker.x.clone(), tracker.found.clone(), tracker.norm.clone(), tracker.pred.clone())
     norms = torch.where(
         success,
         (state["x"] - problem.x_orig).flatten(1).norm(dim=1).to(torch.float64),
         torch.full((n,), float("inf"), device=device, dtype=torch.float64),
     )
-    return Outcome(state["x"], success, norms)
+    # problem.pred holds, per image, the prediction at the last point judged: the output when
+    # the last iterate was checked (final_check) or the image stopped early.
+    pred = problem.pred.clone() if final_check else None
+    return Outcome(state["x"], success, norms, pred)
 
 
 def info(problem: Problem, outcome: Outcome) -> dict[str, torch.Tensor]:
-    """The per-image ``info`` dict attacks return with ``return_info=True``."""
+    """The per-image ``info`` dict attacks return with ``return_info=True``.
+
+    ``success``, ``calls`` (forward passes), ``grads`` (gradient computations) and ``pred``
+    (the model's class at the returned image). ``pred`` comes from the forward pass that
+    judged the returned image; only images whose output was never judged (e.g. a minimum-norm
+    attack that found nothing returns the original) cost one more call here.
+    """
+    pred = outcome.pred.clone() if outcome.pred is not None else torch.full(
+        (problem.size,), -1, dtype=torch.int64, device=outcome.x.device)
+    missing = (pred < 0).nonzero().flatten()
+    if missing.numel():
+        logits = problem.logits(outcome.x[missing], missing)
+        pred[missing] = logits.argmax(dim=1)
     return {
         "success": outcome.success.clone(),
         "calls": problem.calls.clone(),
         "grads": problem.grads.clone(),
+        "pred": pred,
     }
+
+
+def with_restarts(
+    attack: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    restarts: int,
+    generator: torch.Generator | None,
+    targets: torch.Tensor | None = None,
+    return_info: bool = False,
+    **params: object,
+):
+    """Run ``attack`` up to ``restarts`` times, each time on the images not yet broken.
+
+    Paper 001, Sec. 4.1 ("Practical issues"): an image counts as broken when any restart
+    breaks it. Restart ``r`` draws its random start from ``generator`` after restarts
+    ``0..r-1`` did (independent draws; reproducible from the seed), and runs only on the
+    images every earlier restart failed on, so broken images cost nothing more. The output
+    of a broken image is the first restart's image that broke it; an image never broken
+    keeps the first restart's output, so ``restarts=R`` is never worse than ``restarts=1``
+    with the same seed and equals it on the images the first run breaks. ``info`` sums
+    ``calls`` and ``grads`` over restarts and adds ``restart`` (the 0-based restart that
+    broke the image, -1 if none).
+
+    ``attack`` must accept ``generator=``, ``return_info=`` and (if given) ``targets=``, and be
+    called with ``restarts=1`` semantics (this function passes no ``restarts``).
+    """
+    restarts = int(restarts)
+    if restarts < 1:
+        raise InputError(f"restarts must be an integer >= 1, got {restarts!r}")
+    n = images.shape[0]
+    device = images.device
+    out = images.detach().clone()
+    total: dict[str, torch.Tensor] = {}
+    success = torch.zeros(n, dtype=torch.bool, device=device)
+    which = torch.full((n,), -1, dtype=torch.int64, device=device)
+    todo = torch.arange(n, device=device)
+    for r in range(restarts):
+        kw = dict(params)
+        if targets is not None:
+            kw["targets"] = targets[todo]
+        x_r, info_r = attack(model, images[todo], labels[todo], generator=generator, return_info=True, **kw)
+        ok = info_r["success"].to(device).bool()
+        if r == 0:
+            out = x_r.detach().clone()
+            for key, value in info_r.items():
+                total[key] = value.clone()
+        else:
+            rows = todo[ok]
+            out[rows] = x_r[ok]
+            for key, value in info_r.items():
+                if key in ("calls", "grads"):
+                    total[key][todo.to(total[key].device)] += value
+                elif key != "success" and value.shape[:1] == (todo.numel(),):
+                    total[key][rows.to(total[key].device)] = value[ok.to(value.device)]
+        success[todo[ok]] = True
+        which[todo[ok]] = r
+        todo = todo[~ok]
+        if todo.numel() == 0:
+            break
+    total["success"] = success
+    total["restart"] = which
+    return (out, total) if return_info else out
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .._validate import check_choice, check_int, check_positive
-from .engine import State, info, iterate, make_generator, make_problem, random_like
+from ..errors import InputError
+from .engine import State, info, iterate, make_generator, make_problem, random_like, with_restarts
 
 NORMS = ("linf", "l2")
 
@@ -79,6 +80,9 @@ def pgd(
     early_stop: bool = False,
     loss: str = "ce",
     targets: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    eot: int = 1,
+    restarts: int = 1,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     return_info: bool = False,
@@ -97,7 +101,13 @@ def pgd(
         iterate is returned, as in Madry et al.).
     loss : ``"ce"`` or ``"margin"`` (paper 000 Eq. 5), see :mod:`quantadv.attacks.losses`.
     targets : int64 (N,) target classes for a targeted attack.
-    return_info : also return a dict of per-image tensors ``success``, ``calls``, ``grads``.
+    temperature : beta > 0, the loss is taken on ``beta * logits`` (paper 004; see
+        :mod:`quantadv.attacks.engine`).
+    eot : gradients averaged over this many passes (randomised defenses, paper 003).
+    restarts : rerun from fresh random starts on the images not yet broken
+        (:func:`~quantadv.attacks.engine.with_restarts`; needs ``random_start=True``).
+    return_info : also return a dict of per-image tensors ``success``, ``calls``, ``grads``,
+        ``pred``.
 
     Returns
     -------
@@ -107,8 +117,17 @@ def pgd(
     eps = check_positive(eps, "eps", allow_zero=True)
     step = check_positive(step, "step", allow_zero=True)
     steps = check_int(steps, "steps", minimum=1)
-    problem = make_problem(model, images, labels, targets, loss)
+    restarts = check_int(restarts, "restarts", minimum=1)
     generator = make_generator(seed, generator)
+    if restarts > 1:
+        if not random_start:
+            raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
+        return with_restarts(
+            pgd, model, images, labels, restarts=restarts, generator=generator, targets=targets,
+            return_info=return_info, norm=norm, eps=eps, step=step, steps=steps, random_start=True,
+            early_stop=early_stop, loss=loss, temperature=temperature, eot=eot,
+        )
+    problem = make_problem(model, images, labels, targets, loss, temperature=temperature, eot=eot)
     x0 = problem.x_orig.clone()
     if random_start:
         x0 = _random_start(x0, norm, eps, generator)
@@ -135,6 +154,8 @@ def ifgsm(
     step: float | None = None,
     loss: str = "ce",
     targets: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    eot: int = 1,
     return_info: bool = False,
 ):
     """Iterative FGSM (paper 000 Eq. 7; Kurakin et al. 2017).
@@ -148,7 +169,8 @@ def ifgsm(
     step = eps / steps if step is None else step
     return pgd(
         model, images, labels, norm="linf", eps=eps, step=step, steps=steps,
-        early_stop=True, loss=loss, targets=targets, return_info=return_info,
+        early_stop=True, loss=loss, targets=targets, temperature=temperature, eot=eot,
+        return_info=return_info,
     )
 
 
@@ -160,6 +182,8 @@ def fgsm(
     eps: float,
     loss: str = "ce",
     targets: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    eot: int = 1,
     return_info: bool = False,
 ):
     """Fast gradient sign method (paper 000 Eq. 6; Goodfellow et al. 2015).
@@ -169,7 +193,7 @@ def fgsm(
     eps = check_positive(eps, "eps", allow_zero=True)
     return pgd(
         model, images, labels, norm="linf", eps=eps, step=eps, steps=1,
-        loss=loss, targets=targets, return_info=return_info,
+        loss=loss, targets=targets, temperature=temperature, eot=eot, return_info=return_info,
     )
 
 

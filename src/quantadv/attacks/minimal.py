@@ -35,6 +35,8 @@ def cw(
     margin: float = 0.0,
     loss: str = "margin",
     targets: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    eot: int = 1,
     return_info: bool = False,
 ):
     """Carlini-Wagner L2 attack (paper 000 Eq. 9; Carlini & Wagner 2017).
@@ -46,7 +48,8 @@ def cw(
     success). ``L_A`` defaults to the margin of Eq. 5; ``margin`` is ``m <= 0``: an iterate
     counts as adversarial when it is misclassified and ``L_A <= m``. The adversarial iterate
     of smallest L2 over all rounds is returned. Total gradient computations per image:
-    ``steps * search_steps``.
+    ``steps * search_steps``. ``temperature`` and ``eot`` are the engine's options
+    (:mod:`quantadv.attacks.engine`).
 
     The default ``lr=0.1`` (Carlini & Wagner used 0.01 with thousands of steps) is chosen for
     the small budgets of paper 000 (5 x 20 steps): pixels at 0 or 1 sit where ``tanh`` is
@@ -58,7 +61,7 @@ def cw(
     search_steps = check_int(search_steps, "search_steps")
     lr = check_positive(lr, "lr")
     c_init = check_positive(c_init, "c_init")
-    problem = make_problem(model, images, labels, targets, loss, margin)
+    problem = make_problem(model, images, labels, targets, loss, margin, temperature=temperature, eot=eot)
     x_orig = problem.x_orig
     n = problem.size
     device, dtype = x_orig.device, x_orig.dtype
@@ -94,13 +97,13 @@ def cw(
     for _ in range(search_steps):
         state = {"x": x_start, "w": w0, "c": c, "m": zeros, "v": zeros}
         round_out = iterate(problem, state, adam_step, steps=steps, keep="best")
-        best.update(all_idx, round_out.x, round_out.success)
+        best.update(all_idx, round_out.x, round_out.success, round_out.pred)
         found = round_out.success
         upper = torch.where(found, torch.minimum(upper, c), upper)
         lower = torch.where(found, lower, torch.maximum(lower, c))
         c = torch.where(torch.isfinite(upper), (lower + upper) / 2, c * 10)
 
-    out = Outcome(best.x.clone(), best.found.clone(), best.norm.clone())
+    out = Outcome(best.x.clone(), best.found.clone(), best.norm.clone(), best.pred.clone())
     x_adv = out.x.detach().clone()
     return (x_adv, info(problem, out)) if return_info else x_adv
 
@@ -117,6 +120,8 @@ def ddn(
     quantize: str | None = None,
     loss: str = "ce",
     targets: torch.Tensor | None = None,
+    temperature: float | torch.Tensor = 1.0,
+    eot: int = 1,
     return_info: bool = False,
 ):
     """Decoupled Direction and Norm (paper 000 Eq. 10-11; Rony et al. 2019).
@@ -135,6 +140,8 @@ def ddn(
     computed anyway (no extra network call); the budget is respected when the previous
     iterate was adversarial and exceeded minimally when it was not. ``images`` must then be
     digital (exactly k/255).
+
+    ``temperature`` and ``eot`` are the engine's options (:mod:`quantadv.attacks.engine`).
     """
     steps = check_int(steps, "steps")
     gamma = check_positive(gamma, "gamma")
@@ -143,7 +150,7 @@ def ddn(
     init_norm = check_positive(init_norm, "init_norm")
     step = check_positive(step, "step")
     check_choice(quantize, "quantize", DDN_QUANTIZERS)
-    problem = make_problem(model, images, labels, targets, loss)
+    problem = make_problem(model, images, labels, targets, loss, temperature=temperature, eot=eot)
     x_orig = problem.x_orig
 
     def ddn_step(problem, idx, state: State, iteration: int):

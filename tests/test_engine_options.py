@@ -1,0 +1,131 @@
+"""Options the engine gives every attack: temperature, EOT, restarts and ``pred`` in info."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import SmallNet, affine_problem
+from quantadv import InputError
+from quantadv.attacks import cw, ddn, fgsm, ifgsm, pgd
+from quantadv.attacks.engine import make_problem, with_restarts
+
+
+class NoisyNet(nn.Module):
+    """A randomised model: ``SmallNet(x + sigma * noise)`` with noise from a seeded generator."""
+
+    def __init__(self, net: nn.Module, sigma: float, seed: int):
+        super().__init__()
+        self.net, self.sigma = net, sigma
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def forward(self, x):
+        noise = torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
+        return self.net(x + self.sigma * noise)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "ifgsm", "pgd", "cw", "ddn"])
+def test_info_pred_is_the_models_class_at_the_output(small_net, name):
+    model, x, y = small_net
+    kw = {"fgsm": dict(eps=0.1), "ifgsm": dict(eps=0.1, steps=5), "pgd": dict(eps=0.1, step=0.02, steps=5),
+          "cw": dict(steps=5, search_steps=2), "ddn": dict(steps=10)}[name]
+    fn = {"fgsm": fgsm, "ifgsm": ifgsm, "pgd": pgd, "cw": cw, "ddn": ddn}[name]
+    x_adv, info = fn(model, x, y, return_info=True, **kw)
+    with torch.no_grad():
+        expected = model(x_adv).argmax(1)
+    assert torch.equal(info["pred"], expected)
+    assert torch.equal(info["success"], expected != y)
+
+
+def test_temperature_one_is_bit_identical_and_scales_the_loss(small_net):
+    model, x, y = small_net
+    a = pgd(model, x, y, eps=0.05, step=0.01, steps=4)
+    b = pgd(model, x, y, eps=0.05, step=0.01, steps=4, temperature=1.0)
+    assert torch.equal(a, b)
+    p1 = make_problem(model, x, y)
+    p3 = make_problem(model, x, y, temperature=3.0)
+    idx = torch.arange(x.shape[0])
+    l1, _, z1 = p1.loss_and_grad(x, idx)
+    l3, _, z3 = p3.loss_and_grad(x, idx)
+    assert torch.equal(z1, z3)  # logits (and so success) are never scaled
+    expected = -torch.nn.functional.cross_entropy(3.0 * z1, y, reduction="none")
+    torch.testing.assert_close(l3, expected)
+    # a per-image temperature restricted to the active images
+    t = torch.linspace(0.5, 2.0, x.shape[0], dtype=x.dtype)
+    pt = make_problem(model, x, y, temperature=t)
+    sub = torch.tensor([1, 4])
+    ls, _, _ = pt.loss_and_grad(x[sub], sub)
+    expected = -torch.nn.functional.cross_entropy(t[sub, None] * z1[sub], y[sub], reduction="none")
+    torch.testing.assert_close(ls, expected)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), "hot"])
+def test_bad_temperature_is_refused(small_net, bad):
+    model, x, y = small_net
+    with pytest.raises(InputError, match="temperature"):
+        pgd(model, x, y, eps=0.05, step=0.01, steps=2, temperature=bad)
+
+
+def test_eot_of_a_deterministic_model_equals_one_draw(small_net):
+    model, x, y = small_net
+    idx = torch.arange(x.shape[0])
+    l1, g1, z1 = make_problem(model, x, y).loss_and_grad(x, idx)
+    p = make_problem(model, x, y, eot=4)
+    l4, g4, z4 = p.loss_and_grad(x, idx)
+    torch.testing.assert_close(g4, g1)
+    torch.testing.assert_close(l4, l1)
+    assert p.calls.tolist() == [4] * x.shape[0] and p.grads.tolist() == [4] * x.shape[0]
+    with pytest.raises(InputError, match="eot"):
+        make_problem(model, x, y, eot=0)
+
+
+def test_eot_averages_the_gradient_over_draws(small_net):
+    net, x, y = small_net
+    idx = torch.arange(x.shape[0])
+    m = 5
+    averaged = make_problem(NoisyNet(net, 0.1, seed=7), x, y, eot=m).loss_and_grad(x, idx)[1]
+    manual_model = NoisyNet(net, 0.1, seed=7)  # same seed: the same m draws, one at a time
+    single = make_problem(manual_model, x, y)
+    manual = sum(single.loss_and_grad(x, idx)[1] for _ in range(m)) / m
+    torch.testing.assert_close(averaged, manual)
+    one = make_problem(NoisyNet(net, 0.1, seed=7), x, y).loss_and_grad(x, idx)[1]
+    assert not torch.allclose(averaged, one)
+
+
+def test_restarts_never_worse_and_report_the_breaking_restart():
+    model, x, y = affine_problem(classes=4, n=12, seed=5, dtype=torch.float32)
+    kw = dict(norm="linf", eps=0.02, step=0.004, steps=3, random_start=True)
+    x1, i1 = pgd(model, x, y, seed=3, return_info=True, **kw)
+    xr, ir = pgd(model, x, y, seed=3, restarts=6, return_info=True, **kw)
+    assert bool((ir["success"] | ~i1["success"]).all())  # never worse than the first run
+    # the images the first run broke are untouched, with restart index 0
+    assert torch.equal(xr[i1["success"]], x1[i1["success"]])
+    assert bool((ir["restart"][i1["success"]] == 0).all())
+    later = ir["success"] & ~i1["success"]
+    assert bool((ir["restart"][later] > 0).all())
+    assert bool((ir["restart"][~ir["success"]] == -1).all())
+    with torch.no_grad():
+        assert torch.equal(model(xr).argmax(1) != y, ir["success"])
+        assert torch.equal(ir["pred"], model(xr).argmax(1))
+    # calls: broken images cost nothing after their restart
+    assert bool((ir["calls"][i1["success"]] == i1["calls"][i1["success"]]).all())
+    assert bool((ir["calls"][~i1["success"]] > i1["calls"][~i1["success"]]).all())
+    assert bool(((xr - x).abs() <= 0.02 + 1e-6).all())
+
+
+def test_restarts_break_an_image_only_a_later_start_breaks():
+    """An attack that succeeds only from some random starts: restarts find them, one run may not."""
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    kw = dict(norm="linf", eps=0.03, step=0.01, steps=2, random_start=True)
+    _, i1 = pgd(net, x, y, seed=0, return_info=True, **kw)
+    _, i8 = pgd(net, x, y, seed=0, restarts=8, return_info=True, **kw)
+    assert int(i8["success"].sum()) >= int(i1["success"].sum())
+    with pytest.raises(InputError, match="random_start"):
+        pgd(net, x, y, eps=0.03, step=0.01, steps=2, restarts=2)
+    with pytest.raises(InputError, match="restarts"):
+        with_restarts(pgd, net, x, y, restarts=0, generator=None)
