@@ -275,7 +275,7 @@ class _RandomQuantizer(nn.Module):
             )
 
     def _prepare(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        check_images(x, "x")
+        check_images(x.detach(), "x")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         return draw_seeds(x.shape[0], generator, x.device)
