@@ -3,8 +3,20 @@
 - :mod:`.vector_quantization`: randomized vector quantization of the input, paper 003:
   :class:`RandDisc` (per pixel), :class:`PatchRandDisc` (pRD), :class:`SlidingWindowRandDisc`
   (swRD).
+- :mod:`.base`: the adaptive-attack toolkit (paper 002): :class:`Defended` (classifier behind a
+  preprocess), :func:`bpda` (Athalye et al. 2018), :func:`adaptive` (what an attack should see
+  for the modes none / bpda / bpda+eot).
+- :mod:`.soft_quantization`: :class:`SoftQuantization` (paper 002, Eq. 3), :class:`HardQuantization`.
+- :mod:`.spec`: :func:`parse_defense` (``"softq:levels=1,alpha=1000"`` -> module).
 """
 
+from .base import ADAPTIVE_MODES, BPDA, Defended, adaptive, bpda, is_randomized
+from .soft_quantization import HardQuantization, SoftQuantization
+from .spec import format_spec, parse_defense
 from .vector_quantization import PatchRandDisc, RandDisc, SlidingWindowRandDisc
 
 __all__ = ["PatchRandDisc", "RandDisc", "SlidingWindowRandDisc"]
+__all__ += [
+    "ADAPTIVE_MODES", "BPDA", "Defended", "HardQuantization", "SoftQuantization", "adaptive", "bpda",
+    "format_spec", "is_randomized", "parse_defense",
+]
