@@ -50,6 +50,7 @@ from ..models import (
 from ..models import load as load_zoo
 from ..models._files import atomic_write_bytes, atomic_write_json, sha256_bytes
 from ..models.training import OPTIMIZERS, SCHEDULES
+from ..models.binary import BINARY_METHODS, binary_manifest, binary_training_model, packed_state
 from ._common import add_device_seed, resolve_device
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -68,9 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="data set name as quantadv.data.load accepts it: fashion-mnist, mnist, mnist-5k, "
         "cifar10, folder:<path>",
     )
-    p.add_argument("--method", default="natural", choices=METHODS, help="training method")
+    p.add_argument("--method", default="natural", choices=METHODS + BINARY_METHODS,
+                   help="training method; bc, mdtanh, waq train a binary SmallCNN (paper 004)")
+    p.add_argument("--adv", default=None, choices=("pgd-linf", "pgd-l2"),
+                   help="with a binary --method: adversarial training (uses --eps, --attack-steps)")
     p.add_argument(
         "--eps",
+        "--noise",
         type=float,
         default=0.0,
         help="noise amplitude (noisy) or attack radius (pgd-*) in [0, 1] units",
@@ -106,6 +111,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="N",
         help="train on the first N images of the train split only (default: all)",
     )
+    p.add_argument(
+        "--defense",
+        default=None,
+        metavar="SPEC",
+        help="train the classifier behind a preprocessing defense, e.g. softq:levels=1,alpha=1000 "
+        "(NSQ of paper 002 with --method noisy --noise 0.3); only the classifier's weights are "
+        "stored, the manifest records the spec and quantadv.models.load returns a Defended",
+    )
     p.add_argument("--out", required=True, metavar="NAME", help="name of the trained model")
     p.add_argument(
         "--out-dir",
@@ -140,8 +153,10 @@ def canonical_command(args: argparse.Namespace, config: TrainConfig) -> str:
         "quantadv", "train",
         "--arch", args.arch,
         "--data", args.data,
-        "--method", config.method,
+        "--method", getattr(args, "method", config.method),
     ]
+    if getattr(args, "method", None) in BINARY_METHODS and config.method != "natural":
+        parts += ["--adv", config.method]
     if config.method != "natural":
         parts += ["--eps", repr(float(config.eps))]
     parts += [
@@ -163,6 +178,8 @@ def canonical_command(args: argparse.Namespace, config: TrainConfig) -> str:
         parts += ["--train-size", str(args.train_size)]
     if args.init:
         parts += ["--init", args.init]
+    if getattr(args, "defense", None):
+        parts += ["--defense", args.defense]
     parts += ["--out", args.out, "--seed", str(config.seed), "--device", args.device]
     return shlex.join(parts)
 
@@ -211,14 +228,35 @@ def _initial_model(args: argparse.Namespace, kwargs: dict[str, Any], device: tor
     return model, init_kwargs, {"source": source, "sha256": meta["sha256"]}
 
 
+def _defended_model(args: argparse.Namespace, model: torch.nn.Module) -> torch.nn.Module:
+    """With ``--defense SPEC``: ``Defended(parse_defense(SPEC), classifier)`` (paper 002 NSQ).
+
+    The spec is canonicalised in ``args.defense`` (it goes into the command and the manifest).
+    A defended ``--init`` model contributes its classifier only: the defense is ``--defense``'s.
+    """
+    from ..defenses import Defended, format_spec, parse_defense
+
+    if isinstance(model, Defended):
+        if not args.defense:
+            print(f"note: --init {args.init} is a defended model; training its classifier without "
+                  "a defense (pass --defense to keep one)", flush=True)
+        model = model.classifier
+    if not args.defense:
+        return model
+    args.defense = format_spec(args.defense)
+    return Defended(parse_defense(args.defense), model)
+
+
 def run(args: argparse.Namespace) -> int:
     if not _NAME.match(args.out or ""):
         raise InputError(
             f"--out {args.out!r} is not a valid model name; use letters, digits, '.', '_' and "
             "'-' (e.g. fmnist-cnn)"
         )
+    if getattr(args, "adv", None) and args.method not in BINARY_METHODS:
+        raise InputError(f"--adv goes with a binary --method (bc, mdtanh, waq); for a float model use --method {args.adv}")
     config = TrainConfig(
-        method=args.method,
+        method=(args.adv or "natural") if args.method in BINARY_METHODS else args.method,
         eps=args.eps,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -261,6 +299,9 @@ def run(args: argparse.Namespace) -> int:
         "std": std,
     }
     model, kwargs, init = _initial_model(args, kwargs, device)
+    model = _defended_model(args, model)
+    if args.method in BINARY_METHODS:  # paper 004: binary SmallCNN, from scratch or from --init
+        model = binary_training_model(model if init else None, args.method, args.arch, kwargs).to(device)
     command = canonical_command(args, config)
     print(f"training {args.out}: {command}", flush=True)
     print(
@@ -276,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
         "train_size": int(train_x.shape[0]),
         "init": init,
     }
+    if args.defense:
+        meta["defense"] = args.defense
     result = train(
         model,
         train_x,
@@ -291,7 +334,10 @@ def run(args: argparse.Namespace) -> int:
     clean = accuracy(result.model, test_x, test_y, device=device)
     print(f"clean accuracy on the {test_x.shape[0]} test images: {clean:.4f}", flush=True)
 
-    state = {k: v.detach().contiguous().cpu() for k, v in result.model.state_dict().items()}
+    stored = result.model.classifier if args.defense else result.model  # a Defended stores its classifier
+    state = {k: v.detach().contiguous().cpu() for k, v in stored.state_dict().items()}
+    if args.method in BINARY_METHODS:  # deployed form: sign bits + float layers (paper 004)
+        state = packed_state(result.model)
     data = st_save(state, metadata={"format": "quantadv-model", "arch": args.arch})
     weights = out_dir / f"{args.out}.safetensors"
     atomic_write_bytes(weights, data)
@@ -305,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         "train_size": int(train_x.shape[0]),
         "test_size": int(test_x.shape[0]),
         "method": config.method,
+        **({"defense": args.defense} if args.defense else {}),
         "eps": float(config.eps),
         "norm": {"pgd-linf": "linf", "pgd-l2": "l2"}.get(config.method),
         "epochs": config.epochs,
@@ -326,6 +373,8 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(result.train_seconds, 1),
         "date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
+    if args.method in BINARY_METHODS:
+        manifest["binary"] = binary_manifest(result.model)
     atomic_write_json(out_dir / f"{args.out}.json", manifest)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     print(

@@ -122,6 +122,10 @@ def load_file(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
         state = st_load(data)
     except (SafetensorError, ValueError) as exc:
         raise ModelError(f"weight file {weights} is not a valid safetensors file ({exc})") from None
+    if isinstance(meta.get("binary"), dict):  # packed binary network (paper 004): sign bits + float layers
+        from .binary import load_packed
+
+        return load_packed(state, meta).to(dev).eval()
     model = build(str(meta["arch"]), **meta["arch_kwargs"])
     try:
         model.load_state_dict(state, strict=True)
@@ -130,7 +134,25 @@ def load_file(path: str | Path, device: str | torch.device = "cpu") -> nn.Module
             f"weights in {weights} do not fit architecture {meta['arch']!r} with "
             f"{meta['arch_kwargs']}: {exc}"
         ) from None
+    model = _with_defense(model, meta, weights)
     return model.to(dev).eval()
+
+
+def _with_defense(classifier: nn.Module, meta: dict[str, Any], weights: Path) -> nn.Module:
+    """A manifest with a ``defense`` spec (paper 002/003 defended models) loads as a ``Defended``.
+
+    The weight file holds only the classifier; the defense is rebuilt from its spec string.
+    """
+    spec = meta.get("defense")
+    if not spec:
+        return classifier
+    from ..defenses import Defended, parse_defense
+
+    try:
+        preprocess = parse_defense(spec)
+    except ValueError as exc:
+        raise ModelError(f"manifest of {weights} names defense {spec!r}, which cannot be built: {exc}") from None
+    return Defended(preprocess, classifier)
 
 
 def load(name: str, device: str | torch.device = "cpu") -> nn.Module:
