@@ -11,9 +11,11 @@ loop of :mod:`quantadv.attacks.engine`.
 from .gradient import fgsm, ifgsm, pgd
 from .losses import LOSSES, attack_loss
 from .minimal import cw, ddn
+from .quantized_gradients import daa_blob, pqgd, quantized_gradient
 from .search import budget_search
 
 #: Attacks by name, for configs and the command line.
-REGISTRY = {"fgsm": fgsm, "ifgsm": ifgsm, "pgd": pgd, "cw": cw, "ddn": ddn}
+REGISTRY = {"fgsm": fgsm, "ifgsm": ifgsm, "pgd": pgd, "cw": cw, "ddn": ddn, "pqgd": pqgd, "daa_blob": daa_blob}
 
-__all__ = ["LOSSES", "REGISTRY", "attack_loss", "budget_search", "cw", "ddn", "fgsm", "ifgsm", "pgd"]
+__all__ = ["LOSSES", "REGISTRY", "attack_loss", "budget_search", "cw", "daa_blob", "ddn", "fgsm", "ifgsm", "pgd",
+           "pqgd", "quantized_gradient"]
