@@ -80,13 +80,19 @@ class SoftQuantization(nn.Module):
         k_levels = self.levels
         k = _interval(x.detach(), k_levels)
         centre = (2.0 * k + 1.0) / (2.0 * k_levels)
-        return torch.sigmoid(self.alpha * (x - centre)) / k_levels + k / k_levels
+        # (k + sigmoid) / K is Eq. 3's sigmoid / K + k / K, written so that a saturated sigmoid
+        # gives exactly HardQuantization's (k + 0 or 1) / K
+        return (k + torch.sigmoid(self.alpha * (x - centre))) / k_levels
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        """``dS/dx`` element-wise (paper 002, Eq. 8): ``alpha * s * (1 - s)``."""
+        """``dS/dx`` element-wise: ``(alpha / K) * s * (1 - s)``, ``s`` the sigmoid of Eq. 3.
+
+        Paper 002's Eq. 8 prints ``alpha * s * (1 - s)``, the ``K = 1`` case; differentiating
+        Eq. 3 gives the factor ``1/K``.
+        """
         k = _interval(x, self.levels)
         s = torch.sigmoid(self.alpha * (x - (2.0 * k + 1.0) / (2.0 * self.levels)))
-        return self.alpha * s * (1.0 - s)
+        return self.alpha / self.levels * s * (1.0 - s)
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, alpha={self.alpha:g}"
