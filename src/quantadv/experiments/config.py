@@ -71,11 +71,13 @@ TOP_LEVEL_KEYS = (
     "attacks",
     "postprocess",
     "defense",
+    "attack_misclassified",
 )
 #: Targeting modes: untargeted, a uniformly random class other than the label, label + 1 mod K.
 TARGET_MODES = ("none", "random", "next", "least-likely")
-#: Defenses the runner can put in front of a model (none are implemented yet).
-AVAILABLE_DEFENSES: tuple[str, ...] = ()
+#: How an attack sees a defended model (:func:`quantadv.defenses.adaptive`): as is; with the
+#: preprocessing replaced by the identity in the backward pass (BPDA); BPDA plus EOT.
+ADAPTIVE_MODES = ("none", "bpda", "bpda+eot")
 #: Keyword arguments the runner sets itself; a config may not set them.
 RESERVED_PARAMS = frozenset(
     {"model", "images", "labels", "x", "y", "targets", "generator", "seed", "return_info",
@@ -433,9 +435,17 @@ class ModelSpec:
     file: Path | None = None
     file_sha256: str | None = None
     kwargs: dict = field(default_factory=dict)
+    #: a defense spec put in front of the network (``quantadv.defenses.parse_defense``)
+    defense: str | None = None
+    #: how attacks see the defended model: one run per mode (() for an undefended model)
+    adaptive: tuple[str, ...] = ()
+    #: draws per gradient in the ``bpda+eot`` mode
+    eot: int = 10
 
     def identity(self) -> dict:
         ident: dict[str, Any] = {}
+        if self.defense is not None:  # only then, so undefended models keep their run ids
+            ident["defense"] = self.defense
         if self.name is not None:
             ident["zoo"] = self.name
         if self.arch is not None:
@@ -515,6 +525,7 @@ class AttackSpec:
     grid_keys: tuple[str, ...] = ()
     postprocess: tuple[str, ...] | None = None  # labels of the top-level list; None: all
     search: tuple | None = None  # (param, low, high, rounds): per-image bisection of a budget
+    repeat: int = 1  # independent runs (other seeds) of every grid point
 
     @property
     def attack_name(self) -> str:
@@ -552,12 +563,18 @@ class RunSpec:
     attack: AttackSpec
     params: dict
     resolved: dict  # everything hashed into run_id
+    adaptive: str = "none"  # how the attack sees a defended model (ADAPTIVE_MODES)
+    repeat: int = 0  # which of the attack entry's independent repeats
 
     @property
     def description(self) -> str:
         parts = [", ".join(f"{k}={self.params[k]}" for k in self.attack.grid_keys)] if self.attack.grid else []
         if self.search_text:
             parts.append(self.search_text)
+        if self.model.adaptive:
+            parts.append(f"adaptive={self.adaptive}")
+        if self.attack.repeat > 1:
+            parts.append(f"repeat {self.repeat + 1}/{self.attack.repeat}")
         detail = f" ({'; '.join(parts)})" if parts else ""
         return f"{self.model.label} / {self.attack.label}{detail}"
 
@@ -586,6 +603,7 @@ class ExperimentConfig:
     data: DataSpec
     attacks: tuple[AttackSpec, ...]
     postprocess: tuple[PostprocessSpec, ...]
+    attack_misclassified: bool = False
     source: str = ""
     base_dir: Path = Path(".")
     runs: tuple[RunSpec, ...] = ()
@@ -628,7 +646,7 @@ class ExperimentConfig:
 # Section parsers
 
 
-def _parse_models(value: object, base_dir: Path) -> tuple[ModelSpec, ...]:
+def _parse_models(value: object, base_dir: Path, default_defense: str | None = None) -> tuple[ModelSpec, ...]:
     if value is None:
         raise ConfigError(
             "missing key 'models': list the models to attack, e.g. models: [fmnist-cnn]"
@@ -645,7 +663,7 @@ def _parse_models(value: object, base_dir: Path) -> tuple[ModelSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "arch", "entry", "file", "kwargs", "label"))
+        _check_keys(item, where, ("name", "arch", "entry", "file", "kwargs", "label", "defense", "adaptive", "eot"))
         sources = [k for k in ("name", "arch", "entry") if k in item]
         if len(sources) > 1 or (not sources and "file" not in item):
             raise ConfigError(
@@ -695,7 +713,23 @@ def _parse_models(value: object, base_dir: Path) -> tuple[ModelSpec, ...]:
                 sha = hashlib.sha256((sha + sha256_file(manifest)).encode()).hexdigest()
         default_label = name or (file.stem if file else None) or (entry.function if entry else "")
         label = _label(item.get("label", default_label), f"{where}.label")
-        specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs))
+        defense = _parse_defense(item["defense"], f"{where}.defense") if "defense" in item else default_defense
+        defended = defense is not None or (name is not None and _zoo_defended(name))
+        if "adaptive" in item:
+            adaptive = _str_list(item["adaptive"], f"{where}.adaptive")
+            for mode in adaptive:
+                if mode not in ADAPTIVE_MODES:
+                    raise ConfigError(f"{where}.adaptive: unknown mode {mode!r}{_suggest(mode, ADAPTIVE_MODES)}; "
+                                      f"allowed: {_allowed(ADAPTIVE_MODES)}")
+            if len(set(adaptive)) != len(adaptive) or not adaptive:
+                raise ConfigError(f"{where}.adaptive must list each mode once, e.g. [none, bpda, bpda+eot]")
+            if not defended:
+                raise ConfigError(f"{where}.adaptive needs a defended model: add {where}.defense "
+                                  "(e.g. defense: 'softq:levels=1,alpha=1000') or use a defended zoo model")
+        else:
+            adaptive = ADAPTIVE_MODES if defended else ()
+        eot = _int(item.get("eot", 10), f"{where}.eot", 1)
+        specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs, defense, tuple(adaptive), eot))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -729,6 +763,16 @@ def _zoo_sha256(name: str) -> str | None:
     except Exception:  # no zoo in this installation: the name alone identifies the model
         return None
     return value if isinstance(value, str) else None
+
+
+def _zoo_defended(name: str) -> bool:
+    """Whether a shipped model is a defended one (its manifest names a defense)."""
+    try:
+        from .. import models as zoo
+
+        return bool(zoo.manifest(name).get("defense"))
+    except Exception:  # noqa: BLE001 - an unreadable manifest is reported when the model loads
+        return False
 
 
 def _check_arch(arch: str, where: str) -> None:
@@ -903,7 +947,7 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess", "search"))
+        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess", "search", "repeat"))
         if ("name" in item) == ("entry" in item):
             raise ConfigError(
                 f"{where} must have exactly one of 'name' (one of {_allowed(sorted(registry))}) "
@@ -947,8 +991,11 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         chosen = None
         if "postprocess" in item:
             chosen = _str_list(item["postprocess"], f"{where}.postprocess")
+        repeat = _int(item.get("repeat", 1), f"{where}.repeat", 1)
+        if repeat > 1 and not (accepts_keyword(fn, "generator") or accepts_keyword(fn, "seed")):
+            raise ConfigError(f"{where}.repeat: {what} takes no seed or generator, so its repeats would be identical")
         specs.append(
-            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search)
+            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search, repeat)
         )
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -1067,15 +1114,22 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
     return tuple(specs)
 
 
-def _parse_defense(value: object) -> None:
-    if value is None or value == "none" or value == [] or value == {}:
-        return
-    shown = value if isinstance(value, str) else _type_name(value)
-    raise ConfigError(
-        f"defense: {shown!r} is not available yet; defenses in front of the model will come "
-        f"with quantadv.defenses. Available defenses: {_allowed(AVAILABLE_DEFENSES)} "
-        "(use defense: none or leave the key out)"
-    )
+def _parse_defense(value: object, where: str = "defense") -> str | None:
+    """A defense spec string (``"softq:levels=1,alpha=1000"``), checked by building it once."""
+    if value is None or value == "none":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a defense spec string such as 'softq:levels=1,alpha=1000', "
+                          f"got {_type_name(value)}")
+    try:
+        from ..defenses import parse_defense
+    except ImportError as exc:  # pragma: no cover - the package ships quantadv.defenses
+        raise ConfigError(f"{where}: quantadv.defenses is not available: {exc}") from None
+    try:
+        parse_defense(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return value.strip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1116,7 +1170,7 @@ def load_entry(entry: EntryPoint, where: str) -> Any:
 
 
 def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
-    total = len(cfg.models) * sum(max(1, len(a.grid)) for a in cfg.attacks)
+    total = sum(max(1, len(m.adaptive)) for m in cfg.models) * sum(max(1, len(a.grid)) * a.repeat for a in cfg.attacks)
     if total > MAX_RUNS:
         raise ConfigError(
             f"the config expands to {total} runs (models x grid points); at most {MAX_RUNS} are "
@@ -1124,27 +1178,40 @@ def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
         )
     runs: list[RunSpec] = []
     seen: dict[str, str] = {}
-    for model in cfg.models:
-        for attack in cfg.attacks:
-            for params in attack.points():
-                resolved = {
-                    "model": model.identity(),
-                    "data": cfg.data.identity(),
-                    "attack": attack.identity(),
-                    "params": params,
-                    "seed": cfg.seed,
-                    "batch_size": cfg.batch_size,
-                    "targets": cfg.targets,
-                }
-                run_id = hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:16]
-                run = RunSpec(run_id, model, attack, params, resolved)
-                if run_id in seen:
-                    raise ConfigError(
-                        f"attacks[{attack.index}] repeats a run already listed ({seen[run_id]}); "
-                        "remove the duplicate entry or grid value"
-                    )
-                seen[run_id] = run.description
-                runs.append(run)
+    for model, attack, params, mode, rep_i in (
+        (m, a, p, mode, r)
+        for m in cfg.models for a in cfg.attacks for p in a.points()
+        for mode in (m.adaptive or ("none",)) for r in range(a.repeat)
+    ):
+        resolved = {
+            "model": model.identity(),
+            "data": cfg.data.identity(),
+            "attack": attack.identity(),
+            "params": params,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "targets": cfg.targets,
+        }
+        # Keys added only when used, so that runs without them keep their ids. Skipping the
+        # misclassified images is the default: a store made by older code (which attacked
+        # them) has other run ids and is refused, not silently mixed.
+        if not cfg.attack_misclassified:
+            resolved["skip_misclassified"] = True
+        if model.adaptive:
+            resolved["adaptive"] = mode
+            if mode == "bpda+eot":
+                resolved["eot"] = model.eot
+        if attack.repeat > 1:
+            resolved["repeat"] = rep_i
+        run_id = hashlib.sha256(canonical_json(resolved).encode()).hexdigest()[:16]
+        run = RunSpec(run_id, model, attack, params, resolved, mode, rep_i)
+        if run_id in seen:
+            raise ConfigError(
+                f"attacks[{attack.index}] repeats a run already listed ({seen[run_id]}); "
+                "remove the duplicate entry or grid value"
+            )
+        seen[run_id] = run.description
+        runs.append(run)
     return tuple(runs)
 
 
@@ -1206,8 +1273,11 @@ def parse_config(
     store = Path(_str(store, "store")).expanduser()
     if store.suffix != ".db":
         raise ConfigError(f"store must be a path ending in .db, got {str(store)!r}")
-    _parse_defense(top.get("defense"))
-    models = _parse_models(top.get("models"), base)
+    default_defense = _parse_defense(top.get("defense"))
+    attack_misclassified = top.get("attack_misclassified", False)
+    if not isinstance(attack_misclassified, bool):
+        raise ConfigError(f"attack_misclassified must be true or false, got {attack_misclassified!r}")
+    models = _parse_models(top.get("models"), base, default_defense)
     data_spec = _parse_data(top.get("data"), base)
     attacks = _parse_attacks(top.get("attacks"), base)
     postprocess = _parse_postprocess(top.get("postprocess"))
@@ -1232,6 +1302,7 @@ def parse_config(
         data=data_spec,
         attacks=attacks,
         postprocess=postprocess,
+        attack_misclassified=attack_misclassified,
         source=text,
         base_dir=base,
     )

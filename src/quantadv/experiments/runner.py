@@ -242,8 +242,11 @@ def info_extras(info: dict, n: int) -> dict[str, list]:
     return out
 
 
-def _row_info(attack: dict[str, list], post: dict[str, list], j: int) -> str | None:
-    """The ``info`` JSON of image ``j`` of a batch: its attack and post-processing extras."""
+def _row_info(attack: dict[str, list], post: dict[str, list], j: int, skipped: bool = False) -> str | None:
+    """The ``info`` JSON of image ``j`` of a batch: its attack and post-processing extras, or
+    ``{"skipped": "misclassified"}`` for an image the model misclassifies (not attacked)."""
+    if skipped:
+        return json.dumps({"skipped": "misclassified"})
     parts = {name: {k: v[j] for k, v in extras.items()}
              for name, extras in (("attack", attack), ("postprocess", post)) if extras}
     return json.dumps(parts, sort_keys=True) if parts else None
@@ -257,12 +260,22 @@ def call_attack(
     y: torch.Tensor,
     targets: torch.Tensor | None,
     seed: int,
+    eot: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, list]]:
     """Run ``run``'s attack on one batch: (adversarial images, calls, grads, extras) per image.
 
-    ``extras`` are the other per-image numbers of the attack's info (:func:`info_extras`).
+    ``extras`` are the other per-image numbers of the attack's info (:func:`info_extras`),
+    ``pred`` among them when the attack reports it. ``eot > 1`` (the ``bpda+eot`` mode of a
+    randomised defense) is passed as the attack's ``eot=`` argument.
     """
     kwargs = dict(run.params)
+    if eot > 1:
+        if not accepts_keyword(fn, "eot"):
+            raise ConfigError(
+                f"attacks[{run.attack.index}] ({run.attack.attack_name}) has no eot= argument, which the "
+                f"bpda+eot mode of model {run.model.label!r} needs; leave bpda+eot out of its adaptive list"
+            )
+        kwargs["eot"] = eot
     if accepts_keyword(fn, "generator"):
         kwargs["generator"] = torch.Generator().manual_seed(seed)
     want_info = accepts_keyword(fn, "return_info")
@@ -530,6 +543,276 @@ def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool
              summary.attack_seconds)
 
 
+# ---------------------------------------------------------------------------------------------
+# The batch pipeline: plan the (run, batch) work, then for each piece: load the batch and the
+# model's clean predictions, attack the images that need it, and turn each post-processed
+# output into rows. Each step is one function, so a new axis touches one step.
+
+
+@dataclass
+class Work:
+    """One (run, batch) pair with outcomes still missing from the store."""
+
+    run: RunSpec
+    batch: int
+    indices: list[int]  # dataset indices of the batch's images
+    missing: list[PostprocessSpec]  # the post-processing steps with an outcome missing
+    done: set  # (postprocess label, idx) pairs already stored
+
+
+def plan_work(cfg: ExperimentConfig, batches: list[int], indices: list[int], writer: ResultsStore,
+              reader: ResultsStore | None, summary: RunSummary) -> list[Work]:
+    """The (run, batch) pairs of ``batches`` that have anything missing, runs in config order."""
+    bs = cfg.batch_size
+    plan: list[Work] = []
+    for run in cfg.runs:
+        done = writer.done_keys(run.run_id)
+        if reader is not None:
+            done |= reader.done_keys(run.run_id)
+        steps = cfg.postprocess_for(run.attack)
+        for b in batches:
+            batch_idx = indices[b * bs:(b + 1) * bs]
+            missing = [p for p in steps if any((p.label, i) not in done for i in batch_idx)]
+            summary.rows_skipped += sum((p.label, i) in done for p in steps for i in batch_idx)
+            if missing:
+                plan.append(Work(run, b, batch_idx, missing, done))
+    return plan
+
+
+@dataclass
+class Batch:
+    """One batch's inputs on the device, with the model's clean predictions."""
+
+    originals: torch.Tensor  # the uint8 images (CPU)
+    x: torch.Tensor  # float images in [0, 1]
+    y: torch.Tensor  # labels (device)
+    labels: torch.Tensor  # labels (CPU)
+    clean_pred: torch.Tensor  # CPU
+    num_classes: int
+    targets: torch.Tensor | None
+    seed: int
+
+    @property
+    def attacked(self) -> torch.Tensor:
+        """Which images to attack: all, or (default) those the model classifies correctly."""
+        return self.clean_pred == self.labels
+
+
+class Models:
+    """The model of the current run (loaded once per model entry, its defense in front), the
+    model its attack sees (:func:`quantadv.defenses.adaptive`) and its clean predictions per batch."""
+
+    def __init__(self, dev: torch.device):
+        self.dev = dev
+        self.spec: ModelSpec | None = None
+        self.model: nn.Module | None = None
+        self.clean: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def get(self, spec: ModelSpec) -> nn.Module:
+        if self.spec is not spec:
+            model = load_model(spec, self.dev)
+            if spec.defense is not None:
+                from ..defenses import Defended, parse_defense
+
+                model = Defended(parse_defense(spec.defense), model).eval().to(self.dev)
+            self.model, self.spec, self.clean = model, spec, {}
+            log.info("model %s loaded%s", spec.label, f" behind {spec.defense}" if spec.defense else "")
+        assert self.model is not None
+        return self.model
+
+    def for_attack(self, run: RunSpec) -> tuple[nn.Module, int]:
+        """(the model the attack differentiates, the EOT draws it must average; 1: none)."""
+        model = self.get(run.model)
+        if not run.model.adaptive:
+            return model, 1
+        from ..defenses import adaptive
+
+        return adaptive(model, run.adaptive, run.model.eot)
+
+    def clean_logits(self, run: RunSpec, b: int, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(clean predictions on the CPU, number of classes, logits) of batch ``b``, computed once."""
+        if b not in self.clean:
+            with torch.no_grad():
+                logits = self.get(run.model)(x)
+            if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+                raise ModelError(
+                    f"model {run.model.label!r} returned shape {tuple(logits.shape)}; "
+                    "expected logits of shape (batch, classes)"
+                )
+            self.clean[b] = (logits.argmax(1).cpu(), int(logits.shape[1]), logits.detach())
+        return self.clean[b]
+
+
+def load_batch(cfg: ExperimentConfig, work: Work, models: Models, images: torch.Tensor,
+               labels: torch.Tensor) -> Batch:
+    """The batch's images and labels on the device, its clean predictions and its targets."""
+    run = work.run
+    sel = torch.tensor(work.indices, dtype=torch.long)
+    x = to_float(images[sel]).to(models.dev)
+    y = labels[sel].to(models.dev)
+    clean_pred, num_classes, clean_logits = models.clean_logits(run, work.batch, x)
+    if num_classes < 2:
+        raise ModelError(
+            f"model {run.model.label!r} returns {num_classes} logit(s); a classifier "
+            "under attack needs at least 2 classes"
+        )
+    if int(labels[sel].max()) >= num_classes:
+        raise DataError(
+            f"label {int(labels[sel].max())} is out of range for model "
+            f"{run.model.label!r}, which has {num_classes} classes"
+        )
+    seed = batch_seed(cfg.seed, run.run_id, work.batch)
+    targets = make_targets(cfg.targets, y, num_classes, seed, clean_logits)
+    return Batch(images[sel], x, y, labels[sel], clean_pred, num_classes, targets, seed)
+
+
+@dataclass
+class AttackOutput:
+    """An attack's outputs for every image of a batch (unattacked images: the original)."""
+
+    x_adv: torch.Tensor
+    calls: torch.Tensor | None
+    grads: torch.Tensor | None
+    extras: dict[str, list]
+    pred: torch.Tensor | None  # the attack's own prediction at x_adv (CPU), when it reports one
+    attacked: torch.Tensor  # bool (CPU): which images were attacked
+    seconds: float
+
+
+def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch) -> AttackOutput:
+    """Run the work's attack on the images of the batch that need it (all with
+    ``attack_misclassified: true``); the others keep the original image, 0 calls."""
+    run = work.run
+    model, eot = models.for_attack(run)
+    fn = (attack_registry().get(run.attack.name) if run.attack.name else
+          load_entry(run.attack.entry, f"attacks[{run.attack.index}].entry"))  # type: ignore[arg-type]
+    n = batch.x.shape[0]
+    attacked = torch.ones(n, dtype=torch.bool) if cfg.attack_misclassified else batch.attacked
+    x_adv = batch.x.clone()
+    calls = torch.zeros(n, dtype=torch.int64)
+    grads = torch.zeros(n, dtype=torch.int64)
+    pred = batch.clean_pred.clone()
+    extras: dict[str, list] = {}
+    t0 = time.perf_counter()
+    rows = attacked.nonzero().flatten()
+    if rows.numel():
+        dev_rows = rows.to(batch.x.device)
+        sub_targets = batch.targets[dev_rows] if batch.targets is not None else None
+        out, a_calls, a_grads, a_extras = call_attack(
+            run, fn, model, batch.x[dev_rows], batch.y[dev_rows], sub_targets, batch.seed, eot=eot)
+        if not torch.isfinite(out).all() or out.min() < 0 or out.max() > 1:
+            raise ConfigError(
+                f"attacks[{run.attack.index}] ({run.description}) returned images outside "
+                "[0, 1] or with NaN values"
+            )
+        x_adv[dev_rows] = out
+        calls = None if a_calls is None else calls.index_put((rows,), a_calls.cpu())
+        grads = None if a_grads is None else grads.index_put((rows,), a_grads.cpu())
+        a_pred = a_extras.pop("pred", None)
+        # The attack's own last forward pass judges its output, unless it averaged random draws
+        # (EOT) or it does not report one: then the runner's pass does.
+        if a_pred is not None and eot == 1:
+            pred[rows] = torch.tensor(a_pred, dtype=torch.int64)
+        else:
+            pred = None
+        for key, values in a_extras.items():
+            full: list = [None] * n
+            for j, r in enumerate(rows.tolist()):
+                full[r] = values[j]
+            extras[key] = full
+    seconds = time.perf_counter() - t0
+    return AttackOutput(x_adv, calls, grads, extras, pred, attacked, seconds)
+
+
+def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch, attack: AttackOutput,
+                 pp: PostprocessSpec, pp_fn: Any) -> tuple[list[dict], list, list, float]:
+    """Post-process the attack's output with ``pp`` and judge it: (rows, originals, images, seconds).
+
+    Success is judged on the final image by the (defended) model as deployed. For ``none`` the
+    attack's own prediction is used when it reported one; a quantizer's info ``pred`` likewise.
+    Unattacked (misclassified) images keep the original image, with distortion 0.
+    """
+    from ..eval import distortion
+
+    run = work.run
+    model = models.get(run.model)
+    n = batch.x.shape[0]
+    t1 = time.perf_counter()
+    rows_cpu = attack.attacked.nonzero().flatten()
+    rows_dev = rows_cpu.to(batch.x.device)
+    x_out = batch.x.clone()
+    p_calls: torch.Tensor | None = torch.zeros(n, dtype=torch.int64)
+    p_grads: torch.Tensor | None = torch.zeros(n, dtype=torch.int64)
+    p_extras: dict[str, list] = {}
+    pp_pred = None
+    if rows_cpu.numel():
+        sub_targets = batch.targets[rows_dev] if batch.targets is not None else None
+        out, c, g, sub_extras = apply_postprocess(
+            pp, pp_fn, model, batch.x[rows_dev], attack.x_adv[rows_dev], batch.y[rows_dev], sub_targets
+        )
+        x_out[rows_dev] = out
+        p_calls = None if c is None else p_calls.index_put((rows_cpu,), c.cpu())  # type: ignore[union-attr]
+        p_grads = None if g is None else p_grads.index_put((rows_cpu,), g.cpu())  # type: ignore[union-attr]
+        sub_pred = sub_extras.pop("pred", None)
+        if sub_pred is not None:
+            pp_pred = attack.pred.clone() if attack.pred is not None else None
+            if pp_pred is not None:
+                pp_pred[rows_cpu] = torch.tensor(sub_pred, dtype=torch.int64)
+        for key, values in sub_extras.items():
+            full: list = [None] * n
+            for j, r in enumerate(rows_cpu.tolist()):
+                full[r] = values[j]
+            p_extras[key] = full
+    t_pp = time.perf_counter() - t1
+    if pp.name == "none" and attack.pred is not None:
+        adv_pred = attack.pred
+    elif pp_pred is not None:
+        adv_pred = pp_pred
+    else:
+        with torch.no_grad():
+            adv_pred = model(x_out).argmax(1).cpu()
+    if batch.targets is not None:
+        success = adv_pred == batch.targets.cpu()
+    else:
+        success = adv_pred != batch.labels
+    d = distortion(x_out, batch.x, "d").tolist()
+    l2 = distortion(x_out, batch.x, "l2").tolist()
+    linf = distortion(x_out, batch.x, "linf").tolist()
+    a_calls, a_grads = attack.calls, attack.grads
+    calls = (a_calls + p_calls).tolist() if a_calls is not None and p_calls is not None else None
+    grads = (a_grads + p_grads).tolist() if a_grads is not None and p_grads is not None else None
+    per_image = (attack.seconds + t_pp) / len(work.indices)
+    rows: list[dict[str, Any]] = []
+    originals, adversarials = [], []
+    for j, i in enumerate(work.indices):
+        if (pp.label, i) in work.done:
+            continue
+        rows.append({
+            "run_id": run.run_id,
+            "postprocess": pp.label,
+            "idx": i,
+            "label": int(batch.labels[j]),
+            "target": int(batch.targets[j]) if batch.targets is not None else None,
+            "clean_pred": int(batch.clean_pred[j]),
+            "adv_pred": int(adv_pred[j]),
+            "success": int(bool(success[j])),
+            "d": d[j],
+            "l2": l2[j],
+            "linf": linf[j],
+            "calls": calls[j] if calls is not None else None,
+            "grads": grads[j] if grads is not None else None,
+            "seconds": per_image,
+            "seed": batch.seed,
+            "info": _row_info(attack.extras, p_extras, j, skipped=not bool(attack.attacked[j])),
+        })
+        if work.batch * cfg.batch_size + j < cfg.save_images:
+            img = batch.originals[j]
+            originals.append((i, tuple(img.shape), img.contiguous().numpy().tobytes()))
+            out = x_out[j].detach().to("cpu", torch.float32).contiguous()
+            adversarials.append((run.run_id, pp.label, i, tuple(out.shape), out.numpy().tobytes()))
+    return rows, originals, adversarials, t_pp
+
+
 def _process(
     cfg: ExperimentConfig,
     dev: torch.device,
@@ -542,147 +825,45 @@ def _process(
     reader: ResultsStore | None,
     summary: RunSummary,
 ) -> None:
+    """Compute and store every missing outcome of this rank's batches (see the section comment)."""
     from tqdm.auto import tqdm
 
-    from ..eval import distortion
-
-    attacks = attack_registry()
     pp_fns = postprocess_registry()
-    bs = cfg.batch_size
-    n_batches = math.ceil(len(indices) / bs)
+    n_batches = math.ceil(len(indices) / cfg.batch_size)
     mine = [b for b in range(n_batches) if b % ctx.world_size == ctx.rank]
-
-    # Plan: the (run, batch) pairs with anything missing.
-    plan: list[tuple[RunSpec, int, list[PostprocessSpec], set]] = []
-    for run in cfg.runs:
-        done = writer.done_keys(run.run_id)
-        if reader is not None:
-            done |= reader.done_keys(run.run_id)
-        for b in mine:
-            batch_idx = indices[b * bs:(b + 1) * bs]
-            steps = cfg.postprocess_for(run.attack)
-            missing = [p for p in steps if any((p.label, i) not in done for i in batch_idx)]
-            summary.rows_skipped += sum((p.label, i) in done for p in steps for i in batch_idx)
-            if missing:
-                plan.append((run, b, missing, done))
-    total = sum(len(indices[b * bs:(b + 1) * bs]) for _, b, _, _ in plan)
+    plan = plan_work(cfg, mine, indices, writer, reader, summary)
+    total = sum(len(w.indices) for w in plan)
     log.info("%d batches to compute (%d images x runs), %d outcomes already stored", len(plan),
              total, summary.rows_skipped)
-
     bar = tqdm(total=total, unit="img", disable=quiet or not ctx.is_main or total == 0,
                desc=cfg.experiment, dynamic_ncols=True, file=sys.stderr)
-    model: nn.Module | None = None
-    model_spec: ModelSpec | None = None
-    clean_cache: dict[int, tuple[torch.Tensor, int]] = {}
+    models = Models(dev)
+    current: RunSpec | None = None
+    run_start, run_images = 0.0, 0
     try:
-        current: RunSpec | None = None
-        run_start = 0.0
-        run_images = 0
-        for run, b, missing, done in plan:
-            if run is not current:
+        for work in plan:
+            if work.run is not current:
                 if current is not None:
                     log.info("run %s (%s): %d images in %.1f s", current.run_id,
                              current.description, run_images, time.perf_counter() - run_start)
-                current, run_start, run_images = run, time.perf_counter(), 0
-            if model_spec is not run.model:
-                model = load_model(run.model, dev)
-                model_spec = run.model
-                clean_cache = {}
-                log.info("model %s loaded", run.model.label)
-            assert model is not None
-            batch_idx = indices[b * bs:(b + 1) * bs]
-            sel = torch.tensor(batch_idx, dtype=torch.long)
-            x = to_float(images[sel]).to(dev)
-            y = labels[sel].to(dev)
-            if b not in clean_cache:
-                with torch.no_grad():
-                    logits = model(x)
-                if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-                    raise ModelError(
-                        f"model {run.model.label!r} returned shape {tuple(logits.shape)}; "
-                        "expected logits of shape (batch, classes)"
-                    )
-                clean_cache[b] = (logits.argmax(1).cpu(), int(logits.shape[1]), logits.detach())
-            clean_pred, num_classes, clean_logits = clean_cache[b]
-            if num_classes < 2:
-                raise ModelError(
-                    f"model {run.model.label!r} returns {num_classes} logit(s); a classifier "
-                    "under attack needs at least 2 classes"
-                )
-            if int(labels[sel].max()) >= num_classes:
-                raise DataError(
-                    f"label {int(labels[sel].max())} is out of range for model "
-                    f"{run.model.label!r}, which has {num_classes} classes"
-                )
-            seed = batch_seed(cfg.seed, run.run_id, b)
-            targets = make_targets(cfg.targets, y, num_classes, seed, clean_logits)
-            t0 = time.perf_counter()
-            x_adv, a_calls, a_grads, a_extras = call_attack(
-                run, attacks.get(run.attack.name) if run.attack.name else
-                load_entry(run.attack.entry, f"attacks[{run.attack.index}].entry"),  # type: ignore[arg-type]
-                model, x, y, targets, seed,
-            )
-            t_attack = time.perf_counter() - t0
-            summary.attack_seconds += t_attack
-            if not torch.isfinite(x_adv).all() or x_adv.min() < 0 or x_adv.max() > 1:
-                raise ConfigError(
-                    f"attacks[{run.attack.index}] ({run.description}) returned images outside "
-                    "[0, 1] or with NaN values"
-                )
-            rows: list[dict[str, Any]] = []
-            originals = []
-            adversarials = []
-            for pp in missing:
-                t1 = time.perf_counter()
-                x_out, p_calls, p_grads, p_extras = apply_postprocess(
-                    pp, pp_fns[pp.name], model, x, x_adv, y, targets
-                )
-                t_pp = time.perf_counter() - t1
-                with torch.no_grad():
-                    adv_pred = model(x_out).argmax(1).cpu()
-                y_cpu = labels[sel]
-                success = (adv_pred == targets.cpu()) if targets is not None else (adv_pred != y_cpu)
-                d = distortion(x_out, x, "d").tolist()
-                l2 = distortion(x_out, x, "l2").tolist()
-                linf = distortion(x_out, x, "linf").tolist()
-                calls = (a_calls + p_calls).tolist() if a_calls is not None and p_calls is not None else None
-                grads = (a_grads + p_grads).tolist() if a_grads is not None and p_grads is not None else None
-                per_image = (t_attack + t_pp) / len(batch_idx)
-                for j, i in enumerate(batch_idx):
-                    if (pp.label, i) in done:
-                        continue
-                    rows.append({
-                        "run_id": run.run_id,
-                        "postprocess": pp.label,
-                        "idx": i,
-                        "label": int(y_cpu[j]),
-                        "target": int(targets[j]) if targets is not None else None,
-                        "clean_pred": int(clean_pred[j]),
-                        "adv_pred": int(adv_pred[j]),
-                        "success": int(bool(success[j])),
-                        "d": d[j],
-                        "l2": l2[j],
-                        "linf": linf[j],
-                        "calls": calls[j] if calls is not None else None,
-                        "grads": grads[j] if grads is not None else None,
-                        "seconds": per_image,
-                        "seed": seed,
-                        "info": _row_info(a_extras, p_extras, j),
-                    })
-                    position = b * bs + j
-                    if position < cfg.save_images:
-                        img = images[i]
-                        originals.append((i, tuple(img.shape), img.contiguous().numpy().tobytes()))
-                        out = x_out[j].detach().to("cpu", torch.float32).contiguous()
-                        adversarials.append(
-                            (run.run_id, pp.label, i, tuple(out.shape), out.numpy().tobytes())
-                        )
+                current, run_start, run_images = work.run, time.perf_counter(), 0
+            batch = load_batch(cfg, work, models, images, labels)
+            attack = attack_batch(cfg, work, models, batch)
+            summary.attack_seconds += attack.seconds
+            rows: list[dict] = []
+            originals: list = []
+            adversarials: list = []
+            for pp in work.missing:
+                r, o, a, _ = outcome_rows(cfg, work, models, batch, attack, pp, pp_fns[pp.name])
+                rows += r
+                originals += o
+                adversarials += a
             writer.write_batch(rows, originals, adversarials)
             summary.rows_written += len(rows)
-            summary.images_attacked += len(batch_idx)
-            run_images += len(batch_idx)
-            bar.update(len(batch_idx))
-            bar.set_postfix_str(run.description, refresh=False)
+            summary.images_attacked += int(attack.attacked.sum())
+            run_images += len(work.indices)
+            bar.update(len(work.indices))
+            bar.set_postfix_str(work.run.description, refresh=False)
         if current is not None:
             log.info("run %s (%s): %d images in %.1f s", current.run_id, current.description,
                      run_images, time.perf_counter() - run_start)
