@@ -283,3 +283,25 @@ def test_defended_zoo_models_load_as_defended(name):
     assert isinstance(model, Defended) and isinstance(model.preprocess, SoftQuantization)
     assert format_spec(meta["defense"]) == meta["defense"]
     assert not model.training
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnist-cnn-nsq", "fmnist-cnn-nsq"])
+def test_float16_zoo_weights_keep_every_test_prediction(name):
+    """A zoo model stored in float16 predicts exactly what its float32 original did (full test split)."""
+    import hashlib
+
+    from quantadv import data, models
+
+    if name not in models.list():
+        pytest.skip(f"{name} is not in the zoo yet")
+    meta = models.manifest(name)
+    if meta.get("weights_dtype") != "float16":
+        pytest.skip(f"{name} is stored in float32")
+    check = meta["float16_check"]
+    images, _ = data.load(meta["data"], "test")
+    assert len(images) == check["test_images"]
+    model = models.load(name)
+    with torch.no_grad():
+        pred = torch.cat([model(quantadv.to_float(images[i:i + 1000])).argmax(1) for i in range(0, len(images), 1000)])
+    assert hashlib.sha256(pred.to(torch.int64).numpy().tobytes()).hexdigest() == check["float32_predictions_sha256"]
