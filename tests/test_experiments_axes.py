@@ -1,0 +1,103 @@
+"""Runner axes: skipping misclassified images, independent repeats, defenses seen three ways."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from quantadv.errors import ConfigError
+from quantadv.experiments import load_config, load_results, run_experiment
+from quantadv.experiments.summary import robust_summary
+from test_experiments import BASE_CONFIG, write_setup
+
+
+def _config(**changes) -> dict:
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg.update(changes)
+    return cfg
+
+
+def _key(r: dict) -> tuple:
+    return (r["attack"], r["params"], r["postprocess"], r["idx"])
+
+
+def test_skipping_misclassified_keeps_the_rows_of_the_others(tmp_path):
+    attacks = [{"name": "fgsm", "grid": {"eps": [0.05, 0.2]}},
+               {"name": "pgd", "params": {"norm": "l2", "eps": 0.5, "step": 0.1, "steps": 3}}]
+    skip = load_config(write_setup(tmp_path, _config(experiment="skip", attacks=attacks), "skip.yaml"))
+    every = load_config(write_setup(tmp_path, _config(experiment="every", attacks=attacks,
+                                                      attack_misclassified=True), "every.yaml"))
+    assert {r.run_id for r in skip.runs}.isdisjoint(r.run_id for r in every.runs)
+    s1 = run_experiment(skip, quiet=True)
+    run_experiment(every, quiet=True)
+    a = {_key(r): r for r in load_results(skip.store, as_frame=False)}
+    b = {_key(r): r for r in load_results(every.store, as_frame=False)}
+    assert a.keys() == b.keys()  # every image is present either way
+    misclassified = 0
+    for k, r in a.items():
+        other = b[k]
+        if r["clean_pred"] == r["label"]:
+            for col in ("adv_pred", "success", "d", "l2", "linf", "calls", "grads", "info", "clean_pred"):
+                assert r[col] == other[col], (k, col)
+        else:
+            misclassified += 1
+            assert json.loads(r["info"]) == {"skipped": "misclassified"}
+            assert r["success"] and r["d"] == 0 and r["calls"] == 0 and r["adv_pred"] == r["clean_pred"]
+    assert misclassified > 0
+    assert s1.images_attacked == sum(r["clean_pred"] == r["label"] for k, r in a.items() if k[2] == "none")
+
+
+def test_repeats_are_independent_runs_with_worst_and_average_accuracy(tmp_path):
+    attacks = [{"name": "pgd", "repeat": 3, "grid": {"eps": [0.3]},
+                "params": {"norm": "linf", "step": 0.05, "steps": 2, "random_start": True}}]
+    cfg = load_config(write_setup(tmp_path, _config(experiment="rep", attacks=attacks,
+                                                    postprocess=["none"])))
+    assert len(cfg.runs) == 3 and len({r.run_id for r in cfg.runs}) == 3
+    assert [r.repeat for r in cfg.runs] == [0, 1, 2]
+    run_experiment(cfg, quiet=True)
+    rows = load_results(cfg.store, as_frame=False)
+    assert len({r["seed"] for r in rows}) > 3  # other seeds per run (and batch)
+    (cell,) = robust_summary(cfg.store)
+    assert cell["runs"] == 3 and cell["images"] == 20
+    robust = {}
+    for r in rows:
+        robust.setdefault(r["run_id"], {})[r["idx"]] = (not r["success"]) and r["clean_pred"] == r["label"]
+    accs = sorted(sum(v.values()) / 20 for v in robust.values())
+    assert sorted(cell["accuracies"]) == pytest.approx(accs)
+    assert cell["mean"] == pytest.approx(sum(accs) / 3)
+    worst = sum(all(v[i] for v in robust.values()) for i in range(20)) / 20
+    assert cell["worst"] == pytest.approx(worst) and cell["worst"] <= min(accs)
+
+    bad = _config(experiment="bad", attacks=[{"name": "fgsm", "repeat": 2, "params": {"eps": 0.1}}])
+    with pytest.raises(ConfigError, match="repeat"):
+        load_config(write_setup(tmp_path, bad, "bad.yaml"))
+
+
+def test_a_defended_model_is_attacked_three_ways_and_the_headline_is_the_per_image_minimum(tmp_path):
+    models = [{"entry": "tiny.py:build", "label": "lin-rd", "defense": "randdisc:k=2,sigma=0.02,tau=0.02",
+               "eot": 3}]
+    attacks = [{"name": "pgd", "params": {"norm": "linf", "eps": 0.1, "step": 0.03, "steps": 3}}]
+    cfg = load_config(write_setup(tmp_path, _config(experiment="def", models=models, attacks=attacks,
+                                                    postprocess=["none"])))
+    assert [r.adaptive for r in cfg.runs] == ["none", "bpda", "bpda+eot"]
+    run_experiment(cfg, quiet=True)
+    rows = load_results(cfg.store, as_frame=False)
+    mode_of = {r.run_id: r.adaptive for r in cfg.runs}
+    by_mode: dict[str, list] = {}
+    for r in rows:
+        by_mode.setdefault(mode_of[r["run_id"]], []).append(r)
+    attacked = [r for r in by_mode["none"] if r["clean_pred"] == r["label"]]
+    assert attacked
+    calls = {m: sum(r["calls"] for r in rs) for m, rs in by_mode.items()}
+    assert calls["bpda+eot"] >= 2 * calls["bpda"]  # 3 draws per gradient
+    (cell,) = robust_summary(cfg.store)
+    assert cell["modes"] == ["bpda", "bpda+eot", "none"] and cell["runs"] == 3
+    assert cell["worst"] <= min(cell["by_mode"].values())
+
+    plain = _config(experiment="plain", models=[{"entry": "tiny.py:build", "adaptive": ["none"]}])
+    with pytest.raises(ConfigError, match="defended model"):
+        load_config(write_setup(tmp_path, plain, "plain.yaml"))
+    bad = _config(experiment="bad", models=[{"entry": "tiny.py:build", "defense": "nosuch:k=1"}])
+    with pytest.raises(ConfigError, match="models\\[0\\].defense"):
+        load_config(write_setup(tmp_path, bad, "bad.yaml"))
