@@ -64,7 +64,7 @@ def robust_summary(path: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         accs = [sum(o[i] for i in common) / len(common) for _, _, o in members]
         by_mode: dict[str, list[float]] = defaultdict(list)
-        for (mode, _, _), acc in zip(members, accs):
+        for (mode, _, _), acc in zip(members, accs, strict=True):
             by_mode[mode].append(acc)
         worst = sum(all(o[i] for _, _, o in members) for i in common) / len(common)
         mean = sum(accs) / len(accs)
