@@ -23,6 +23,15 @@ from quantadv.errors import InputError
 SIG = 4 / 255
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, above all on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -269,3 +278,13 @@ def test_user_errors():
         SlidingWindowRandDisc(5, 2, 0.1, 0.1)(torch.rand(1, 1, 4, 4))
     with pytest.raises(InputError, match="generator"):
         RandDisc(2, 0.1, 0.1)(torch.rand(1, 1, 4, 4), generator=0)
+
+
+def test_codebook_is_the_one_forward_uses():
+    x = images(3, 1, 10, 10)
+    for q in (RandDisc(3, 0.05, 0.05), PatchRandDisc(2, 3, 0.05, 0.05)):
+        centres = q.codebook(x, generator=gen(4))  # (B, k, D)
+        out = q.points(q(x, generator=gen(4)))  # quantized points are centres (up to the clamp)
+        for b in range(3):
+            d = torch.cdist(out[b], centres[b].clamp(0, 1)).min(1).values
+            assert float(d.max()) < 1e-6

@@ -241,16 +241,23 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
 # ----------------------------------------------------------------------------------------------
 
 
-def _quantize_points(
-    points: torch.Tensor, k: int, sigma: float, tau: float, iters: int, seeds: torch.Tensor
-) -> torch.Tensor:
-    """Eq. 1 of paper 003 on ``(B, N, D)`` points: noisy k-means codebook, then nearest centre."""
+def _codebook(points: torch.Tensor, k: int, sigma: float, iters: int, seeds: torch.Tensor) -> torch.Tensor:
+    """The random codebook ``C`` of paper 003 (Sec. 3.3, ``Q_{C|X}``): k-means of the noisy points."""
     b, n, d = points.shape
     noisy = points
     if sigma > 0:
         noisy = points + sigma * normal_noise(seeds, _STREAM_SIGMA, n * d, points.dtype).view(b, n, d)
     init = kmeans_plus_plus(noisy.detach(), k, uniform_noise(seeds, _STREAM_INIT, k, points.dtype))
     centres, _ = kmeans(noisy, init, iters)
+    return centres
+
+
+def _quantize_points(
+    points: torch.Tensor, k: int, sigma: float, tau: float, iters: int, seeds: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 1 of paper 003 on ``(B, N, D)`` points: noisy k-means codebook, then nearest centre."""
+    b, n, d = points.shape
+    centres = _codebook(points, k, sigma, iters, seeds)
     probe = points
     if tau > 0:
         probe = points + tau * normal_noise(seeds, _STREAM_TAU, n * d, points.dtype).view(b, n, d)
@@ -280,6 +287,19 @@ class _RandomQuantizer(nn.Module):
             raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         return draw_seeds(x.shape[0], generator, x.device)
 
+    def points(self, x: torch.Tensor) -> torch.Tensor:
+        """The vectors this quantizer clusters, shape ``(B, N, D)`` (pixels, patches or windows)."""
+        raise NotImplementedError
+
+    def codebook(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The random codebook ``C`` (cluster centres) of each image, shape ``(B, k, D)``.
+
+        With the same generator state, these are exactly the centres ``forward`` uses (paper 003,
+        Sec. 3.3: ``Q_{C|X}``); certification (:mod:`quantadv.defenses.certify`) samples them.
+        """
+        seeds = self._prepare(x, generator)
+        return _codebook(self.points(x), self.k, self.sigma, self.iters, seeds)
+
     def extra_repr(self) -> str:
         return f"k={self.k}, sigma={self.sigma:g}, tau={self.tau:g}, iters={self.iters}"
 
@@ -308,11 +328,14 @@ class RandDisc(_RandomQuantizer):
     def __init__(self, k: int, sigma: float, tau: float, iters: int = 10) -> None:
         super().__init__(k, sigma, tau, iters)
 
+    def points(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x.reshape(b, c, h * w).transpose(1, 2)
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         seeds = self._prepare(x, generator)
         b, c, h, w = x.shape
-        points = x.reshape(b, c, h * w).transpose(1, 2)
-        q = _quantize_points(points, self.k, self.sigma, self.tau, self.iters, seeds)
+        q = _quantize_points(self.points(x), self.k, self.sigma, self.tau, self.iters, seeds)
         return q.transpose(1, 2).reshape(b, c, h, w).clamp(0.0, 1.0)
 
 
@@ -341,15 +364,19 @@ class PatchRandDisc(_RandomQuantizer):
         super().__init__(k, sigma, tau, iters)
         self.s = check_int(s, "s", minimum=1)
 
+    def points(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        s = self.s
+        ph, pw = -h % s, -w % s
+        xp = F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x
+        return F.unfold(xp, kernel_size=s, stride=s).transpose(1, 2)  # (B, N, C s^2)
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         seeds = self._prepare(x, generator)
         b, c, h, w = x.shape
         s = self.s
-        ph, pw = -h % s, -w % s
-        xp = F.pad(x, (0, pw, 0, ph)) if (ph or pw) else x
-        hp, wp = h + ph, w + pw
-        patches = F.unfold(xp, kernel_size=s, stride=s).transpose(1, 2)  # (B, N, C s^2)
-        q = _quantize_points(patches, self.k, self.sigma, self.tau, self.iters, seeds)
+        hp, wp = h + (-h % s), w + (-w % s)
+        q = _quantize_points(self.points(x), self.k, self.sigma, self.tau, self.iters, seeds)
         out = F.fold(q.transpose(1, 2), output_size=(hp, wp), kernel_size=s, stride=s)
         return out[:, :, :h, :w].clamp(0.0, 1.0)
 
@@ -399,15 +426,18 @@ class SlidingWindowRandDisc(_RandomQuantizer):
         generator state combines exactly these.
         """
         seeds = self._prepare(x, generator)
-        b, c, h, w = x.shape
-        s = self.s
-        if s > h or s > w:
-            raise InputError(f"swRD window side s={s} exceeds the image size {h}x{w}; use s <= {min(h, w)}")
-        windows = F.unfold(x, kernel_size=s)  # (B, C s^2, L)
+        windows = self.points(x).transpose(1, 2)  # (B, C s^2, L)
         q = _quantize_points(windows.transpose(1, 2), self.k, self.sigma, self.tau, self.iters, seeds)
         p_hat = q.transpose(1, 2)
         dist = ((windows - p_hat) ** 2).sum(1)
         return p_hat, dist
+
+    def points(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        s = self.s
+        if s > h or s > w:
+            raise InputError(f"swRD window side s={s} exceeds the image size {h}x{w}; use s <= {min(h, w)}")
+        return F.unfold(x, kernel_size=s).transpose(1, 2)  # (B, L, C s^2)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         p_hat, dist = self.reconstructions(x, generator)
@@ -456,8 +486,11 @@ def _parse_value(name: str, key: str, value: object) -> object:
         if "/" in text:  # "4/255"
             num, den = text.split("/", 1)
             return float(num) / float(den)
+        if "*" in text:  # "0.5*2"
+            a, b = text.split("*", 1)
+            return float(a) * float(b)
         return float(text)
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         raise InputError(f"{name}: parameter {key}={value!r} is not a valid {kind.__name__}") from None
 
 
