@@ -6,8 +6,9 @@ the ``k``-th iterate of a longer run with the same seed (same random start, same
 the prediction at every iterate (the engine judges iterate ``k`` with the forward pass of
 step ``k``, and the last one with its final check), and returns, besides the usual info,
 ``adv_at_<k>`` for ``k = every, 2 * every, ..., steps``: whether the ``k``-step attack broke
-the image. Fig. 4 of paper 001 (accuracy vs steps) and the 100-step tables then come from the
-200-step runs at no extra cost. Use it in a config as::
+the image, and ``adv_any``: whether any iterate (start point included) was adversarial, the
+criterion of attacks that return their best iterate, such as APGD. Fig. 4 of paper 001
+(accuracy vs steps) then comes from the 100-step runs at no extra cost. Use it in a config as::
 
     attacks:
       - entry: "../scripts/paper001_attacks.py:tracked"
@@ -83,5 +84,8 @@ def tracked(
     for k in range(every, steps + 1, every):
         hit = preds[k] == reference if targets is not None else preds[k] != reference
         info[f"adv_at_{k}"] = hit
+    # broken at some iterate (APGD returns its best iterate; PGD-style attacks their last one)
+    info["adv_any"] = torch.stack([p == reference if targets is not None else p != reference
+                                   for p in preds]).any(dim=0)
     assert torch.equal(info[f"adv_at_{steps}"], info["success"])
     return (out, info) if return_info else out
