@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--modes", default="pgd,bpda", help="pgd (naive) and/or bpda")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -75,7 +76,7 @@ def main() -> None:
             attacked, eot = adaptive(nsq, "bpda")
             broken = torch.zeros(len(y), dtype=torch.bool)
             for loss in ("ce", "margin"):
-                for mode, m in (("pgd", nsq), ("bpda", attacked)):
+                for mode, m in [(k, v) for k, v in (("pgd", nsq), ("bpda", attacked)) if k in args.modes.split(",")]:
                     _, info = attacks.pgd(m, x, y, eps=args.eps, step=2.5 * args.eps / args.steps, steps=args.steps,
                                           random_start=True, early_stop=True, loss=loss, eot=eot, seed=0,
                                           return_info=True)

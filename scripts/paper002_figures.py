@@ -1,0 +1,112 @@
+"""Tables and figures of docs/paper-002-soft-quantization.md from the JSON stores of the eval scripts.
+
+    python scripts/paper002_figures.py results/paper002/mnist.json [results/paper002/fmnist.json ...]
+    python scripts/paper002_figures.py --kalpha results/paper002/fmnist-kalpha.json
+
+For every store: one markdown table (robust accuracy per model, attack, loss and eps over the
+store's images; eps 0 is clean accuracy on the same images) plus the per-image headline: an
+image counts as robust at eps only if *no* attack and loss of the store broke it there. Writes
+``docs/img/paper002/<store>.png`` (Fig. 3 analog: one panel per loss, plus the per-image minimum).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "img" / "paper002"
+
+
+def robust(flags: list[bool]) -> float:
+    return 1 - sum(flags) / len(flags)
+
+
+def table(store: dict, name: str) -> dict:
+    eps = [f"{e:g}" for e in store["eps"]]
+    print(f"\n#### {name}: {store['data']}, first {store['n']} test images, {store['steps']}-step PGD "
+          f"(step 2.5 eps / steps, random start)\n")
+    print("| model | attack | loss | clean | " + " | ".join(f"eps {e}" for e in eps) + " |")
+    print("| --- | --- | --- | ---: | " + " | ".join("---:" for _ in eps) + " |")
+    headline = {}
+    for label, rec in store["models"].items():
+        clean = 1 - robust(rec["clean_ok"])  # fraction correct
+        broken_any = {e: [not ok for ok in rec["clean_ok"]] for e in eps}
+        for key, res in rec["attacks"].items():
+            attack, loss = key.split("/")
+            cells = " | ".join(f"{100 * robust(res['broken'][e]):.0f}%" for e in eps)
+            print(f"| {label} | {attack} | {loss} | {100 * clean:.0f}% | {cells} |")
+            for e in eps:
+                broken_any[e] = [a or b for a, b in zip(broken_any[e], res["broken"][e], strict=True)]
+        cells = " | ".join(f"**{100 * robust(broken_any[e]):.0f}%**" for e in eps)
+        print(f"| {label} | **per-image minimum over all rows** | | {100 * clean:.0f}% | {cells} |")
+        headline[label] = {"clean": clean, **{e: robust(broken_any[e]) for e in eps}}
+    return headline
+
+
+def figure(store: dict, name: str, headline: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+    eps = [0.0] + list(store["eps"])
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
+    for ax, loss in zip(axes[:2], ("ce", "margin"), strict=True):
+        for label, rec in store["models"].items():
+            clean = sum(rec["clean_ok"]) / len(rec["clean_ok"])
+            for key, res in rec["attacks"].items():
+                attack, l_ = key.split("/")
+                if l_ != loss or attack not in ("pgd", "bpda"):
+                    continue
+                ys = [clean] + [robust(res["broken"][f"{e:g}"]) for e in store["eps"]]
+                ax.plot(eps, ys, marker="o", ms=3, ls="-" if attack == "pgd" else "--", label=f"{label} {attack}")
+        ax.set_title(f"{name}: {'cross-entropy' if loss == 'ce' else 'CW-inf (margin)'} loss")
+        ax.set_xlabel("L-inf eps")
+    for label, h in headline.items():
+        axes[2].plot(eps, [h["clean"]] + [h[f"{e:g}"] for e in store["eps"]], marker="o", ms=3, label=label)
+    axes[2].set_title("per-image minimum over every attack")
+    axes[2].set_xlabel("L-inf eps")
+    axes[0].set_ylabel(f"accuracy ({store['n']} images)")
+    for ax in axes:
+        ax.legend(fontsize=6)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
+    print(f"\nwrote {path.relative_to(ROOT)}")
+
+
+def kalpha(path: Path) -> None:
+    store = json.loads(path.read_text())
+    print(f"\n#### K / alpha study ({path.name}): NSQ fine-tuned from fmnist-cnn, 1 epoch on "
+          f"{store['train_size']} images, noise {store['noise']}; clean on {store['n_clean']} test images "
+          f"(natural fmnist-cnn: {100 * store['natural_clean']:.1f}%); BPDA+PGD ({store['steps']} steps) "
+          f"at eps {store['eps']} on {store['n']} images\n")
+    cols = [c for c in ("pgd/ce", "pgd/margin", "bpda/ce", "bpda/margin")
+            if any(c in r for r in store["points"].values())]
+    print("| K | alpha | SQ clean | NSQ clean | " + " | ".join(cols) + " | min over rows | train s |")
+    print("| ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |")
+    for rec in store["points"].values():
+        cells = " | ".join(f"{100 * rec[c]:.0f}%" for c in cols)
+        print(f"| {rec['levels']} | {rec['alpha']:g} | {100 * rec['sq_clean']:.1f}% | {100 * rec['nsq_clean']:.1f}% | "
+              f"{cells} | **{100 * rec['robust_min']:.0f}%** | {rec['train_seconds']:.0f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stores", nargs="*")
+    p.add_argument("--kalpha", default=None)
+    args = p.parse_args()
+    for s in args.stores:
+        path = Path(s)
+        store = json.loads(path.read_text())
+        headline = table(store, path.stem)
+        figure(store, path.stem, headline)
+    if args.kalpha:
+        kalpha(Path(args.kalpha))
+
+
+if __name__ == "__main__":
+    main()
