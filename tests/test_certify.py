@@ -161,3 +161,23 @@ def test_certify_user_errors():
         certify(Brightness(), x, y, [0.1])
     with pytest.raises(InputError, match="kl must be"):
         certify((RandDisc(2, 0.1, 0.1), Brightness()), x, y, [0.1], kl="exact")
+
+
+@pytest.mark.slow
+def test_cli_certify_end_to_end(tmp_path, capsys):
+    import json
+
+    from quantadv.cli import main
+
+    out = tmp_path / "cert"
+    code = main([
+        "certify", "--model", "mnist-cnn", "--defense", "swrd:s=2,k=2,sigma=4/255,tau=4/255,beta=1", "--n", "2",
+        "--eps", "0,0.0001,0.01", "--kl", "bound", "--samples", "10", "--out", str(out), "--threads", "1",
+    ])
+    assert code == 0
+    summary = json.loads((out / "certificate.json").read_text())
+    assert summary["eps"] == [0.0, 0.0001, 0.01] and summary["n"] == 2
+    assert all(a <= summary["clean_accuracy"] for a in summary["certified_accuracy"])
+    assert (out / "certified.png").stat().st_size > 0
+    assert main(["certify", "--model", "mnist-cnn", "--n", "2"]) == 2  # no defense: a user error
+    assert "pass --defense" in capsys.readouterr().err
