@@ -1,0 +1,368 @@
+"""Tables, figures and significance tests of docs/paper-001-quantized-gradients.md (paper 001).
+
+Reads the stores of ``quantadv run configs/paper001-<name>.yaml`` (``results/paper001-<name>.db``)
+and the APGD outcomes of ``scripts/paper001_apgd.py`` (``results/paper001/apgd-paper001-<name>.json``),
+keeps a compact per-image extract next to the figures (``docs/img/paper001/outcomes-<name>.csv.gz``,
+committed, so the page can be rebuilt without the stores), writes PNGs to ``docs/img/paper001/`` and
+the markdown tables to ``docs/img/paper001/tables-<name>.md``.
+
+    python scripts/paper001_figures.py mnist fmnist         # tables + figures per experiment
+    python scripts/paper001_figures.py hist                 # Fig. 2 gradient histograms (needs the zoo model)
+
+Conventions: accuracy is over all images of the subset (misclassified ones are not attacked and
+count as errors), ``1 - success``; "worst" and "avg" are the minimum and mean over the independent
+runs (``repeat``) of one attack; "k steps" is the ``k``-th iterate of the 100-step run (a k-step
+attack with a fixed step size). Paired tests compare attacks on the same images: McNemar's exact
+test on the first run's outcomes and a bootstrap interval (over images, 5,000 resamples) of the
+difference in average accuracy over runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+OUT = ROOT / "docs" / "img" / "paper001"
+HEADLINE_EPS = {"mnist": 0.3, "fmnist": 0.1}
+MODEL = {"mnist": "mnist-cnn-at-linf", "fmnist": "fmnist-cnn-at-linf"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig, name: str) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / name
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def method_name(attack: str, b) -> str:
+    if attack == "pgd":
+        return "PGD"
+    if attack == "pqgd":
+        return "PGD" if b == 1 else f"PQGD_{b}"
+    if attack == "daa_blob":
+        return "BLOB" if b is None else f"BLOB_QG_{b}"
+    return attack
+
+
+# ----------------------------------------------------------------------------- extraction
+def extract(name: str):
+    """Per-image outcomes of one experiment (store + APGD json) as a pandas DataFrame."""
+    import pandas as pd
+
+    csv = OUT / f"outcomes-{name}.csv.gz"
+    db = RESULTS / f"paper001-{name}.db"
+    if not db.exists():
+        if csv.exists():
+            print(f"{db.relative_to(ROOT)} not found: using the committed extract {csv.relative_to(ROOT)}")
+            return pd.read_csv(csv)
+        sys.exit(f"neither {db} nor {csv}: run quantadv run configs/paper001-{name}.yaml first")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    runs = {}
+    for run_id, label, params, config in con.execute("SELECT run_id, attack, params, config FROM runs"):
+        p, c = json.loads(params), json.loads(config)
+        runs[run_id] = dict(entry=label, repeat=c.get("repeat", 0), **p)
+    rows = []
+    for run_id, idx, success, info in con.execute(
+        "SELECT run_id, idx, success, info FROM results WHERE postprocess = 'none'"
+    ):
+        r = runs[run_id]
+        inf = json.loads(info) if info else {}
+        skipped = inf.get("skipped") == "misclassified"
+        att = inf.get("attack", {})
+        attack = r.get("attack", r.get("entry"))
+        row = dict(method=method_name(attack, r.get("b")), attack=attack, b=r.get("b"), eps=r["eps"],
+                   steps=r["steps"], restarts=r.get("restarts", 1), repeat=r["repeat"], idx=idx,
+                   skipped=skipped, success=bool(success), any=bool(att.get("adv_any", success)))
+        for k in range(10, r["steps"] + 1, 10):
+            row[f"at{k}"] = bool(success) if skipped else att.get(f"adv_at_{k}")
+        rows.append(row)
+    con.close()
+    apgd = RESULTS / "paper001" / f"apgd-paper001-{name}.json"
+    if apgd.exists():
+        store = json.loads(apgd.read_text())
+        seeds: dict = {}
+        for run in store["runs"].values():
+            key = (run["loss"], run["eps"], run["steps"])
+            seeds.setdefault(key, []).append(run["seed"])
+        for run in store["runs"].values():
+            rep = sorted(seeds[(run["loss"], run["eps"], run["steps"])]).index(run["seed"])
+            for idx, s, attacked in zip(run["idx"], run["success"], run["attacked"], strict=True):
+                row = dict(method=f"APGD-{run['loss'].upper()}", attack="apgd", b=None, eps=run["eps"],
+                           steps=run["steps"], restarts=1, repeat=rep, idx=idx, skipped=not attacked,
+                           success=bool(s), any=bool(s))
+                row[f"at{run['steps']}"] = bool(s)
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    df.to_csv(csv, index=False, compression={"method": "gzip", "mtime": 0})
+    print(f"wrote {csv.relative_to(ROOT)} ({len(df)} rows)")
+    return df
+
+
+# ----------------------------------------------------------------------------- statistics
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
+    """Discordant counts (a broken & b not, b broken & a not) and the exact two-sided p-value."""
+    from scipy.stats import binomtest
+
+    n01 = int((a & ~b).sum())
+    n10 = int((~a & b).sum())
+    p = 1.0 if n01 + n10 == 0 else binomtest(min(n01, n10), n01 + n10, 0.5).pvalue
+    return n01, n10, float(p)
+
+
+def bootstrap_diff(acc_a: np.ndarray, acc_b: np.ndarray, n: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean(acc_a - acc_b) over images resampled with replacement (paired)."""
+    rng = np.random.default_rng(seed)
+    d = acc_a - acc_b
+    idx = rng.integers(0, len(d), size=(n, len(d)))
+    means = d[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def per_image(df, method: str, eps: float, col: str, steps: int = 100):
+    """(runs x images) boolean matrix of 'robust' (not broken) for one method, images sorted by idx."""
+    sub = df[(df.method == method) & np.isclose(df.eps, eps) & (df.steps == steps) & (df.restarts == 1)]
+    if sub.empty or col not in sub or sub[col].isna().all():
+        return None
+    mat = sub.pivot_table(index="repeat", columns="idx", values=col, aggfunc="first")
+    mat = mat.reindex(columns=sorted(df.idx.unique()))
+    mat = mat[mat.notna().all(axis=1)]  # complete runs only (a run still in progress is left out)
+    if mat.empty:
+        return None
+    return ~mat.to_numpy(dtype=bool)
+
+
+def table_rows(df, eps: float, methods: list[str], cols: list[tuple[str, str]]):
+    out = []
+    for m in methods:
+        cells = [m]
+        nrep = 0
+        for col, _ in cols:
+            robust = per_image(df, m, eps, col)
+            if robust is None:
+                cells += ["-", "-"]
+                continue
+            acc = robust.mean(axis=1) * 100
+            nrep = max(nrep, len(acc))
+            cells += [f"{acc.min():.1f}", f"{acc.mean():.1f}"]
+        if nrep:
+            out.append(cells + [str(nrep)])
+    return out
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(name: str) -> None:
+    df = extract(name)
+    eps0 = HEADLINE_EPS[name]
+    n_images = df.idx.nunique()
+    n_attacked = int((~df[df.method == "PGD"].skipped).groupby(df.idx).first().sum()) if "PGD" in set(df.method) else 0
+    order = ["PGD", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000",
+             "BLOB", "BLOB_QG_100", "BLOB_QG_200", "APGD-CE", "APGD-DLR"]
+    methods = [m for m in order if m in set(df.method)]
+    parts = [f"# paper 001 tables: {MODEL[name]}, {n_images} images ({n_attacked} correctly classified, "
+             f"attacked), L-inf eps {eps0}, step 0.01\n"]
+    cols = [("at20", "20"), ("at50", "50"), ("at100", "100"), ("any", "any")]
+    header = ["attack"] + [f"{lab} steps {w}" if lab != "any" else f"any iterate {w}"
+                           for _, lab in cols for w in ("worst", "avg")] + ["runs"]
+    parts.append("## Accuracy (%) after 20 / 50 / 100 steps; worst and average over independent runs\n")
+    parts.append(md_table(header, table_rows(df, eps0, methods, cols)))
+    parts.append("\n'any iterate': broken at some iterate of the 100-step run (APGD's criterion: it returns "
+                 "its best iterate); APGD rows are 100-step runs, so only their 100-step and 'any' cells exist.\n")
+
+    # restarts analog: an image is broken if any of the R runs breaks it
+    rows = []
+    for m in methods:
+        robust = per_image(df, m, eps0, "at100")
+        if robust is None or len(robust) < 2:
+            continue
+        rows.append([m, str(len(robust)), f"{robust.all(axis=0).mean() * 100:.1f}",
+                     f"{robust.mean() * 100:.1f}"])
+    eng = df[(df.restarts > 1) & np.isclose(df.eps, eps0)]
+    for (m, r), sub in eng.groupby(["method", "restarts"]):
+        rows.append([f"{m} (engine restarts)", str(r), f"{(1 - sub.success.mean()) * 100:.1f}", "-"])
+    parts.append("## Restarts (Table 3/5 analog): accuracy (%) when an image counts as broken if any of R "
+                 "runs breaks it (100 steps)\n")
+    parts.append(md_table(["attack", "R", "accuracy over R restarts", "avg single run"], rows))
+
+    # significance
+    parts.append("\n## Paired differences (same images): accuracy of A minus accuracy of B, points\n")
+    pairs = [(f"PQGD_{b}", "PGD") for b in (100, 200, 500, 1000)] + [
+        ("BLOB", "PGD"), ("BLOB_QG_200", "BLOB"), ("BLOB_QG_100", "BLOB"),
+        ("APGD-CE", "PGD"), ("APGD-DLR", "PGD"), ("APGD-CE", "PQGD_200"), ("APGD-CE", "BLOB_QG_200"),
+        ("APGD-DLR", "BLOB_QG_200")]
+    rows = []
+    for a, b in pairs:
+        for col in ("at20", "at100", "any"):
+            ra, rb = per_image(df, a, eps0, col), per_image(df, b, eps0, col)
+            if ra is None or rb is None or ra.shape[1] != rb.shape[1]:
+                continue
+            diff = (ra.mean() - rb.mean()) * 100
+            lo, hi = bootstrap_diff(ra.mean(axis=0), rb.mean(axis=0))
+            n01, n10, p = mcnemar_exact(~ra[0], ~rb[0])
+            spread = (rb.mean(axis=1).max() - rb.mean(axis=1).min()) * 100 if len(rb) > 1 else float("nan")
+            verdict = "noise" if lo <= 0 <= hi else ("A stronger" if hi < 0 else "B stronger")
+            rows.append([f"{a} vs {b}", col.replace("at", "") if col != "any" else "any", f"{diff:+.2f}",
+                         f"[{lo * 100:+.2f}, {hi * 100:+.2f}]", f"{n01}/{n10}", f"{p:.3g}",
+                         "-" if math.isnan(spread) else f"{spread:.1f}", verdict])
+    parts.append(md_table(["A vs B", "steps", "diff (avg acc)", "95% bootstrap", "McNemar A-only/B-only (run 1)",
+                           "p (exact)", "B run-to-run spread", "reading"], rows))
+    parts.append("\nA negative difference means A leaves fewer images robust (A is the stronger attack). "
+                 "'noise': the bootstrap interval contains 0.\n")
+
+    # eps sweep (Fig. 3) and b sweep (Sec. 4.5)
+    sweep_methods = ["PGD", "PQGD_200", "PQGD_1000"]
+    eps_values = sorted(set(df[df.method.isin(sweep_methods)].eps))
+    rows = []
+    for m in sweep_methods:
+        cells = [m]
+        for e in eps_values:
+            robust = per_image(df, m, e, "at100")
+            cells.append("-" if robust is None else f"{robust.mean() * 100:.1f}")
+        rows.append(cells)
+    parts.append("\n## Accuracy (%) vs eps, 100 steps (Fig. 3 analog; mean over the runs available)\n")
+    parts.append(md_table(["attack"] + [f"eps {e:g}" for e in eps_values], rows))
+    bs = [m for m in ["PGD", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000"]
+          if m in set(df.method)]
+    rows = []
+    for col in ("at10", "at20", "at50", "at100"):
+        cells = [col.replace("at", "") + " steps"]
+        for m in bs:
+            robust = per_image(df, m, eps0, col)
+            cells.append("-" if robust is None else f"{robust[:1].mean() * 100:.1f}")
+        rows.append(cells)
+    parts.append(f"\n## b sweep (Sec. 4.5), eps {eps0}, accuracy (%) of the first run (b = 1 is PGD)\n")
+    parts.append(md_table(["steps"] + ["b=1 (PGD)" if m == "PGD" else "b=" + m.split("_")[1] for m in bs], rows))
+    text = "\n".join(parts) + "\n"
+    (OUT / f"tables-{name}.md").write_text(text)
+    print(text)
+    print(f"wrote {(OUT / f'tables-{name}.md').relative_to(ROOT)}")
+    figures(name, df, eps0, methods, eps_values, bs)
+
+
+def figures(name, df, eps0, methods, eps_values, bs) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    ax = axes[0]
+    steps = list(range(10, 101, 10))
+    for m in methods:
+        if m.startswith("APGD"):
+            robust = per_image(df, m, eps0, "at100")
+            if robust is not None:
+                ax.scatter([100], [robust.mean() * 100], marker="x", label=m, zorder=3)
+            continue
+        ys = []
+        for k in steps:
+            robust = per_image(df, m, eps0, f"at{k}")
+            ys.append(np.nan if robust is None else robust.mean() * 100)
+        if m in ("PGD", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
+            ax.plot(steps, ys, marker=".", label=m)
+    ax.set_xlabel("steps")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Fig. 4 analog: {MODEL[name]}, eps {eps0}")
+    ax.legend(fontsize=6)
+    ax = axes[1]
+    for m in ["PGD", "PQGD_200", "PQGD_1000"]:
+        ys = []
+        for e in eps_values:
+            robust = per_image(df, m, e, "at100")
+            ys.append(np.nan if robust is None else robust.mean() * 100)
+        ax.plot(eps_values, ys, marker="o", label=m)
+    ax.set_xlabel("eps (L-inf, [0,1] units)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Fig. 3 analog: 100 steps")
+    ax.legend(fontsize=6)
+    ax = axes[2]
+    bvals = [1 if m == "PGD" else int(m.split("_")[1]) for m in bs]
+    for col in ("at20", "at100"):
+        ys = []
+        for m in bs:
+            robust = per_image(df, m, eps0, col)
+            ys.append(np.nan if robust is None else robust[:1].mean() * 100)
+        ax.plot(bvals, ys, marker="o", label=col.replace("at", "") + " steps")
+    ax.set_xscale("log")
+    ax.set_xlabel("b (1 = PGD)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"b sweep (Sec. 4.5), eps {eps0}, run 1")
+    ax.legend(fontsize=6)
+    _save(fig, f"curves-{name}.png")
+
+
+# ----------------------------------------------------------------------------- Fig. 2
+def hist(n: int = 100) -> None:
+    """Fig. 2 analog: sign, raw and quantized gradients of mnist-cnn-at-linf at random starts."""
+    import torch
+
+    from quantadv import data, models, to_float
+    from quantadv.attacks import quantized_gradient
+    from quantadv.attacks.engine import make_problem
+
+    torch.manual_seed(0)
+    model = models.load("mnist-cnn-at-linf")
+    images, labels = data.load("mnist-5k", split="test")
+    x, y = to_float(images[:n]), labels[:n]
+    x0 = (x + (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) - 1) * 0.3).clamp(0, 1)
+    problem = make_problem(model, x, y, loss="ce")
+    _, grad, _ = problem.loss_and_grad(x0, torch.arange(n))
+    g = -grad  # ascent direction of the cross-entropy
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5))
+    panels = [("(a) sign gradient", g.sign()), ("(b) b = 100", quantized_gradient(g, 100)),
+              ("(c) b = 200", quantized_gradient(g, 200)), ("(d) b = 500", quantized_gradient(g, 500)),
+              ("(e) b = 1000", quantized_gradient(g, 1000))]
+    lines = []
+    for ax, (title, q) in zip(axes.flat, panels, strict=False):
+        v = q.flatten().clamp(-30, 30).numpy()  # the projection caps a move at eps / step = 30 steps
+        ax.hist(v, bins=61, range=(-30.5, 30.5), log=True)
+        ax.set_title(title)
+        frac1 = float((q.abs() == 1).float().mean())
+        frac30 = float((q.abs() >= 30).float().mean())
+        lines.append(f"| {title} | {frac1 * 100:.1f} | {frac30 * 100:.1f} |")
+    ax = axes.flat[5]
+    raw = g.flatten().numpy()
+    ax.hist(raw, bins=101, log=True)
+    ax.set_title("(f) raw gradient")
+    _save(fig, "fig2-histograms.png")
+    mags = g.abs().flatten()
+    ratio = g.abs().flatten(1).amax(1) / g.abs().flatten(1).median(1).values.clamp_min(1e-30)
+    print(f"raw gradient: median |g| {float(mags.median()):.2e}, max {float(mags.max()):.2e}; "
+          f"per-image max/median {float(ratio.median()):.0f}")
+    print("| panel | % components = +-1 | % components >= 30 (capped by the projection) |\n| --- | ---: | ---: |")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", nargs="+", choices=["mnist", "fmnist", "hist"])
+    args = ap.parse_args()
+    for w in args.what:
+        if w == "hist":
+            hist()
+        else:
+            report(w)
+
+
+if __name__ == "__main__":
+    main()
