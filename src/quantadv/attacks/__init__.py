@@ -13,9 +13,12 @@ from .losses import LOSSES, attack_loss
 from .minimal import cw, ddn
 from .quantized_gradients import daa_blob, pqgd, quantized_gradient
 from .search import budget_search
+from .temperature import fgsm_pp, njs_temperature, pgd_pp
 
 #: Attacks by name, for configs and the command line.
 REGISTRY = {"fgsm": fgsm, "ifgsm": ifgsm, "pgd": pgd, "cw": cw, "ddn": ddn, "pqgd": pqgd, "daa_blob": daa_blob}
+REGISTRY.update({"pgd_pp": pgd_pp, "fgsm_pp": fgsm_pp})  # paper 004 (temperature scaling)
 
 __all__ = ["LOSSES", "REGISTRY", "attack_loss", "budget_search", "cw", "daa_blob", "ddn", "fgsm", "ifgsm", "pgd",
            "pqgd", "quantized_gradient"]
+__all__ += ["fgsm_pp", "njs_temperature", "pgd_pp"]

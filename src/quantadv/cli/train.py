@@ -49,8 +49,8 @@ from ..models import (
 )
 from ..models import load as load_zoo
 from ..models._files import atomic_write_bytes, atomic_write_json, sha256_bytes
-from ..models.training import OPTIMIZERS, SCHEDULES
 from ..models.binary import BINARY_METHODS, binary_manifest, binary_training_model, packed_state
+from ..models.training import OPTIMIZERS, SCHEDULES
 from ._common import add_device_seed, resolve_device
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -254,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
             "'-' (e.g. fmnist-cnn)"
         )
     if getattr(args, "adv", None) and args.method not in BINARY_METHODS:
-        raise InputError(f"--adv goes with a binary --method (bc, mdtanh, waq); for a float model use --method {args.adv}")
+        raise InputError(f"--adv goes with a binary --method (bc, mdtanh, waq); for a float model use "
+                         f"--method {args.adv}")
     config = TrainConfig(
         method=(args.adv or "natural") if args.method in BINARY_METHODS else args.method,
         eps=args.eps,

@@ -1,0 +1,149 @@
+"""Input-output Jacobians and the signal-propagation statistics of paper 004 (Tables 1 and 7).
+
+The logit-vs-input Jacobian ``J_i = d a^K / d x`` of every image is computed for a whole
+batch from one forward pass (``d`` backward passes through that graph, or one
+``torch.func`` vmap-batched backward; see :func:`input_jacobian`), never per image.
+Everything in Tables 1 and 7 follows from ``J`` and the logits alone, for any temperature ``beta`` (Eq. 8 of paper 004):
+
+- Jacobian singular values (JSV) of ``beta J``;
+- the error signal ``psi(beta) = p(beta) - y`` (Eq. 9; its norm);
+- the input gradient ``d l(beta) / d x = beta psi(beta) J`` (Eq. 8) and ``||sign(.)||_2``,
+  the square root of the number of its non-zero components.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._validate import check_choice, check_images, check_labels
+
+__all__ = [
+    "JacobianStats", "input_jacobian", "jacobian_singular_values", "jacobian_stats", "weights_sha256",
+]
+
+
+JACOBIAN_STRATEGIES = ("auto", "vmap", "backward")
+
+
+def input_jacobian(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 100, strategy: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(J, logits)``: per-image Jacobians ``(N, d, C*H*W)`` and logits ``(N, d)``.
+
+    Per chunk of ``batch_size`` images, **one** forward pass, then the ``d`` rows of every
+    image's Jacobian from that one graph:
+
+    - ``"vmap"``: ``torch.func.vjp`` + ``vmap`` over the ``d`` one-hot cotangents (a single
+      batched backward);
+    - ``"backward"``: ``d`` backward passes through the retained graph (one per class, each
+      for the whole chunk);
+    - ``"auto"`` (default): ``"backward"`` on the CPU, ``"vmap"`` elsewhere. On this project's
+      2-core CPU the batched backward of conv/max-pool layers was 1.5-2x *slower* than ``d``
+      plain backward passes, and the first ``vmap`` call in a process also pays a ~10 s
+      one-time import (see benchmarks/RESULTS.md, "PGD++ cost").
+
+    Both give the same numbers (tested). The model is used as found (call ``model.eval()``
+    first for the deployed network); its parameters' ``.grad`` are not touched.
+    """
+    check_images(images)
+    check_choice(strategy, "strategy", JACOBIAN_STRATEGIES)
+    if strategy == "auto":
+        strategy = "backward" if images.device.type == "cpu" else "vmap"
+    jacs, outs = [], []
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].detach()
+        if strategy == "vmap":
+            from torch.func import vjp, vmap
+
+            logits, pullback = vjp(model, x)
+            d = logits.shape[1]
+            basis = torch.eye(d, dtype=logits.dtype, device=logits.device)
+            (jac,) = vmap(pullback)(basis.unsqueeze(1).expand(d, x.shape[0], d))  # (d, B, C, H, W)
+            jac = jac.transpose(0, 1)
+        else:
+            with torch.enable_grad():
+                xg = x.requires_grad_(True)
+                logits = model(xg)
+                d = logits.shape[1]
+                rows = [torch.autograd.grad(logits[:, c].sum(), xg, retain_graph=c < d - 1)[0] for c in range(d)]
+            jac = torch.stack(rows, dim=1)  # (B, d, C, H, W)
+        jacs.append(jac.detach().flatten(2))
+        outs.append(logits.detach())
+    return torch.cat(jacs), torch.cat(outs)
+
+
+def jacobian_singular_values(
+    model: nn.Module, images: torch.Tensor, *, batch_size: int = 100, strategy: str = "auto"
+) -> torch.Tensor:
+    """Singular values of each image's logit-vs-input Jacobian, ``(N, d)``, descending.
+
+    Paper 004, Sec. 4 (dynamical isometry) and Eq. 10. ``d`` = number of classes (the
+    Jacobian is ``d x n`` with ``d < n``, so it has ``d`` singular values).
+    """
+    jac, _ = input_jacobian(model, images, batch_size=batch_size, strategy=strategy)
+    return torch.linalg.svdvals(jac)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the model's ``state_dict`` (names, dtypes, shapes and bytes), for caches."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class JacobianStats:
+    """Table 1 / Table 7 statistics of one model at one temperature (means over images)."""
+
+    beta: str
+    jsv_mean: float
+    jsv_std: float
+    psi_norm: float
+    grad_norm: float
+    sign_grad_norm: float
+    zero_grad_fraction: float
+    images: int
+
+    def row(self) -> str:
+        return (f"beta={self.beta:<8} JSV mean {self.jsv_mean:.3e} std {self.jsv_std:.3e} | "
+                f"||psi|| {self.psi_norm:.3e} | ||grad|| {self.grad_norm:.3e} | "
+                f"||sign(grad)|| {self.sign_grad_norm:.3e} | zero grads {self.zero_grad_fraction:.4f}")
+
+
+def jacobian_stats(
+    jac: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float | torch.Tensor = 1.0,
+    name: str | None = None,
+) -> JacobianStats:
+    """Table 1 / 7 statistics from precomputed ``J`` and logits at temperature ``beta``.
+
+    ``beta`` is a float or one value per image. Gradients are of the cross-entropy
+    ``l(beta) = CE(beta a, y)`` (Eq. 8: ``beta psi(beta) J``); JSV are those of ``beta J``.
+    """
+    labels = check_labels(labels, logits.shape[0]).to(logits.device)
+    b = torch.as_tensor(beta, dtype=jac.dtype, device=jac.device).flatten()
+    b = b.expand(jac.shape[0]) if b.numel() == 1 else b
+    sv = torch.linalg.svdvals(jac) * b.view(-1, 1)
+    p = torch.softmax(logits * b.view(-1, 1), dim=1)
+    psi = p - torch.nn.functional.one_hot(labels, logits.shape[1]).to(p.dtype)
+    grad = b.view(-1, 1) * torch.einsum("bd,bdn->bn", psi, jac)
+    nonzero = (grad != 0).sum(dim=1).to(torch.float64)
+    return JacobianStats(
+        beta=name if name is not None else (f"{float(b[0]):.3g}" if bool((b == b[0]).all()) else "per-image"),
+        jsv_mean=float(sv.mean()),
+        jsv_std=float(sv.std()),
+        psi_norm=float(psi.norm(dim=1).mean()),
+        grad_norm=float(grad.norm(dim=1).mean()),
+        sign_grad_norm=float(nonzero.sqrt().mean()),
+        zero_grad_fraction=float((grad == 0).to(torch.float64).mean()),
+        images=int(jac.shape[0]),
+    )

@@ -1,0 +1,91 @@
+"""quantadv.diagnostics: Jacobian singular values, Table 1/7 statistics, masking checks, CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import affine_problem
+from quantadv.diagnostics import (
+    input_jacobian,
+    jacobian_singular_values,
+    jacobian_stats,
+    masking_checks,
+    signal_report,
+)
+
+
+class Scaled(nn.Module):
+    def __init__(self, model: nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+def test_singular_values_of_affine_model_are_those_of_w():
+    model, x, _ = affine_problem(classes=5, side=6, n=4)
+    sv = jacobian_singular_values(model, x)
+    expected = torch.linalg.svdvals(model.weight.detach())
+    assert sv.shape == (4, 5)
+    for row in sv:
+        assert torch.allclose(row, expected, rtol=1e-10)
+        assert bool((row[:-1] >= row[1:]).all())  # descending
+
+
+def test_batched_jacobian_matches_per_class_autograd():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
+    model = model.double().eval()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    jac, logits = input_jacobian(model, x, batch_size=2)
+    jac_v, logits_v = input_jacobian(model, x, batch_size=2, strategy="vmap")
+    assert torch.allclose(jac, jac_v, atol=1e-12) and torch.equal(logits, logits_v)
+    for i in range(3):
+        ref = torch.autograd.functional.jacobian(lambda v: model(v.unsqueeze(0)).squeeze(0), x[i])
+        assert torch.allclose(jac[i], ref.flatten(1), atol=1e-12)
+    assert torch.allclose(logits, model(x))
+    for p in model.parameters():
+        assert p.grad is None
+
+
+def test_stats_see_vanishing_gradients_and_temperature_restores_them():
+    base, x, y = affine_problem(classes=4, side=6, n=6, dtype=torch.float32)
+    model = Scaled(base, 1e4).eval()
+    jac, logits = input_jacobian(model, x)
+    orig = jacobian_stats(jac, logits, y, 1.0)
+    assert orig.zero_grad_fraction == 1.0 and orig.psi_norm == 0.0  # one-hot softmax in float32
+    njs, hns = signal_report(model, x, y)[1:]
+    assert njs.jsv_mean == pytest.approx(1.0, rel=1e-5)  # Eq. 10: mean JSV of beta1 J is 1
+    assert njs.zero_grad_fraction < 0.5 and hns.psi_norm > 0
+
+
+def test_masking_checks_flag_an_overconfident_model_and_pass_a_plain_one():
+    base, x, y = affine_problem(classes=4, side=6, n=10, dtype=torch.float32)
+    kw = dict(eps=0.3, steps=8, checks=("temperature", "one-step", "transfer"), surrogate=base)
+    plain = {c.name: c for c in masking_checks(base, x, y, **kw)}
+    assert plain["temperature"].passed and plain["one-step"].passed and plain["transfer"].passed
+    masked = {c.name: c for c in masking_checks(Scaled(base, 1e4).eval(), x, y, **kw)}
+    assert not masked["temperature"].passed
+    assert "FLAG" in str(masked["temperature"]) and "PGD++" in masked["temperature"].evidence
+    assert not masked["transfer"].passed  # transfer from the float model beats white-box PGD
+
+
+def test_radius_and_iteration_checks_report_numbers():
+    model, x, y = affine_problem(classes=3, side=5, n=6, dtype=torch.float32)
+    checks = {c.name: c for c in masking_checks(model, x, y, eps=0.1, steps=4, checks=("radius", "iterations"))}
+    assert checks["radius"].values["eps=1"] == 0.0 and checks["radius"].passed
+    assert set(checks["iterations"].values) == {"steps=1", "steps=4", "steps=20"}
+
+
+@pytest.mark.slow
+def test_cli_diagnose_exit_code(capsys):
+    from quantadv.cli import main
+
+    code = main(["diagnose", "--model", "fmnist-cnn", "--images", "20", "--steps", "4", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code in (0, 1)
+    assert ("FLAG" in out) == (code == 1)
+    assert "JSV mean" in out and "radius" in out
