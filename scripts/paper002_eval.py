@@ -163,7 +163,7 @@ def main() -> None:
                 for a in surrogate_alphas:
                     surrogate = Defended(SoftQuantization(pre.levels, a), model.classifier).eval()
                     runs.append((f"surrogate{a:g}", None, 1, crafter(surrogate)))
-        if natural_craft is not None:
+        if natural_craft is not None and name != args.transfer_from:
             runs.append(("transfer", None, 1, natural_craft))
         for attack_name, attacked, eot, crafter in runs:
             for loss in losses:
