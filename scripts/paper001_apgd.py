@@ -65,9 +65,9 @@ def main() -> None:
     with torch.no_grad():
         clean = torch.cat([model(x[i:i + args.batch]).argmax(1) for i in range(0, len(x), args.batch)])
     correct = clean == y
-    for eps in args.eps:
-        for loss in args.losses:
-            for seed in args.seeds:
+    for seed in args.seeds:  # seed outermost: an interrupted job leaves whole runs of every loss
+        for eps in args.eps:
+            for loss in args.losses:
                 key = f"{loss}/eps={eps}/steps={args.steps}/seed={seed}"
                 if key in store["runs"]:
                     continue
