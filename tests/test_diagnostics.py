@@ -80,6 +80,17 @@ def test_radius_and_iteration_checks_report_numbers():
     assert set(checks["iterations"].values) == {"steps=1", "steps=4", "steps=20"}
 
 
+def test_weights_sha256_handles_scalar_buffers_and_changes_with_weights():
+    from quantadv.diagnostics import weights_sha256
+    from quantadv.models.binary import BinarySmallCNN
+
+    model = BinarySmallCNN(method="mdtanh")  # has 0-dim buffers (beta, num_batches_tracked)
+    before = weights_sha256(model)
+    with torch.no_grad():
+        model.fc2.bias.add_(1)
+    assert weights_sha256(model) != before
+
+
 @pytest.mark.slow
 def test_cli_diagnose_exit_code(capsys):
     from quantadv.cli import main

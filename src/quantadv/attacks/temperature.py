@@ -91,7 +91,8 @@ def _one_minus_pk(scaled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _images_digest(x: torch.Tensor) -> str:
     t = x.detach().cpu().contiguous()
-    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.view(torch.uint8).numpy().tobytes()).hexdigest()
+    head = f"{t.dtype}|{tuple(t.shape)}|".encode()
+    return hashlib.sha256(head + t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def njs_temperature(
