@@ -86,9 +86,9 @@ def _pcg(v: torch.Tensor) -> torch.Tensor:
 
     Every product stays below 2**62, so int64 arithmetic is exact (no overflow) on any device.
     """
-    state = (v * 747796405 + 2891336453) & _M32
-    word = (((state >> ((state >> 28) + 4)) ^ state) * 277803737) & _M32
-    return ((word >> 22) ^ word) & _M32
+    state = (v * 747796405 + 2891336453).bitwise_and_(_M32)
+    word = ((state >> ((state >> 28) + 4)).bitwise_xor_(state).mul_(277803737)).bitwise_and_(_M32)
+    return (word >> 22).bitwise_xor_(word)
 
 
 def _keys(seeds: torch.Tensor, stream: int) -> torch.Tensor:
@@ -100,8 +100,8 @@ def _keys(seeds: torch.Tensor, stream: int) -> torch.Tensor:
 
 
 def _hash_counters(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    ctr = torch.arange(count, device=seeds.device, dtype=torch.int64).unsqueeze(0)
-    return _pcg(_pcg(ctr) ^ _keys(seeds, stream))
+    ctr = _pcg(torch.arange(count, device=seeds.device, dtype=torch.int64)).unsqueeze(0)  # shared by all images
+    return _pcg(ctr ^ _keys(seeds, stream))
 
 
 def draw_seeds(batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -143,11 +143,17 @@ def normal_noise(seeds: torch.Tensor, stream: int, count: int, dtype: torch.dtyp
 # ----------------------------------------------------------------------------------------------
 
 
-def _sq_dists(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``(B, N, k)`` between ``(B, N, D)`` points and ``(B, k, D)`` centres."""
+def _nearest(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centre ``(B, N)`` for ``(B, N, D)`` points and ``(B, k, D)`` centres.
+
+    Small ``k D``: exact differences (``torch.cdist`` without the matrix-product shortcut, the
+    fastest on a CPU here); larger: ``||p||^2 - 2 p.c + ||c||^2`` with one batched product.
+    """
+    if centres.shape[1] * centres.shape[2] <= 64:
+        return torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
     pn = (points * points).sum(-1, keepdim=True)
     cn = (centres * centres).sum(-1).unsqueeze(1)
-    return (pn - 2.0 * torch.bmm(points, centres.transpose(1, 2)) + cn).clamp_min_(0.0)
+    return (pn - 2.0 * torch.bmm(points, centres.transpose(1, 2)) + cn).argmin(-1)
 
 
 def kmeans_plus_plus(points: torch.Tensor, k: int, uniforms: torch.Tensor) -> torch.Tensor:
@@ -188,10 +194,10 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, uniforms: torch.Tensor) -> to
 
 
 def _centre_update(points: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    b, n, d = points.shape
     k = old.shape[1]
-    onehot = F.one_hot(labels, k).to(points.dtype)  # (B, N, k)
-    counts = onehot.sum(1).unsqueeze(-1)  # (B, k, 1)
-    sums = torch.bmm(onehot.transpose(1, 2), points)  # (B, k, D)
+    sums = points.new_zeros(b, k, d).scatter_add(1, labels.unsqueeze(-1).expand(b, n, d), points)
+    counts = points.new_zeros(b, k).scatter_add_(1, labels, points.new_ones(b, n)).unsqueeze(-1)
     return torch.where(counts > 0, sums / counts.clamp_min(1.0), old)
 
 
@@ -220,12 +226,12 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
     centres = init
     with torch.no_grad():
         data = points.detach()
-        labels = _sq_dists(data, centres).argmin(-1)
+        labels = _nearest(data, centres)
         prev, prev_labels = centres, labels
         for _ in range(iters):
             prev, prev_labels = centres, labels
             centres = _centre_update(data, labels, centres)
-            new_labels = _sq_dists(data, centres).argmin(-1)
+            new_labels = _nearest(data, centres)
             if torch.equal(new_labels, labels):
                 labels = new_labels
                 break
@@ -244,6 +250,7 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
 def _codebook(points: torch.Tensor, k: int, sigma: float, iters: int, seeds: torch.Tensor) -> torch.Tensor:
     """The random codebook ``C`` of paper 003 (Sec. 3.3, ``Q_{C|X}``): k-means of the noisy points."""
     b, n, d = points.shape
+    points = points.contiguous()
     noisy = points
     if sigma > 0:
         noisy = points + sigma * normal_noise(seeds, _STREAM_SIGMA, n * d, points.dtype).view(b, n, d)
@@ -262,7 +269,7 @@ def _quantize_points(
     if tau > 0:
         probe = points + tau * normal_noise(seeds, _STREAM_TAU, n * d, points.dtype).view(b, n, d)
     with torch.no_grad():
-        labels = _sq_dists(probe.detach(), centres.detach()).argmin(-1)
+        labels = _nearest(probe.detach(), centres.detach())
     return torch.gather(centres, 1, labels.unsqueeze(-1).expand(b, n, d))
 
 
