@@ -111,7 +111,7 @@ def test_choose_targets_modes():
     import torch
     from torch import nn
 
-    from quantadv.eval.batched import choose_targets
+    from quantadv.eval.targets import choose_targets
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5))

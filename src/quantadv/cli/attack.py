@@ -1,9 +1,17 @@
-"""``quantadv attack``: attack a model on a dataset, save the adversarial images and a summary."""
+"""``quantadv attack``: attack a model on a dataset, save the adversarial images and a summary.
+
+The command is a one-run experiment: it builds the config its options describe
+(:func:`build_config`) and runs it with :func:`quantadv.experiments.run_experiment` into a
+temporary store, so it shares the runner's one batch loop (clean predictions, skipping of the
+images already misclassified, targets, quantization, success judged on the final image);
+then it writes ``adversarial.npz``, ``summary.json`` and, with ``--png``, the PNG files.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -13,7 +21,7 @@ import torch
 import yaml
 
 from ..errors import InputError
-from ._common import add_device_seed, load_model, resolve_device
+from ._common import add_device_seed, resolve_device
 
 #: Parameters used when the command line does not give them ([0, 1] units).
 DEFAULT_PARAMS: dict[str, dict[str, object]] = {
@@ -52,7 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion-mnist", help="dataset name (see 'quantadv data list')")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--n", type=int, default=1000, help="attack the first N images (default 1000)")
-    p.add_argument("--attack", required=True, choices=sorted(DEFAULT_PARAMS))
+    from ..attacks import REGISTRY
+
+    p.add_argument("--attack", required=True, choices=sorted(REGISTRY),
+                   help="an attack of quantadv.attacks.REGISTRY; its required parameters without a default "
+                        "below must be given with -p")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="attack parameter, repeatable, e.g. -p eps=0.5 -p steps=50 -p loss=margin")
     p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
@@ -70,34 +82,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def make_attack(name: str, params: dict[str, object], seed: int):
-    """Bind an attack of :data:`quantadv.attacks.REGISTRY` to its parameters."""
-    from ..attacks import REGISTRY
-
-    fn = REGISTRY[name]
-    bound = {**DEFAULT_PARAMS[name], **params}
-    if name == "pgd" and bound.get("random_start"):
-        bound.setdefault("seed", seed)
-
-    def run(model, x, y, targets=None):
-        extra = {} if targets is None else {"targets": targets}
-        try:
-            return fn(model, x, y, **bound, **extra)
-        except TypeError as exc:
-            raise InputError(f"bad parameter for {name}: {exc}") from None
-
-    return run, bound
+def attack_params(name: str, params: dict[str, object]) -> dict[str, object]:
+    """The attack's parameters: :data:`DEFAULT_PARAMS` updated with the command line's."""
+    return {**DEFAULT_PARAMS.get(name, {}), **params}
 
 
-def make_postprocess(kind: str):
-    """The quantizer of paper 000 applied after the attack, or None."""
-    if kind == "none":
-        return None
-    from .. import quantize
-
-    if kind == "round":
-        return lambda model, x, x_adv, y, targets=None: quantize.round_nearest(x_adv)
-    return lambda model, x, x_adv, y, targets=None: quantize.lagrangian(model, x, x_adv, y, targets=targets)
+#: ``--quantize`` -> the runner's post-processing step
+POSTPROCESS = {"none": "none", "round": "round_nearest", "lagrangian": "lagrangian"}
 
 
 def parse_target(value: str | None) -> str | int | None:
@@ -127,37 +118,111 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def build_config(args: argparse.Namespace, params: dict[str, object], target: str | int | None,
+                 store: Path) -> dict:
+    """The experiment config equivalent to the command line (run by the experiment runner)."""
+    model: dict[str, object] = {"file": str(Path(args.model).resolve())} if args.model.endswith(".safetensors") \
+        else {"name": args.model}
+    model["label"] = Path(args.model).stem if args.model.endswith(".safetensors") else args.model
+    return {
+        "experiment": "quantadv-attack",
+        "seed": args.seed,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "store": str(store),
+        "save_images": args.n,  # every output image is kept: they are the command's result
+        "targets": "none" if target is None else target,
+        "models": [model],
+        "data": {"name": args.data, "split": args.split, "subset": {"first": args.n}},
+        "attacks": [{"name": args.attack, "params": params}],
+        "postprocess": [POSTPROCESS[args.quantize]],
+    }
+
+
+def summarize(result: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """Headline numbers: clean accuracy, success rate over attacked images, median d of successes."""
+    attacked = result["attacked"]
+    success = result["success"]
+    n_att = int(attacked.sum())
+    d = result["d"][success]
+    return {
+        "images": int(labels.shape[0]),
+        "clean_accuracy": float((result["clean_pred"] == labels.cpu()).double().mean()),
+        "attacked": n_att,
+        "success_rate": float(success.sum()) / n_att if n_att else math.nan,
+        "median_d": float(d.median()) if d.numel() else math.nan,
+        "mean_l2": float(result["l2"][success].mean()) if d.numel() else math.nan,
+        "mean_linf": float(result["linf"][success].mean()) if d.numel() else math.nan,
+        "seconds": float(result["seconds"].sum()),
+    }
+
+
+def read_store(store: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The per-image outcome of the one run in ``store`` as tensors (ordered by image index)."""
+    from ..experiments import open_store
+
+    with open_store(store) as st:
+        rows = sorted(st.results(), key=lambda r: r["idx"])
+        images = {a["idx"]: a for a in st.adversarials()}
+    n = len(rows)
+    adv = []
+    for r in rows:
+        a = images[r["idx"]]
+        shape = tuple(json.loads(a["shape"])) if isinstance(a["shape"], str) else tuple(a["shape"])
+        adv.append(torch.from_numpy(np.frombuffer(a["data"], dtype=np.float32).copy()).view(shape))
+    attacked = torch.tensor([not (r["info"] and "skipped" in json.loads(r["info"])) for r in rows])
+    success = torch.tensor([bool(r["success"]) for r in rows]) & attacked
+    result = {
+        "clean_pred": torch.tensor([r["clean_pred"] for r in rows]),
+        "adv_pred": torch.tensor([r["adv_pred"] for r in rows]),
+        "attacked": attacked,
+        "success": success,
+        "adv": torch.stack(adv) if n else torch.empty(0),
+        "d": torch.tensor([r["d"] for r in rows], dtype=torch.float64),
+        "l2": torch.tensor([r["l2"] for r in rows], dtype=torch.float64),
+        "linf": torch.tensor([r["linf"] for r in rows], dtype=torch.float64),
+        "seconds": torch.tensor([r["seconds"] if a else 0.0 for r, a in zip(rows, attacked.tolist(), strict=True)],
+                                dtype=torch.float64),
+        "labels": torch.tensor([r["label"] for r in rows], dtype=torch.int64),
+    }
+    targets = None
+    if rows and rows[0]["target"] is not None:
+        targets = torch.tensor([r["target"] for r in rows])
+    return result, targets
+
+
 def run(args: argparse.Namespace) -> int:
-    from .. import data
     from ..digital import is_digital, to_uint8
-    from ..eval.batched import attack_dataset, choose_targets, summarize
+    from ..errors import ConfigError
+    from ..experiments import parse_config, run_experiment
 
     if args.n < 1 or args.batch_size < 1:
         raise InputError("--n and --batch-size must be positive integers")
     if args.png and args.quantize == "none":
         raise InputError("--png writes 8-bit images: add --quantize round or --quantize lagrangian")
-    device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    params = parse_params(args.param)
-    attack, bound = make_attack(args.attack, params, args.seed)
-    model = load_model(args.model, device)
-    images, labels = data.load(args.data, split=args.split)
-    images, labels = images[: args.n], labels[: args.n]
+    resolve_device(args.device)
+    params = attack_params(args.attack, parse_params(args.param))
     target_mode = parse_target(args.target)
-    targets = None
-    if target_mode is not None:
-        targets = choose_targets(model, images, labels, target_mode, seed=args.seed,
-                                 batch_size=args.batch_size, device=device)
-    result = attack_dataset(
-        model, images, labels, attack, batch_size=args.batch_size, device=device,
-        postprocess=make_postprocess(args.quantize), targets=targets, progress=not args.quiet, desc=args.attack,
-    )
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="quantadv-attack-") as tmp:
+        store = Path(tmp) / "attack.db"
+        try:
+            cfg = parse_config(build_config(args, params, target_mode, store), base_dir=Path.cwd(),
+                               source="quantadv attack")
+        except ConfigError as exc:  # say it in the command line's words
+            raise InputError(str(exc).replace("models[0].name", "--model").replace("attacks[0].params.", "-p ")
+                             .replace("attacks[0].params", "-p").replace("targets", "--target")) from None
+        try:
+            run_experiment(cfg, quiet=args.quiet)
+        except ConfigError as exc:
+            raise InputError(str(exc)) from None
+        result, targets = read_store(store)
+    labels = result.pop("labels")
     summary = {
         "model": args.model, "data": args.data, "split": args.split, "attack": args.attack,
-        "params": bound, "quantize": args.quantize, "target": target_mode, "seed": args.seed,
+        "params": params, "quantize": args.quantize, "target": target_mode, "seed": args.seed,
         **summarize(result, labels),
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     digital = bool(is_digital(result["adv"]).all())
     arrays = {
@@ -172,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         arrays["images_uint8"] = to_uint8(result["adv"]).numpy()
     else:
         arrays["images_float"] = result["adv"].numpy().astype(np.float32)
+
     def write_npz(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)

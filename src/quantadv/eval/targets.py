@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from ..digital import to_float
 from ..errors import InputError
 
 #: The named ways to pick a target per image; an integer class index is accepted too.
@@ -48,3 +50,29 @@ def pick_targets(
             f"target class {mode} is out of range: the model has {num_classes} classes (0..{num_classes - 1})"
         )
     return torch.full_like(labels, mode)
+
+
+def choose_targets(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mode: str | int,
+    *,
+    seed: int = 0,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """One target class per image of a dataset (int64, CPU), by :func:`~quantadv.eval.targets.pick_targets`.
+
+    ``mode``: ``"random"`` (drawn from a generator seeded with ``seed``: the same targets for
+    the same seed), ``"next"``, ``"least-likely"`` (lowest clean logit) or a class index
+    ``k`` (images of class ``k`` have nothing to attack and the runner skips
+    them). The model classifies the images once to learn the number of classes and logits.
+    """
+    logits = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            logits.append(model(to_float(images[start : start + batch_size]).to(device)).cpu())
+    scores = torch.cat(logits)
+    gen = torch.Generator().manual_seed(int(seed))
+    return pick_targets(mode, labels.cpu(), scores.shape[1], generator=gen, logits=scores)

@@ -598,7 +598,7 @@ class ExperimentConfig:
     batch_size: int
     store: Path
     save_images: int
-    targets: str
+    targets: str | int  # a mode of TARGET_MODES or a class index (images of that class are not attacked)
     models: tuple[ModelSpec, ...]
     data: DataSpec
     attacks: tuple[AttackSpec, ...]
@@ -1267,8 +1267,11 @@ def parse_config(
     targets = top.get("targets", "none")
     if targets is None:
         targets = "none"
-    if targets not in TARGET_MODES:
-        raise ConfigError(f"targets must be one of {', '.join(TARGET_MODES)}, got {targets!r}")
+    if isinstance(targets, int) and not isinstance(targets, bool):
+        if targets < 0:
+            raise ConfigError(f"targets: a class index must be >= 0, got {targets}")
+    elif targets not in TARGET_MODES:
+        raise ConfigError(f"targets must be one of {', '.join(TARGET_MODES)} or a class index, got {targets!r}")
     store = top.get("store", f"results/{name}.db")
     store = Path(_str(store, "store")).expanduser()
     if store.suffix != ".db":

@@ -196,17 +196,21 @@ def batch_seed(seed: int, run_id: str, batch: int) -> int:
 
 
 def make_targets(
-    mode: str, labels: torch.Tensor, num_classes: int, seed: int, logits: torch.Tensor | None = None
+    mode: str | int, labels: torch.Tensor, num_classes: int, seed: int, logits: torch.Tensor | None = None
 ) -> torch.Tensor | None:
     """Target classes for a targeted config (:func:`quantadv.eval.targets.pick_targets`).
 
-    ``random`` (uniform over the other classes, from the batch's seed), ``next`` (label + 1)
-    or ``least-likely`` (lowest clean logit, needs ``logits``); ``none`` gives None.
+    ``random`` (uniform over the other classes, from the batch's seed), ``next`` (label + 1),
+    ``least-likely`` (lowest clean logit, needs ``logits``) or a class index ``k`` (images of
+    class ``k`` are then not attacked); ``none`` gives None.
     """
     if mode == "none":
         return None
     gen = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
-    return pick_targets(mode, labels, num_classes, generator=gen, logits=logits)
+    try:
+        return pick_targets(mode, labels, num_classes, generator=gen, logits=logits)
+    except QuantadvError as exc:
+        raise ConfigError(f"targets: {exc}") from None
 
 
 def _per_image(value: Any, n: int, device: torch.device) -> torch.Tensor | None:
@@ -242,11 +246,12 @@ def info_extras(info: dict, n: int) -> dict[str, list]:
     return out
 
 
-def _row_info(attack: dict[str, list], post: dict[str, list], j: int, skipped: bool = False) -> str | None:
+def _row_info(attack: dict[str, list], post: dict[str, list], j: int, skipped: str | None = None) -> str | None:
     """The ``info`` JSON of image ``j`` of a batch: its attack and post-processing extras, or
-    ``{"skipped": "misclassified"}`` for an image the model misclassifies (not attacked)."""
+    ``{"skipped": REASON}`` for an image not attacked (``"misclassified"``, or ``"label is the
+    target"`` for a fixed target class)."""
     if skipped:
-        return json.dumps({"skipped": "misclassified"})
+        return json.dumps({"skipped": skipped})
     parts = {name: {k: v[j] for k, v in extras.items()}
              for name, extras in (("attack", attack), ("postprocess", post)) if extras}
     return json.dumps(parts, sort_keys=True) if parts else None
@@ -594,8 +599,12 @@ class Batch:
 
     @property
     def attacked(self) -> torch.Tensor:
-        """Which images to attack: all, or (default) those the model classifies correctly."""
-        return self.clean_pred == self.labels
+        """Which images to attack by default: those the model classifies correctly (and, for a
+        fixed target class, whose label is not that class)."""
+        keep = self.clean_pred == self.labels
+        if self.targets is not None:
+            keep &= self.targets.cpu() != self.labels
+        return keep
 
 
 class Models:
@@ -687,7 +696,9 @@ def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
     fn = (attack_registry().get(run.attack.name) if run.attack.name else
           load_entry(run.attack.entry, f"attacks[{run.attack.index}].entry"))  # type: ignore[arg-type]
     n = batch.x.shape[0]
-    attacked = torch.ones(n, dtype=torch.bool) if cfg.attack_misclassified else batch.attacked
+    attacked = batch.attacked
+    if cfg.attack_misclassified:  # every image, but one already of its target class has nothing to attack
+        attacked = torch.ones(n, dtype=torch.bool) if batch.targets is None else batch.targets.cpu() != batch.labels
     x_adv = batch.x.clone()
     calls = torch.zeros(n, dtype=torch.int64)
     grads = torch.zeros(n, dtype=torch.int64)
@@ -803,7 +814,9 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
             "grads": grads[j] if grads is not None else None,
             "seconds": per_image,
             "seed": batch.seed,
-            "info": _row_info(attack.extras, p_extras, j, skipped=not bool(attack.attacked[j])),
+            "info": _row_info(attack.extras, p_extras, j, skipped=None if bool(attack.attacked[j]) else
+                              "misclassified" if int(batch.clean_pred[j]) != int(batch.labels[j])
+                              else "label is the target"),
         })
         if work.batch * cfg.batch_size + j < cfg.save_images:
             img = batch.originals[j]
@@ -835,8 +848,8 @@ def _process(
     total = sum(len(w.indices) for w in plan)
     log.info("%d batches to compute (%d images x runs), %d outcomes already stored", len(plan),
              total, summary.rows_skipped)
-    bar = tqdm(total=total, unit="img", disable=quiet or not ctx.is_main or total == 0,
-               desc=cfg.experiment, dynamic_ncols=True, file=sys.stderr)
+    bar = None  # shown once the first batch has gone through, so a bad parameter's error is not
+    # printed under an empty progress bar
     models = Models(dev)
     current: RunSpec | None = None
     run_start, run_images = 0.0, 0
@@ -862,10 +875,14 @@ def _process(
             summary.rows_written += len(rows)
             summary.images_attacked += int(attack.attacked.sum())
             run_images += len(work.indices)
+            if bar is None:
+                bar = tqdm(total=total, unit="img", disable=quiet or not ctx.is_main or total == 0,
+                           desc=cfg.experiment, dynamic_ncols=True, file=sys.stderr)
             bar.update(len(work.indices))
             bar.set_postfix_str(work.run.description, refresh=False)
         if current is not None:
             log.info("run %s (%s): %d images in %.1f s", current.run_id, current.description,
                      run_images, time.perf_counter() - run_start)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
