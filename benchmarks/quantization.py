@@ -41,26 +41,54 @@ from quantadv import attacks, data, models, quantize
 HERE = Path(__file__).resolve().parent
 
 
-def loop_lagrangian(model, x_o: torch.Tensor, x_a: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
+def _ceil_log2(n: int) -> int:
+    return 0 if n <= 1 else (n - 1).bit_length()
+
+
+def _worst_case(lo: int, hi: int, size: int, q0: bool) -> int:
+    """Forward passes galloping + bisection may still need (see lagrangian._worst_case)."""
+    if hi == 0:
+        return 0
+    if lo >= 0 and hi >= 0:
+        return _ceil_log2(hi - lo)
+    if lo == size:
+        return 0 if q0 else 1
+    if lo >= 0:
+        m = _ceil_log2(size - lo)
+        return max(2 * m, m + 1 + (0 if q0 else 1))
+    m = _ceil_log2(hi)
+    return max(2 * m, m + 1)
+
+
+def loop_lagrangian(
+    model, x_o: torch.Tensor, x_a: torch.Tensor, label: int, search: str = "model"
+) -> tuple[torch.Tensor, int]:
     """Q-lambda* for ONE image, written plainly (the baseline). Returns (x_q, network calls).
 
     Same algorithm as the library: u in pixel units (float64), integers within 1e-4 kept;
     L_Q = p(t) - p(kappa_a) with kappa_a the most likely other class at x_a; g its gradient
     at x_a; J = non-integer pixels with g != 0 whose distortion choice (toward x_o) and loss
-    choice (ceil iff g < 0) differ; ratio r = (1 - 2 ceil(u)) / g; try Q0, then Q-inf, then
-    a binary search over the sorted ratios for the smallest adversarial one.
+    choice (ceil iff g < 0) differ; ratio r = (1 - 2 ceil(u)) / g; candidate k flips the k
+    smallest ratios. ``search="bisection"``: try Q0, then Q-inf, then a binary search over
+    the sorted ratios. ``search="model"``: test where the linearised L_Q (Eq. 24) crosses 0,
+    then where it crosses once shifted by its error at the last test, inside the bracket,
+    while galloping + bisection could still finish within 2 + 2 ceil(log2 |J|) passes; else
+    gallop and bisect; Q0 last if even Q-inf fails. A digital x_a needs no test.
     """
     xa = x_a.detach().clone().unsqueeze(0).requires_grad_(True)
-    probs = model(xa).softmax(dim=1)[0]
+    logits_a = model(xa)
+    probs = logits_a.softmax(dim=1)[0]
     other = probs.clone()
     other[label] = -1.0
     kappa = int(other.argmax())
-    (probs[label] - probs[kappa]).backward()
-    g = xa.grad[0].flatten().double()
+    loss_a = probs[label] - probs[kappa]
+    loss_a.backward()
+    g = xa.grad[0].flatten().double() / 255
     calls = 1
 
     o = (x_o.double() * 255).round().flatten()
-    u = (x_a.double() * 255).clamp(0, 255).flatten() - o
+    adv = (x_a.double() * 255).clamp(0, 255).flatten()
+    u = adv - o
     exact = (u - u.round()).abs() <= 1e-4
     c = torch.where(exact, u.round(), torch.ceil(u))
     dist_ceil = c <= 0
@@ -68,33 +96,74 @@ def loop_lagrangian(model, x_o: torch.Tensor, x_a: torch.Tensor, label: int) -> 
     j = (~exact) & (g != 0) & (dist_ceil != loss_ceil)
     r = torch.full_like(g, float("inf"))
     r[j] = (1 - 2 * c[j]) / g[j]
-    r_sorted = torch.sort(r[j]).values
+    r_sorted, order = torch.sort(r, stable=True)
+    size = int(j.sum())
 
-    def image(lam: float) -> torch.Tensor:
+    def image(k: int) -> torch.Tensor:
+        lam = 0.0 if k == 0 else float(r_sorted[k - 1])
         take_ceil = dist_ceil.clone()
         flip = j & (r <= lam)
         take_ceil[flip] = loss_ceil[flip]
         v = torch.where(exact, o + c, torch.where(take_ceil, o + c, o + c - 1))
         return (v / 255).to(x_a.dtype).view_as(x_a)
 
-    def adversarial(lam: float) -> bool:
+    def evaluate(k: int) -> tuple[bool, float]:
         nonlocal calls
         calls += 1
         with torch.no_grad():
-            return int(model(image(lam).unsqueeze(0)).argmax()) != label
+            logits = model(image(k).unsqueeze(0))
+        p = logits.softmax(dim=1)[0]
+        return int(logits.argmax()) != label, float(p[label] - p[kappa])
 
-    if adversarial(0.0):
-        return image(0.0), calls
-    if r_sorted.numel() == 0 or not adversarial(float("inf")):
-        return image(float("inf")), calls
-    lo, hi = 0, r_sorted.numel()  # candidate k: lambda = r_sorted[k - 1]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if adversarial(float(r_sorted[mid - 1])):
-            hi = mid
+    if search == "bisection":
+        if evaluate(0)[0]:
+            return image(0), calls
+        if size == 0 or not evaluate(size)[0]:
+            return image(size), calls
+        lo, hi = 0, size
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if evaluate(mid)[0]:
+                hi = mid
+            else:
+                lo = mid
+        return image(hi), calls
+
+    if torch.equal(image(0), x_a):  # digital x_a: the gradient's forward pass tested it
+        return image(0), calls
+    e0 = torch.where(exact, c, torch.where(dist_ceil, c, c - 1))
+    e_inf = torch.where(exact, c, torch.where(torch.where(j, loss_ceil, dist_ceil), c, c - 1))
+    at_q0 = float(loss_a.detach().double()) + float((g * (o + e0 - adv)).sum())
+    linear = [at_q0, *(at_q0 + (g * (e_inf - e0))[order].cumsum(0)).tolist()]
+    budget = 2 + 2 * _ceil_log2(size)
+    lo = hi = -1
+    q0 = False
+    used, shift, safe, anchor, gallops = 0, 0.0, False, 0, 0
+    while not (hi == 0 or (lo >= 0 and hi == lo + 1) or (lo == size and hi < 0)):
+        if not safe:
+            k = next((i for i in range(size) if linear[i] + shift < 0), size)
+            k = min(max(k, lo + 1 if lo >= 0 else 0), hi if hi >= 0 else size)
+            k = k - 1 if k == hi else k
+            worst = max(_worst_case(lo, k, size, q0 or k == 0), _worst_case(k, hi, size, q0 or k == 0))
+            if used and 1 + worst > budget - used:
+                safe, anchor = True, (lo if lo >= 0 else hi)
+        if safe:
+            if lo >= 0 and hi >= 0:
+                k = (lo + hi) // 2
+            else:
+                k = min(anchor + 2**gallops, size) if lo >= 0 else max(anchor - 2**gallops, 0)
+                gallops += 1
+        ok, loss = evaluate(k)
+        used += 1
+        q0 = q0 or k == 0
+        shift = loss - linear[k]
+        if ok:
+            hi = k
         else:
-            lo = mid
-    return image(float(r_sorted[hi - 1])), calls
+            lo = k
+    if hi < 0 and not q0 and evaluate(0)[0]:
+        hi = 0
+    return image(hi if hi >= 0 else size), calls
 
 
 def machine() -> str:

@@ -254,11 +254,12 @@ def test_distortion_grows_and_linear_loss_falls_with_lambda(cnn_case):
 # ----------------------------------------------------------------------------- Q-lambda*
 
 
+@pytest.mark.parametrize("search", ["model", "bisection"])
 @pytest.mark.parametrize("case", ["cnn_case", "linear_case"])
 @pytest.mark.parametrize("loss", ["prob", "logit"])
-def test_lagrangian_properties(case, loss, request):
+def test_lagrangian_properties(case, loss, search, request):
     model, x, x_adv, labels = request.getfixturevalue(case)
-    x_q, info = lagrangian(model, x, x_adv, labels, loss=loss, return_info=True)
+    x_q, info = lagrangian(model, x, x_adv, labels, loss=loss, search=search, return_info=True)
     assert_digital_bracket(x_q, x_adv)
     assert set(info) == {
         "lambda_star",
@@ -279,11 +280,13 @@ def test_lagrangian_properties(case, loss, request):
     fail = ~info["success"]
     assert torch.equal(x_q[fail], q_inf[fail])
     assert torch.all(torch.isinf(info["lambda_star"][fail]))
-    # cost: one gradient + at most ceil(log2 |J|) + 2 forward passes
+    # cost: one gradient + at most 2 + ceil(log2 |J|) forward passes (bisection),
+    # 2 + 2 ceil(log2 |J|) (model-guided)
     j = info["j_size"].clamp(min=1).double()
-    bound = 1 + 2 + torch.ceil(torch.log2(j)).long()
+    log_j = torch.ceil(torch.log2(j)).long()
+    bound = 1 + 2 + (log_j if search == "bisection" else 2 * log_j)
     assert torch.all(info["calls"] <= bound)
-    assert torch.all(info["calls"] >= 2)
+    assert torch.all(info["calls"] >= 2)  # these inputs are not digital: one test at least
     # the output is Q-lambda (Eq. 28) at lambda*, and J / Table 2 counts are right
     grad = loss_gradient(model, x_adv, labels, loss=loss)
     ok = info["success"]
@@ -304,25 +307,27 @@ def test_lagrangian_properties(case, loss, request):
             assert int(model(x_below).argmax(1)) == int(labels[i])
 
 
-def test_lagrangian_mixes_outcomes(linear_case, cnn_case):
+@pytest.mark.parametrize("search", ["model", "bisection"])
+def test_lagrangian_mixes_outcomes(linear_case, cnn_case, search):
     """The fixtures exercise every branch: Q0 enough, search, and failure."""
     seen = set()
     for model, x, x_adv, labels in (linear_case, cnn_case):
-        _, info = lagrangian(model, x, x_adv, labels, return_info=True)
+        _, info = lagrangian(model, x, x_adv, labels, search=search, return_info=True)
         for lam, ok in zip(info["lambda_star"].tolist(), info["success"].tolist(), strict=True):
             seen.add("fail" if not ok else ("q0" if lam == 0 else "search"))
     assert seen == {"fail", "q0", "search"}
 
 
-def test_lagrangian_batch_equals_single():
+@pytest.mark.parametrize("search", ["model", "bisection"])
+def test_lagrangian_batch_equals_single(search):
     model = tiny_cnn(dtype=torch.float64)
     x = originals(10, seed=7, dtype=torch.float64)
     labels = model(x).argmax(1)
     x_adv = deepfool(model, x, labels, overshoot=1.02)
-    batch_q, batch_info = lagrangian(model, x, x_adv, labels, return_info=True)
+    batch_q, batch_info = lagrangian(model, x, x_adv, labels, search=search, return_info=True)
     for i in range(x.shape[0]):
         q, info = lagrangian(
-            model, x[i : i + 1], x_adv[i : i + 1], labels[i : i + 1], return_info=True
+            model, x[i : i + 1], x_adv[i : i + 1], labels[i : i + 1], search=search, return_info=True
         )
         assert torch.equal(q, batch_q[i : i + 1])
         for key, value in info.items():
@@ -367,10 +372,15 @@ def test_lagrangian_margin_is_met_by_the_true_loss(cnn_case):
 
 def test_lagrangian_on_digital_input_changes_nothing(cnn_case):
     model, x, _, labels = cnn_case
-    x_q, info = lagrangian(model, x, x.clone(), labels, return_info=True)
-    assert torch.equal(x_q, x)
-    assert torch.all(info["j_size"] == 0) and torch.all(info["calls"] == 2)
-    assert not bool(info["success"].any())
+    wrong = labels.clone()
+    wrong[::2] = (labels[::2] + 1) % 10  # half the images "misclassified": x is adversarial
+    for search, calls in (("bisection", 2), ("model", 1)):
+        x_q, info = lagrangian(model, x, x.clone(), wrong, search=search, return_info=True)
+        assert torch.equal(x_q, x)
+        # the model-guided search reuses the gradient's forward pass: it was at x_q itself
+        assert torch.all(info["j_size"] == 0) and torch.all(info["calls"] == calls)
+        assert torch.equal(info["success"], wrong != labels)
+        assert torch.all(info["lambda_star"][info["success"]] == 0)
 
 
 def test_inputs_model_mode_and_flags_left_as_found(cnn_case):
@@ -405,12 +415,166 @@ def test_user_errors_raise_input_error(cnn_case):
         lagrangian(model, x, x_adv, labels, margin=0.1)
     with pytest.raises(InputError, match="loss"):
         lagrangian(model, x, x_adv, labels, loss="ce")
+    with pytest.raises(InputError, match="search"):
+        lagrangian(model, x, x_adv, labels, search="newton")
     with pytest.raises(InputError, match="logits"):
         lagrangian(model, x, x_adv, labels + 10)
     with pytest.raises(InputError, match="entries"):
         gradient_sign(model, x, x_adv, labels[:3])
     with pytest.raises(InputError, match="multiplier"):
         fixed_multiplier(x, x_adv, torch.zeros_like(x_adv), -1.0)
+
+
+# ----------------------------------------------------------------------------- lambda* search
+
+
+def affine_model(seed: int, classes: int) -> nn.Module:
+    """A random affine classifier in float64 (no last-bit differences between batches)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(N, classes))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(classes, N, generator=gen, dtype=torch.float64) * 0.3)
+        model[1].bias.copy_(torch.randn(classes, generator=gen, dtype=torch.float64) * 0.3)
+    return model.to(torch.float64).eval()
+
+
+def success_profile(model, x, x_adv, labels, grad, loss):
+    """Per image: sorted finite ratios and the true outcome of every candidate 0 .. |J|."""
+    _, r, _ = independent_ratios(x, x_adv, grad)
+    out = []
+    for i in range(x.shape[0]):
+        ratios = np.sort(r[i][np.isfinite(r[i])])
+        lams = torch.tensor([0.0, *ratios.tolist()], dtype=torch.float64)
+        n = lams.numel()
+        images = fixed_multiplier(
+            x[i : i + 1].expand(n, *SHAPE), x_adv[i : i + 1].expand(n, *SHAPE), grad[i : i + 1].expand(n, *SHAPE), lams
+        )
+        with torch.no_grad():
+            ok = model(images).argmax(1) != labels[i]
+        out.append((ratios, ok.numpy()))
+    return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([2, 3, 10]),
+    st.sampled_from(["prob", "logit"]),
+    st.floats(0.5, 1.5),
+)
+def test_searches_agree_on_random_affine_models(seed, classes, loss, reach):
+    """Both searches: adversarial outputs, checked boundaries, and the same lambda* when the
+    true outcome is monotone along the candidates (always so with 2 classes); the model-guided
+    search within its worst case, 1 + 2 + 2 ceil(log2 |J|) calls."""
+    model = affine_model(seed, classes)
+    x = originals(4, seed=seed % 1000, dtype=torch.float64)
+    labels = model(x).argmax(1)
+    x_adv = (x + reach * (deepfool(model, x, labels, overshoot=1.0) - x)).clamp(0, 1)
+    grad = loss_gradient(model, x_adv, labels, loss=loss)
+    profiles = success_profile(model, x, x_adv, labels, grad, loss)
+    results = {}
+    for search in ("model", "bisection"):
+        x_q, info = lagrangian(model, x, x_adv, labels, loss=loss, search=search, return_info=True)
+        results[search] = info
+        with torch.no_grad():
+            assert torch.equal(model(x_q).argmax(1) != labels, info["success"])
+        for i, (ratios, ok) in enumerate(profiles):
+            lam = float(info["lambda_star"][i])
+            if not bool(info["success"][i]):
+                assert not ok[0] and not ok[-1]  # Q0 and Q-infinity were both tested
+                continue
+            k = int(np.sum(ratios <= lam))  # the candidate returned (ties: the last of them)
+            assert ok[k]
+            assert lam == 0 or not ok[int(np.sum(ratios < lam))]  # the one below fails
+        j_size = info["j_size"].clamp(min=1).double()
+        log_j = torch.ceil(torch.log2(j_size)).long()
+        extra = 2 * log_j if search == "model" else log_j
+        assert torch.all(info["calls"] <= 3 + extra)
+    for i, (_, ok) in enumerate(profiles):
+        if np.all(np.diff(ok.astype(int)) >= 0):  # monotone: one boundary, both find it
+            assert float(results["model"]["lambda_star"][i]) == float(results["bisection"]["lambda_star"][i])
+            assert bool(results["model"]["success"][i]) == bool(results["bisection"]["success"][i])
+    if classes == 2:
+        assert all(np.all(np.diff(ok.astype(int)) >= 0) for _, ok in profiles)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_model_guided_search_bound_and_boundary_on_any_outcomes(data):
+    """Synthetic outcomes, monotone or not, and arbitrary (even misleading) losses: the search
+    returns a checked boundary and never exceeds 2 + 2 ceil(log2 |J|) forward passes."""
+    from quantadv.quantize.lagrangian import _model_guided, model_guided_bound
+
+    batch = data.draw(st.integers(1, 5))
+    sizes = data.draw(st.lists(st.integers(0, 70), min_size=batch, max_size=batch))
+    width = max(sizes) + 1
+    outcome = torch.zeros(batch, width, dtype=torch.bool)
+    true_loss = torch.zeros(batch, width, dtype=torch.float64)
+    linear = torch.zeros(batch, width, dtype=torch.float64)
+    for i, size in enumerate(sizes):
+        kind = data.draw(st.sampled_from(["monotone", "random"]))
+        if kind == "monotone":
+            first = data.draw(st.integers(0, size + 1))
+            outcome[i, first:] = True
+        else:
+            flags = data.draw(st.lists(st.booleans(), min_size=size + 1, max_size=size + 1))
+            outcome[i, : size + 1] = torch.tensor(flags)
+        noise = data.draw(st.lists(st.floats(-2, 2), min_size=width, max_size=width))
+        true_loss[i] = torch.tensor(noise, dtype=torch.float64)
+        drops = data.draw(st.lists(st.floats(0, 1), min_size=width, max_size=width))
+        linear[i] = data.draw(st.floats(-1, 3)) - torch.tensor(drops, dtype=torch.float64).cumsum(0)
+    j_size = torch.tensor(sizes)
+    calls = torch.zeros(batch, dtype=torch.int64)
+    tested = [set() for _ in range(batch)]
+
+    def test(idx, k):
+        calls[idx] += 1
+        for i, kk in zip(idx.tolist(), k.tolist(), strict=True):
+            assert 0 <= kk <= sizes[i]
+            tested[i].add(kk)
+        return outcome[idx, k], true_loss[idx, k]
+
+    # a digital x_a (J empty): its outcome came with the gradient, no test is needed
+    known = torch.tensor([size == 0 and data.draw(st.booleans()) for size in sizes])
+    for i in torch.nonzero(known).flatten().tolist():
+        tested[i].add(0)
+    hi = _model_guided(test, linear, j_size, 0.0, known, outcome[:, 0])
+    assert torch.all(calls[known] == 0)
+    assert torch.all(calls <= model_guided_bound(j_size))
+    for i, size in enumerate(sizes):
+        k = int(hi[i])
+        if k >= 0:
+            assert outcome[i, k] and k in tested[i]
+            assert k == 0 or (not outcome[i, k - 1] and k - 1 in tested[i])
+        else:
+            assert {0, size} <= tested[i] and not outcome[i, 0] and not outcome[i, size]
+
+
+@pytest.mark.slow
+def test_model_guided_search_calls_on_shipped_model():
+    """fmnist-cnn, DDN outputs: about a third of bisection's network calls per image.
+
+    DDN runs 30 steps on 100 images here (about 10 s of CPU), not the benchmark's 100 steps
+    on 1,000 images (4.2 calls per image against 11.4, benchmarks/RESULTS-quantization.md);
+    the issue's target of 4 is not met there, hence the bound of 4.5 below.
+    """
+    from quantadv import attacks, data, models
+
+    try:
+        images, labels = data.load("fashion-mnist", split="test")
+    except Exception as exc:  # noqa: BLE001 - the data set is an optional system package
+        pytest.skip(f"fashion-mnist not available: {exc}")
+    model = models.load("fmnist-cnn")
+    x = images[:100].float() / 255
+    y = labels[:100]
+    x_adv = attacks.ddn(model, x, y, steps=30)
+    _, guided = lagrangian(model, x, x_adv, y, return_info=True)
+    _, bisected = lagrangian(model, x, x_adv, y, search="bisection", return_info=True)
+    assert torch.equal(guided["success"], bisected["success"])
+    assert float(guided["calls"].double().mean()) <= 4.5
+    assert float(guided["calls"].double().mean()) <= 0.5 * float(bisected["calls"].double().mean())
+    same = (guided["lambda_star"] == bisected["lambda_star"]).double().mean()
+    assert float(same) >= 0.98
 
 
 # ----------------------------------------------------------------------------- Q-delta*

@@ -113,6 +113,24 @@ def gradient(
     the same forward pass at ``x_a``. Gradients of the model parameters are not touched:
     only the input gradient is computed, with :func:`torch.autograd.grad`.
     """
+    grad, objective, _, _ = gradient_and_loss(model, x_adv, labels, targets, kind, margin)
+    return grad, objective
+
+
+def gradient_and_loss(
+    model: nn.Module,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None,
+    kind: str,
+    margin: float = 0.0,
+) -> tuple[torch.Tensor, Objective, torch.Tensor, torch.Tensor]:
+    """:func:`gradient`, plus ``L_Q(0)`` per image (float64) and the success at ``x_a``.
+
+    ``L_Q(0) + q^T g`` is the first-order model of Eq. 24. Loss and success (the objective's
+    test on the logits at ``x_a``) come from the same forward pass as the gradient, so they
+    cost nothing.
+    """
     check_choice(kind, "loss", LOSS_KINDS)
     x = x_adv.detach().clone().requires_grad_(True)
     with torch.enable_grad():
@@ -123,6 +141,9 @@ def gradient(
         else:
             first, second = _best_other(logits, targets), targets
         objective = Objective(labels, targets, first, second, kind, margin)
-        (grad,) = torch.autograd.grad(objective.loss(logits).sum(), x)
+        loss_at_adv = objective.loss(logits)
+        (grad,) = torch.autograd.grad(loss_at_adv.sum(), x)
     # x is in [0, 1] units: d/d(pixel) = d/dx / 255 (the paper works in 0..255, Sec. 3.2).
-    return grad.detach().to(torch.float64) / 255.0, objective
+    loss_at_adv = loss_at_adv.detach().to(torch.float64)
+    success = objective.success(logits.detach())
+    return grad.detach().to(torch.float64) / 255.0, objective, loss_at_adv, success

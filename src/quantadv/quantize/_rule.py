@@ -79,6 +79,11 @@ def split(x_orig: torch.Tensor, x_adv: torch.Tensor) -> Split:
     return Split(origin, ceil, exact, x_orig.shape)
 
 
+def pixel_values(x_adv: torch.Tensor, like: Split) -> torch.Tensor:
+    """``x_a`` in pixel units, clipped to 0..255, float64 ``(B, n)`` (as :func:`split` sees it)."""
+    return pixel_units(x_adv).clamp(0.0, 255.0).flatten(1).to(like.origin.device)
+
+
 def flatten_gradient(grad: torch.Tensor, like: Split) -> torch.Tensor:
     """Gradient as a float64 ``(B, n)`` tensor on the split's device."""
     g = grad.detach().to(device=like.origin.device, dtype=torch.float64).flatten(1)

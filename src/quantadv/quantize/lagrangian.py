@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .._validate import check_images
+from .._validate import check_choice, check_images
 from ..errors import InputError
 from . import _loss, _rule
 
@@ -65,6 +67,10 @@ def fixed_multiplier(
     return _rule.image(parts, _rule.offsets(parts, flip, g), x_adv)
 
 
+#: Strategies of :func:`lagrangian` for the search of lambda* over the sorted ratios.
+SEARCHES = ("model", "bisection")
+
+
 def lagrangian(
     model: nn.Module,
     x_orig: torch.Tensor,
@@ -74,6 +80,7 @@ def lagrangian(
     targets: torch.Tensor | None = None,
     margin: float = 0.0,
     loss: str = "prob",
+    search: str = "model",
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Q-lambda* of paper 000: the least-distortion Lagrangian quantization that stays adversarial.
@@ -88,12 +95,30 @@ def lagrangian(
     (Eq. 30). At ``lambda = r`` exactly both choices cost the same in Eq. 27; we take the
     loss choice, so that ``lambda* = r(j*)`` includes pixel ``j*`` as in Sec. 4.4.
 
-    ``lambda*`` is the smallest sorted ratio whose quantization is adversarial under the
-    *true* network (Sec. 4.5): ``lambda = 0`` is tried first, then Q-infinity, then a
-    binary search over the sorted ratios, run in lock-step for the whole batch (one forward
-    pass per step for all images still searching). If Q-infinity is not adversarial, it is
-    returned and ``success`` is False. Cost per image: one gradient, then at most
-    ``2 + ceil(log2 |J|)`` forward passes.
+    The candidates are ``k = 0 .. |J|``: candidate ``k`` is ``lambda = r_(k)``, the ``k``-th
+    smallest ratio (``k = 0``: Q0; ``k = |J|``: Q-infinity). ``lambda*`` is a candidate whose
+    quantization is adversarial under the *true* network while candidate ``k - 1`` is not
+    (a *boundary*, Sec. 4.5), or ``0`` when Q0 is adversarial; when the true outcome is
+    monotone along the candidates it is the smallest adversarial one. Both searches run in
+    lock-step for the whole batch (one forward pass per step for all images still searching):
+
+    - ``search="model"`` (default): the first-order model of Eq. 24, ``L_Q(0) + g^T q_k``,
+      is evaluated at every candidate with one cumulative sum along the sorted ratios (no
+      network call). The first candidate where it meets the margin is tested with the
+      network; each later step re-centres the model on the true loss the last forward pass
+      returned and tests the candidate where the corrected model crosses, inside the
+      bracket known so far. A step is only taken if galloping (1, 2, 4, ... candidates
+      away) and bisection could still finish within ``2 + 2 ceil(log2 |J|)`` forward passes
+      whatever the outcome; otherwise the search gallops and bisects from there. If even
+      Q-infinity fails, Q0 is tried before giving up. When ``x_a`` is already digital, the
+      gradient's forward pass was at ``x_q`` itself and no other pass is made. On DDN
+      outputs this makes about 3 forward passes per image instead of about 10
+      (docs/quantization.md).
+    - ``search="bisection"``: the paper's procedure: ``lambda = 0`` first, then
+      Q-infinity, then a binary search over the sorted ratios; at most
+      ``2 + ceil(log2 |J|)`` forward passes per image.
+
+    If no tested candidate is adversarial, Q-infinity is returned and ``success`` is False.
 
     Parameters
     ----------
@@ -115,6 +140,9 @@ def lagrangian(
         ``loss``: probability or logit differences).
     loss : {"prob", "logit"}
         ``s`` in L_Q: softmax probabilities (the paper) or logits.
+    search : {"model", "bisection"}
+        How ``lambda*`` is searched (above). Both return a checked boundary, and the same
+        one whenever the true outcome is monotone along the candidates.
     return_info : bool
         Also return a dict of per-image tensors: ``lambda_star`` (float64; ``0`` when Q0
         succeeded, ``inf`` on failure), ``j_size`` (``|J|``), ``success`` (bool),
@@ -129,15 +157,18 @@ def lagrangian(
     """
     parts = _rule.split(x_orig, x_adv)
     margin_value = _loss.check_margin(margin)
+    check_choice(search, "search", SEARCHES)
     batch = x_adv.shape[0]
     device = x_adv.device
     labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
-    grad, objective = _loss.gradient(model, x_adv, labels_t, targets_t, loss, margin_value)
+    grad, objective, loss_at_adv, success_at_adv = _loss.gradient_and_loss(
+        model, x_adv, labels_t, targets_t, loss, margin_value
+    )
     g = _rule.flatten_gradient(grad, parts)
     r = _rule.ratios(parts, g)
     j_mask = torch.isfinite(r)
     j_size = j_mask.sum(dim=1)
-    r_sorted = torch.sort(r, dim=1).values
+    r_sorted, order = torch.sort(r, dim=1, stable=True)
     calls = torch.ones(batch, dtype=torch.int64, device=device)
 
     def lam_at(idx: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -148,44 +179,37 @@ def lagrangian(
 
     # Every Q-lambda takes, per pixel, either its Q0 value or its Q-infinity value (they differ
     # on J only), so both images are built once and each search step is a single selection.
-    q_zero = _rule.image(parts, _rule.offsets(parts, None, None), x_adv).flatten(1)
-    q_inf = _rule.image(parts, _rule.offsets(parts, j_mask, g), x_adv).flatten(1)
-
-    def quantize(idx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        flip = r[idx] <= lam.unsqueeze(1)  # r = +inf off J, where q_zero == q_inf anyway
-        return torch.where(flip, q_inf[idx], q_zero[idx]).reshape(idx.numel(), *x_adv.shape[1:])
+    e_zero = _rule.offsets(parts, None, None)
+    e_inf = _rule.offsets(parts, j_mask, g)
+    q_zero = _rule.image(parts, e_zero, x_adv).flatten(1)
+    q_inf = _rule.image(parts, e_inf, x_adv).flatten(1)
 
     @torch.no_grad()
-    def adversarial(idx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        logits = model(quantize(idx, lam))
+    def test(idx: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate ``k`` of the images ``idx`` under the true network: (adversarial, L_Q)."""
+        flip = r[idx] <= lam_at(idx, k).unsqueeze(1)  # r = +inf off J, where q_zero == q_inf
+        image = torch.where(flip, q_inf[idx], q_zero[idx]).reshape(idx.numel(), *x_adv.shape[1:])
+        logits = model(image)
         calls[idx] += 1
-        return objective.select(idx).success(logits)
+        chosen = objective.select(idx)
+        return chosen.success(logits), chosen.loss(logits).to(torch.float64)
 
+    if search == "bisection":
+        hi = _bisection(lambda idx, k: test(idx, k)[0], j_size)
+    else:
+        # Eq. 24 at every candidate: L_Q(0) + g^T q_k, with q_k = x_q(k) - x_a in pixel units;
+        # switching the i-th sorted pixel of J changes it by g (e_inf - e_zero) < 0.
+        adv = _rule.pixel_values(x_adv, parts)
+        at_q0 = loss_at_adv + (g * (parts.origin + e_zero - adv)).sum(dim=1)
+        steps = (g * (e_inf - e_zero)).gather(1, order)
+        linear = torch.cat([at_q0.unsqueeze(1), at_q0.unsqueeze(1) + steps.cumsum(dim=1)], dim=1)
+        # A digital x_a is its own quantization: the gradient's forward pass already tested it.
+        known = (q_zero == x_adv.flatten(1)).all(dim=1)
+        hi = _model_guided(test, linear, j_size, margin_value, known, success_at_adv)
+
+    success = hi >= 0
     everyone = torch.arange(batch, device=device)
-    success = adversarial(everyone, torch.zeros(batch, dtype=torch.float64, device=device))
-    lam_star = torch.where(success, 0.0, float("inf")).to(torch.float64)
-
-    # Q0 failed: try Q-infinity (lambda beyond every ratio); pointless when J is empty.
-    pending = everyone[~success & (j_size > 0)]
-    if pending.numel():
-        inf = torch.full((pending.numel(),), float("inf"), dtype=torch.float64, device=device)
-        ok = adversarial(pending, inf)
-        success[pending] = ok
-        searching = pending[ok]
-        # Invariant: candidate lo fails, candidate hi succeeds (candidate k: lambda = r_(k)).
-        lo = torch.zeros(batch, dtype=torch.int64, device=device)
-        hi = j_size.clone()
-        while searching.numel():
-            active = searching[hi[searching] - lo[searching] > 1]
-            if not active.numel():
-                break
-            mid = (lo[active] + hi[active]) // 2
-            ok = adversarial(active, lam_at(active, mid))
-            hi[active[ok]] = mid[ok]
-            lo[active[~ok]] = mid[~ok]
-        if searching.numel():
-            lam_star[searching] = lam_at(searching, hi[searching])
-
+    lam_star = torch.where(success, lam_at(everyone, hi.clamp(min=0)), float("inf"))
     flip = j_mask & (r <= lam_star.unsqueeze(1))
     x_q = torch.where(flip, q_inf, q_zero).reshape(x_adv.shape)
     if not return_info:
@@ -199,3 +223,177 @@ def lagrangian(
         "lambda_pixels": flip.sum(dim=1),
     }
     return x_q, info
+
+
+def _bisection(
+    adversarial: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], j_size: torch.Tensor
+) -> torch.Tensor:
+    """The paper's search (Sec. 4.5): Q0, then Q-infinity, then bisection over the candidates.
+
+    ``adversarial(idx, k)`` tests candidate ``k`` of the images ``idx`` with one forward pass.
+    Returns, per image, the adversarial candidate found (``-1`` on failure).
+    """
+    batch = j_size.shape[0]
+    device = j_size.device
+    everyone = torch.arange(batch, device=device)
+    zero = torch.zeros(batch, dtype=torch.int64, device=device)
+    success = adversarial(everyone, zero)
+    hi = torch.where(success, zero, -1)
+
+    # Q0 failed: try Q-infinity (lambda beyond every ratio); pointless when J is empty.
+    pending = everyone[~success & (j_size > 0)]
+    if pending.numel():
+        ok = adversarial(pending, j_size[pending])
+        searching = pending[ok]
+        hi[searching] = j_size[searching]
+        # Invariant: candidate lo fails, candidate hi succeeds.
+        lo = torch.zeros(batch, dtype=torch.int64, device=device)
+        while searching.numel():
+            active = searching[hi[searching] - lo[searching] > 1]
+            if not active.numel():
+                break
+            mid = (lo[active] + hi[active]) // 2
+            ok = adversarial(active, mid)
+            hi[active[ok]] = mid[ok]
+            lo[active[~ok]] = mid[~ok]
+    return hi
+
+
+def ceil_log2(n: torch.Tensor) -> torch.Tensor:
+    """``ceil(log2 n)`` of an integer tensor, exactly, with ``0`` for ``n <= 1``."""
+    m = (n - 1).clamp(min=1).to(torch.float64)
+    return torch.where(n <= 1, 0, torch.floor(torch.log2(m)).to(torch.int64) + 1)
+
+
+def model_guided_bound(j_size: torch.Tensor) -> torch.Tensor:
+    """Worst-case forward passes of the model-guided search: ``2 + 2 ceil(log2 |J|)``."""
+    return 2 + 2 * ceil_log2(j_size)
+
+
+def _worst_case(lo: torch.Tensor, hi: torch.Tensor, j_size: torch.Tensor, q0: torch.Tensor) -> torch.Tensor:
+    """Forward passes that galloping and bisection may still need from a search state.
+
+    ``lo`` / ``hi``: largest candidate seen failing / smallest seen succeeding (``-1``:
+    none); ``q0``: candidate 0 was tested. From a bracket of width ``w``, bisection takes
+    ``ceil(log2 w)``. From one known side at distance ``e`` of the end (``|J| - lo`` or
+    ``hi``), galloping ``1, 2, 4, ...`` away takes at most ``m + 1`` tests, ``m = ceil(log2
+    e)``, and leaves a bracket of width ``2^(j-1)`` after ``j + 1`` of them: ``2m`` in all,
+    or ``m + 1`` (plus a last test of Q0) if every candidate up to Q-infinity fails.
+    """
+    has_lo, has_hi = lo >= 0, hi >= 0
+    bracket = ceil_log2(hi - lo)
+    m_up = ceil_log2(j_size - lo)
+    up = torch.maximum(2 * m_up, m_up + 1 + (~q0).long())
+    m_down = ceil_log2(hi)
+    down = torch.maximum(2 * m_down, m_down + 1)
+    ended_up = (lo == j_size) & ~has_hi
+    out = torch.where(has_lo & has_hi, bracket, torch.where(has_lo, up, down))
+    out = torch.where(ended_up, (~q0).long(), out)
+    return torch.where(hi == 0, 0, out)
+
+
+def _crossing(linear: torch.Tensor, shift: torch.Tensor, j_size: torch.Tensor, margin: float) -> torch.Tensor:
+    """First candidate where ``linear + shift`` predicts success; ``|J|`` if none does.
+
+    ``linear`` (``(A, n + 1)``, candidates ``0 .. n``) falls along the candidates, so the
+    candidates predicted to fail form a prefix and their count (below ``|J|``) is the first
+    predicted success. Success is predicted at ``L_Q < 0`` (the winning class changes) for
+    ``margin = 0``, at ``L_Q <= margin`` otherwise.
+    """
+    value = linear[:, :-1] + shift.unsqueeze(1)
+    fails = value > margin if margin < 0 else value >= 0
+    below_j = torch.arange(value.shape[1], device=value.device).unsqueeze(0) < j_size.unsqueeze(1)
+    return (fails & below_j).sum(dim=1)
+
+
+def _model_guided(
+    test: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    linear: torch.Tensor,
+    j_size: torch.Tensor,
+    margin: float,
+    known: torch.Tensor,
+    known_success: torch.Tensor,
+) -> torch.Tensor:
+    """The model-guided search of :func:`lagrangian`; returns the candidate found (``-1``: none).
+
+    ``test(idx, k)`` runs one forward pass on candidate ``k`` of the images ``idx`` and
+    returns (adversarial, true L_Q). ``linear[:, k]`` is the first-order model (Eq. 24) at
+    candidate ``k``. ``known`` marks images whose Q0 is ``x_a`` itself (digital input, so
+    ``J`` is empty); their outcome, ``known_success``, came with the gradient.
+
+    Per image the state is ``lo`` (largest candidate seen failing) and ``hi`` (smallest seen
+    succeeding), ``-1`` while unknown; it stops at a boundary (``hi = lo + 1``), at
+    ``hi = 0`` or at ``lo = |J|`` (then Q0 is tested if it was not). *Model steps*: the
+    model is shifted by the error it made at the last tested candidate (its true L_Q minus
+    its prediction), and the candidate where the shifted model first predicts success is
+    tested (the one below it if that one is already known to succeed), clamped inside
+    ``(lo, hi)``. A model step is taken only if, whatever its outcome, :func:`_worst_case`
+    still fits in ``model_guided_bound(|J|)`` minus the passes spent; otherwise the image
+    switches for good to *safe steps*: gallop ``1, 2, 4, ...`` candidates away from the
+    known side, then bisect. The first test (the model's own prediction) leaves at most
+    ``1 + 2 ceil(log2 |J|)``, so the bound holds for every image.
+    """
+    batch = j_size.shape[0]
+    device = j_size.device
+    minus_one = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    lo, hi = minus_one.clone(), minus_one.clone()
+    hi[known & known_success] = 0
+    lo[known & ~known_success] = 0
+    q0_tested = known.clone()
+    budget = model_guided_bound(j_size)
+    used = torch.zeros(batch, dtype=torch.int64, device=device)
+    safe = torch.zeros(batch, dtype=torch.bool, device=device)
+    anchor = torch.zeros(batch, dtype=torch.int64, device=device)
+    gallops = torch.zeros(batch, dtype=torch.int64, device=device)
+    shift = torch.zeros(batch, dtype=torch.float64, device=device)  # model error at last test
+
+    active = torch.nonzero(~known).flatten()
+    while active.numel():
+        a_lo, a_hi, a_size, a_q0 = lo[active], hi[active], j_size[active], q0_tested[active]
+        # Model step.
+        predicted = _crossing(linear[active], shift[active], a_size, margin)
+        lower = torch.where(a_lo >= 0, a_lo + 1, 0)
+        upper = torch.where(a_hi >= 0, a_hi, a_size)
+        predicted = torch.minimum(torch.maximum(predicted, lower), upper)
+        candidate = torch.where(predicted == a_hi, predicted - 1, predicted)
+        is_zero = candidate == 0
+        if_ok = _worst_case(a_lo, candidate, a_size, a_q0 | is_zero)
+        if_not = _worst_case(candidate, a_hi, a_size, a_q0 | is_zero)
+        fits = 1 + torch.maximum(if_ok, if_not) <= budget[active] - used[active]
+        first = used[active] == 0
+        # Images that leave the model steps now start galloping from their known side.
+        leaving = ~fits & ~first & ~safe[active]
+        anchor[active[leaving]] = torch.where(a_lo[leaving] >= 0, a_lo[leaving], a_hi[leaving])
+        safe[active[leaving]] = True
+        a_safe = safe[active]
+        jumps = torch.pow(2, gallops[active])
+        safe_candidate = torch.where(
+            (a_lo >= 0) & (a_hi >= 0),
+            (a_lo + a_hi) // 2,
+            torch.where(
+                a_lo >= 0,
+                torch.minimum(anchor[active] + jumps, a_size),
+                (anchor[active] - jumps).clamp(min=0),
+            ),
+        )
+        candidate = torch.where(a_safe, safe_candidate, candidate)
+        galloping = a_safe & ((a_lo >= 0) ^ (a_hi >= 0))
+
+        ok, true_loss = test(active, candidate)
+        used[active] += 1
+        gallops[active[galloping]] += 1
+        q0_tested[active[candidate == 0]] = True
+        hi[active[ok]] = candidate[ok]
+        lo[active[~ok]] = candidate[~ok]
+        at = linear[active].gather(1, candidate.unsqueeze(1)).squeeze(1)
+        shift[active] = true_loss - at
+        a_lo, a_hi = lo[active], hi[active]
+        done = ((a_lo >= 0) & (a_hi == a_lo + 1)) | (a_hi == 0) | ((a_lo == a_size) & (a_hi < 0))
+        active = active[~done]
+    # Even Q-infinity failed: Q0 may still be adversarial on a non-monotone network (the
+    # bisection tests it first); one more pass for those images only.
+    last = torch.nonzero((hi < 0) & ~q0_tested).flatten()
+    if last.numel():
+        ok, _ = test(last, torch.zeros_like(last))
+        hi[last[ok]] = 0
+    return hi
