@@ -375,6 +375,7 @@ class RunSummary:
     rows_skipped: int = 0
     images_attacked: int = 0
     attack_seconds: float = 0.0
+    attack_cpu_seconds: float = 0.0  # process CPU time inside the attack calls
     seconds: float = 0.0
     merged: dict = field(default_factory=dict)
 
@@ -686,6 +687,7 @@ class AttackOutput:
     pred: torch.Tensor | None  # the attack's own prediction at x_adv (CPU), when it reports one
     attacked: torch.Tensor  # bool (CPU): which images were attacked
     seconds: float
+    cpu_seconds: float = 0.0
 
 
 def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch) -> AttackOutput:
@@ -704,7 +706,7 @@ def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
     grads = torch.zeros(n, dtype=torch.int64)
     pred = batch.clean_pred.clone()
     extras: dict[str, list] = {}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     rows = attacked.nonzero().flatten()
     if rows.numel():
         dev_rows = rows.to(batch.x.device)
@@ -731,8 +733,8 @@ def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
             for j, r in enumerate(rows.tolist()):
                 full[r] = values[j]
             extras[key] = full
-    seconds = time.perf_counter() - t0
-    return AttackOutput(x_adv, calls, grads, extras, pred, attacked, seconds)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return AttackOutput(x_adv, calls, grads, extras, pred, attacked, seconds, cpu)
 
 
 def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch, attack: AttackOutput,
@@ -863,6 +865,7 @@ def _process(
             batch = load_batch(cfg, work, models, images, labels)
             attack = attack_batch(cfg, work, models, batch)
             summary.attack_seconds += attack.seconds
+            summary.attack_cpu_seconds += attack.cpu_seconds
             rows: list[dict] = []
             originals: list = []
             adversarials: list = []
