@@ -101,3 +101,12 @@ def test_a_defended_model_is_attacked_three_ways_and_the_headline_is_the_per_ima
     bad = _config(experiment="bad", models=[{"entry": "tiny.py:build", "defense": "nosuch:k=1"}])
     with pytest.raises(ConfigError, match="models\\[0\\].defense"):
         load_config(write_setup(tmp_path, bad, "bad.yaml"))
+
+
+def test_reports_name_classes_where_the_dataset_knows_them():
+    from quantadv.experiments.report import _class_names, _class_text
+
+    names = _class_names({"config": json.dumps({"data": {"name": "fashion-mnist"}})})
+    assert _class_text(names, 9) == "Ankle boot" and _class_text(names, 7) == "Sneaker"
+    assert _class_names({"config": json.dumps({"data": {"entry": {"spec": "x.py:f"}}})}) is None
+    assert _class_text(None, 3) == "3"

@@ -398,6 +398,23 @@ def _to_hwc(data: bytes, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return np.transpose(arr, (1, 2, 0))
 
 
+def _class_names(run: dict) -> list[str] | None:
+    """The class names of the dataset a run attacked, when its config names a known dataset."""
+    try:
+        name = json.loads(run.get("config", "{}")).get("data", {}).get("name")
+        if not name:
+            return None
+        from ..data import class_names
+
+        return list(class_names(name))
+    except Exception:  # noqa: BLE001 - an entry-point dataset, a folder gone: fall back to indices
+        return None
+
+
+def _class_text(names: list[str] | None, k: int) -> str:
+    return names[k] if names is not None and 0 <= k < len(names) else str(k)
+
+
 def _image_plots(store_rows: Sequence[dict], originals: dict, adversarials: Sequence[dict],
                  runs: Sequence[dict], max_images: int, max_figures: int = 24) -> list[_Plot]:
     outcome = {(r["run_id"], r["postprocess"], r["idx"]): r for r in store_rows}
@@ -412,6 +429,7 @@ def _image_plots(store_rows: Sequence[dict], originals: dict, adversarials: Sequ
         if not idxs:
             continue
         lookup = {(a["postprocess"], a["idx"]): a for a in advs}
+        names = _class_names(run_by_id.get(run_id, {}))
         cols = 1 + 2 * len(pps)
         from matplotlib.figure import Figure
 
@@ -436,7 +454,8 @@ def _image_plots(store_rows: Sequence[dict], originals: dict, adversarials: Sequ
                 res = outcome.get((run_id, pp, idx))
                 verdict = ""
                 if res is not None:
-                    verdict = f"{res['clean_pred']}→{res['adv_pred']} d={res['d']:.2f}"
+                    verdict = (f"{_class_text(names, res['clean_pred'])}→{_class_text(names, res['adv_pred'])}"
+                               f" d={res['d']:.2f}")
                 axes[i][1 + 2 * j].imshow(show(adv), cmap=cmap, vmin=0, vmax=1)
                 axes[i][1 + 2 * j].set_title(f"{pp}\n{verdict}", fontsize=6)
                 axes[i][2 + 2 * j].imshow(show(0.5 + amp * diff), cmap=cmap, vmin=0, vmax=1)
