@@ -11,7 +11,9 @@ An attack outputs ``x_a``, which is not a digital image; these functions turn it
 - :func:`fixed_multiplier` — Q-lambda for a given lambda and gradient (Eq. 28), with
   :func:`loss_gradient` the gradient of L_Q (Eq. 24);
 - :func:`budgeted` — Q-delta*, Sec. 6 (Lagrangian quantization steered by a distortion
-  budget, for use inside DDN; no network call).
+  budget, for use inside DDN; no network call);
+- :func:`lagrangian_jpeg` — Q-lambda* over the DCT coefficients of a JPEG file (issue 12),
+  with the baselines :func:`round_jpeg` and :func:`reencode_jpeg` (docs/jpeg.md).
 
 The quantization loss (Eq. 21) is ``L_Q = s(t) - s(kappa_a)`` untargeted, with ``t`` the
 true class and ``kappa_a`` the most likely other class at the unquantized ``x_a``; in
@@ -22,6 +24,7 @@ paper) or the logit (``loss="logit"``). See docs/quantization.md.
 
 from .basic import gradient_sign, round_nearest, toward_original
 from .budgeted import budgeted
+from .jpeg import lagrangian_jpeg, reencode_jpeg, round_jpeg
 from .lagrangian import fixed_multiplier, lagrangian, loss_gradient
 
 __all__ = [
@@ -29,7 +32,10 @@ __all__ = [
     "fixed_multiplier",
     "gradient_sign",
     "lagrangian",
+    "lagrangian_jpeg",
     "loss_gradient",
+    "reencode_jpeg",
+    "round_jpeg",
     "round_nearest",
     "toward_original",
 ]

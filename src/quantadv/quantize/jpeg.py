@@ -1,0 +1,334 @@
+"""Adversarial JPEG files: Lagrangian quantization in the DCT domain (issue 12, after paper 000 Sec. 4).
+
+A JPEG's pixels are the decoder's output of integer DCT coefficients. Paper 000 quantizes an
+adversarial sample ``x_a`` pixel by pixel to ``floor`` or ``ceil``; here the same is done per
+DCT coefficient, in units of each coefficient's quantization step:
+
+- ``y_a = DCT(x_a - 128) / T`` (real-valued coefficients of the attack's output; colour in
+  YCbCr, blocks padded as libjpeg pads them) and ``y_o`` the same for the original (or the
+  original file's integer coefficients when the original is a JPEG). Each coefficient becomes
+  ``floor(y_a)`` or ``ceil(y_a)`` (kept where ``y_a`` is an integer within 1e-4).
+- Distortion: the DCT is orthonormal, so a coefficient ``c`` costs ``T^2 (c - y_o)^2`` squared
+  pixels; the *distortion choice* (the coefficient-domain Q0, Eq. 20) is the option closer to
+  ``y_o``. When ``y_o`` is an integer (a JPEG original) this is exactly paper 000's rule.
+- Loss: ``g = dL_Q/dc`` through :func:`quantadv.io.jpeg.decoder_model` at ``y_a`` (Eq. 21-24);
+  the *loss choice* (Q-infinity, Eq. 25) is ``ceil`` iff ``g < 0``.
+- Eq. 27 per coefficient: ``min T^2 (c - y_o)^2 + lambda g c`` over the two options, i.e.
+  ``ceil`` iff ``T^2 (1 - 2 (ceil(y_a) - y_o)) >= lambda g`` (Eq. 28 with the table's weight),
+  ratios ``r = T^2 (1 - 2 (ceil(y_a) - y_o)) / g > 0`` on ``J`` (Eq. 29-30).
+- ``lambda*`` by the paper's true-loss binary search (Sec. 4.5): Q0, then Q-infinity, then
+  bisection over the sorted ratios, in lock-step for the batch; each candidate is written as a
+  real JPEG (jpeglib), decoded by libjpeg through Pillow and classified. So every success
+  reported is a property of the file, not of the model of the decoder.
+
+Baselines: :func:`round_jpeg` (round each coefficient of ``y_a``: the DCT analog of R, Eq. 12)
+and :func:`reencode_jpeg` (round the pixels and re-encode with Pillow at the same quality, what
+saving a float adversarial image as JPEG does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._validate import check_images
+from ..digital import is_digital, to_float
+from ..errors import InputError
+from ..io import jpeg as jio
+from . import _loss
+
+#: ``y_a`` within this distance of an integer (in quantization steps) is kept as it is.
+SNAP_TOLERANCE = 1e-4
+#: Baseline JPEG coefficients of 8-bit images fit in 11 bits (DC differences in 12).
+_COEF_LIMIT = 2047.0
+
+
+class _Decoded(nn.Module):
+    """``model(decoder_model(coefficients) / 255)``: the classifier seen from the coefficients."""
+
+    def __init__(self, model: nn.Module, tables: torch.Tensor, height: int, width: int, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.tables, self.height, self.width, self.dtype = model, tables, height, width, dtype
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        pixels = jio.decoder_model(coefficients, self.tables, self.height, self.width)
+        return self.model((pixels / 255.0).to(self.dtype))
+
+
+def _check_inputs(x_orig: torch.Tensor, x_adv: torch.Tensor) -> None:
+    check_images(x_orig, "x_orig")
+    check_images(x_adv, "x_adv")
+    if x_orig.shape != x_adv.shape:
+        raise InputError(f"x_orig {tuple(x_orig.shape)} and x_adv {tuple(x_adv.shape)} must have the same shape")
+    if x_orig.shape[1] not in (1, 3):
+        raise InputError(f"JPEG images have 1 (grayscale) or 3 (RGB) channels, got {x_orig.shape[1]}")
+    if not bool(is_digital(x_orig).all()):
+        raise InputError("x_orig must be digital (values exactly k/255): load originals as uint8 and "
+                         "convert them with quantadv.to_float")
+
+
+def _originals(
+    x_orig: torch.Tensor, quality: int | None, originals: list[jio.JpegCoefficients] | None
+) -> tuple[list[jio.JpegCoefficients], torch.Tensor | None]:
+    """JPEG templates (tables, size, mode) per image, and the originals' integer coefficients if given."""
+    if originals is not None:
+        if quality is not None:
+            raise InputError("give either quality= (encode the originals) or originals= (their JPEG files), not both")
+        templates = [o if isinstance(o, jio.JpegCoefficients) else jio.read_coefficients(o) for o in originals]
+        if len(templates) != x_orig.shape[0]:
+            raise InputError(f"originals has {len(templates)} JPEGs for {x_orig.shape[0]} images")
+        decoded = jio.decode(templates).to(x_orig.device)
+        if decoded.shape != x_orig.shape or not bool((to_float(decoded).to(x_orig.dtype) == x_orig).all()):
+            raise InputError("x_orig must be the decoded originals (quantadv.io.decode(originals)) when "
+                             "originals= is given")
+        return templates, jio.stack_coefficients(templates).to(torch.float64)
+    if quality is None:
+        raise InputError("lagrangian_jpeg needs quality= (1..100) or originals= (the original JPEG files)")
+    return [jio.read_coefficients(b) for b in jio.encode(x_orig, quality)], None
+
+
+def _tables(templates: list[jio.JpegCoefficients]) -> torch.Tensor:
+    tables = [torch.from_numpy(t.component_tables()) for t in templates]
+    first = tables[0]
+    if any(not torch.equal(t, first) for t in tables[1:]):
+        raise InputError("all originals must share their quantization tables (one batch = one table set)")
+    return first
+
+
+def _write(templates: list[jio.JpegCoefficients], coefficients: torch.Tensor) -> list[bytes]:
+    """Each image's integer coefficients written as a JPEG file (bytes) with its template's tables."""
+    arrays = coefficients.detach().cpu().to(torch.int16).numpy()
+    return [t.with_coefficients(list(a)).to_bytes() for t, a in zip(templates, arrays, strict=True)]
+
+
+def _decode_float(blobs: list[bytes], like: torch.Tensor) -> torch.Tensor:
+    return to_float(jio.decode(blobs)).to(device=like.device, dtype=like.dtype)
+
+
+def lagrangian_jpeg(
+    model: nn.Module,
+    x_orig: torch.Tensor,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    quality: int | None = None,
+    originals: list | None = None,
+    targets: torch.Tensor | None = None,
+    margin: float = 0.0,
+    loss: str = "prob",
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Q-lambda* in the DCT domain: the least-distortion adversarial JPEG among Lagrangian choices.
+
+    Paper 000's Lagrangian quantization (Eq. 26-30, Sec. 4.4-4.5) over the integer DCT
+    coefficients of a baseline JPEG (see :mod:`quantadv.quantize.jpeg` for the rule). The
+    candidates ``k = 0 .. |J|`` flip the ``k`` smallest ratios to the loss choice (``k = 0``:
+    the coefficient-domain Q0; ``k = |J|``: Q-infinity); ``lambda*`` is found by the paper's
+    binary search with the *true* network on the *real* decoder's output (libjpeg via
+    Pillow): Q0 first, then Q-infinity, then bisection, in lock-step for the batch. At most
+    ``1 + 2 + ceil(log2 |J|)`` network calls per image (the gradient counting as one).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns logits; used as found.
+    x_orig : Tensor
+        Digital originals, NCHW in [0, 1], C = 1 or 3 (the reference of the distortion).
+    x_adv : Tensor
+        The attack's output ``x_a`` (any float image in [0, 1]), same shape.
+    labels : Tensor
+        True classes.
+    quality : int, optional
+        IJG quality 1..100: the originals are encoded with Pillow at this quality, whose
+        tables the output files keep (colour 4:4:4).
+    originals : list of bytes or JpegCoefficients, optional
+        Instead of ``quality``: the original JPEG files, attacked in place (their tables, and
+        their integer coefficients as ``y_o``); ``x_orig`` must then be their decode.
+    targets, margin, loss
+        As in :func:`quantadv.quantize.lagrangian`.
+    return_info : bool
+        Also return a dict: per-image tensors ``lambda_star`` (``0`` when Q0 succeeded,
+        ``inf`` on failure), ``j_size``, ``success`` (judged on the decoded file), ``calls``,
+        ``grads`` (1), ``pred`` (class of the returned image), ``decodes`` (JPEG files written
+        and decoded); and ``jpeg``, the list of the files' bytes (write them with
+        :func:`quantadv.io.save_jpeg`).
+
+    Returns
+    -------
+    Tensor or (Tensor, dict)
+        The decoded JPEGs (libjpeg), a digital batch with the dtype and device of ``x_adv``.
+    """
+    _check_inputs(x_orig, x_adv)
+    margin_value = _loss.check_margin(margin)
+    batch, device = x_adv.shape[0], x_adv.device
+    labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
+    templates, y_orig = _originals(x_orig, quality, originals)
+    tables = _tables(templates).to(device)
+    height, width = x_orig.shape[-2:]
+    pixels_adv = (x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0)
+    y_adv = jio.forward_dct(pixels_adv, tables)
+    if y_orig is None:
+        y_orig = jio.forward_dct(x_orig.detach().to(torch.float64) * 255.0, tables)
+    y_orig = y_orig.to(device)
+
+    # Gradient of L_Q with respect to the coefficients, at y_a, through the decoder model.
+    decoded_model = _Decoded(model, tables, int(height), int(width), x_adv.dtype)
+    grad, objective, _, _ = _loss.gradient_and_loss(
+        decoded_model, y_adv.to(x_adv.dtype), labels_t, targets_t, loss, margin_value
+    )
+    g = (grad * 255.0).flatten(1)  # _loss divides by 255 (pixel units); undo it: dL/dc per step
+    ya, yo = y_adv.flatten(1), y_orig.flatten(1)
+    weight = (tables.reshape(1, -1, 1, 1, 8, 8).expand_as(y_adv) ** 2).flatten(1)
+
+    nearest = ya.round()
+    exact = (ya - nearest).abs() <= SNAP_TOLERANCE
+    ceil = torch.where(exact, nearest, torch.ceil(ya))
+    distortion_ceil = (ceil - yo) <= 0.5
+    loss_ceil = g < 0
+    j_mask = ~exact & (g != 0) & (loss_ceil != distortion_ceil)
+    r = weight * (1.0 - 2.0 * (ceil - yo)) / torch.where(j_mask, g, torch.ones_like(g))
+    r = torch.where(j_mask, r, torch.full_like(r, float("inf")))
+    j_size = j_mask.sum(dim=1)
+    r_sorted, _ = torch.sort(r, dim=1)
+    c_zero = torch.where(exact, ceil, torch.where(distortion_ceil, ceil, ceil - 1.0))
+    c_inf = torch.where(j_mask, torch.where(loss_ceil, ceil, ceil - 1.0), c_zero)
+    c_zero, c_inf = c_zero.clamp(-_COEF_LIMIT, _COEF_LIMIT), c_inf.clamp(-_COEF_LIMIT, _COEF_LIMIT)
+
+    calls = torch.ones(batch, dtype=torch.int64, device=device)
+    decodes = torch.zeros(batch, dtype=torch.int64, device=device)
+    pred = torch.full((batch,), -1, dtype=torch.int64, device=device)
+
+    def lam_at(idx: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        value = r_sorted[idx].gather(1, (k - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        return torch.where(k > 0, value, torch.zeros_like(value))
+
+    def coefficients(idx: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        flip = r[idx] <= lam.unsqueeze(1)
+        return torch.where(flip, c_inf[idx], c_zero[idx]).reshape(idx.numel(), *y_adv.shape[1:])
+
+    @torch.no_grad()
+    def test(idx: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write candidate ``k`` of images ``idx`` as JPEGs, decode them (libjpeg), classify."""
+        blobs = _write([templates[i] for i in idx.tolist()], coefficients(idx, lam_at(idx, k)))
+        logits = model(_decode_float(blobs, x_adv))
+        calls[idx] += 1
+        decodes[idx] += 1
+        return objective.select(idx).success(logits), logits.argmax(dim=1)
+
+    hi = _bisection(test, j_size, pred)
+    success = hi >= 0
+    everyone = torch.arange(batch, device=device)
+    lam_star = torch.where(success, lam_at(everyone, hi.clamp(min=0)), torch.full_like(r_sorted[:, 0], float("inf")))
+    final = coefficients(everyone, lam_star)
+    blobs = _write(templates, final)
+    decodes += 1
+    x_q = _decode_float(blobs, x_adv)
+    if not return_info:
+        return x_q
+    info = {
+        "lambda_star": lam_star,
+        "j_size": j_size,
+        "success": success,
+        "calls": calls,
+        "grads": torch.ones(batch, dtype=torch.int64, device=device),
+        "pred": pred,
+        "decodes": decodes,
+        "jpeg": blobs,
+    }
+    return x_q, info
+
+
+def _bisection(test, j_size: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Paper 000 Sec. 4.5: Q0, then Q-infinity, then bisection (lock-step); ``-1`` on failure.
+
+    ``test(idx, k)`` returns (adversarial, predicted class) of candidate ``k`` of images
+    ``idx``. ``pred`` is filled with the class at the returned candidate: the one seen when
+    ``hi`` was last set, or, on failure, at Q-infinity (Q0 when ``J`` is empty).
+    """
+    batch, device = j_size.shape[0], j_size.device
+    everyone = torch.arange(batch, device=device)
+    zero = torch.zeros(batch, dtype=torch.int64, device=device)
+    ok, cls = test(everyone, zero)
+    pred.copy_(cls)
+    hi = torch.where(ok, zero, -1)
+    lo = zero.clone()
+    pending = everyone[~ok & (j_size > 0)]
+    if pending.numel():
+        ok_inf, cls = test(pending, j_size[pending])
+        pred[pending] = cls
+        hi[pending[ok_inf]] = j_size[pending[ok_inf]]
+        searching = pending[ok_inf]
+        while searching.numel():
+            searching = searching[hi[searching] - lo[searching] > 1]
+            if not searching.numel():
+                break
+            mid = (lo[searching] + hi[searching]) // 2
+            ok_mid, cls = test(searching, mid)
+            hi[searching[ok_mid]] = mid[ok_mid]
+            pred[searching[ok_mid]] = cls[ok_mid]
+            lo[searching[~ok_mid]] = mid[~ok_mid]
+    return hi
+
+
+def round_jpeg(
+    model: nn.Module,
+    x_orig: torch.Tensor,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    quality: int | None = None,
+    originals: list | None = None,
+    targets: torch.Tensor | None = None,
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Baseline: round every DCT coefficient of ``x_a`` to the nearest step (the DCT analog of R).
+
+    ``y_a = DCT(x_a - 128) / T`` rounded, written with the originals' tables (``quality`` or
+    ``originals`` as in :func:`lagrangian_jpeg`) and decoded by libjpeg. The model is called
+    once on the decoded image only to report ``success`` and ``pred``.
+    """
+    return _baseline("round", model, x_orig, x_adv, labels, quality, originals, targets, return_info)
+
+
+def reencode_jpeg(
+    model: nn.Module,
+    x_orig: torch.Tensor,
+    x_adv: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    quality: int = 90,
+    targets: torch.Tensor | None = None,
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Baseline: what saving a float adversarial image as JPEG does: round the pixels (R), encode
+    with Pillow at ``quality``, decode. The model is called once to report ``success``/``pred``."""
+    return _baseline("reencode", model, x_orig, x_adv, labels, quality, None, targets, return_info)
+
+
+def _baseline(kind, model, x_orig, x_adv, labels, quality, originals, targets, return_info):  # type: ignore[no-untyped-def]
+    _check_inputs(x_orig, x_adv)
+    batch, device = x_adv.shape[0], x_adv.device
+    labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
+    if kind == "reencode":
+        pixels = (x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0).round().to(torch.uint8)
+        blobs = jio.encode(pixels.cpu(), jio.check_quality(quality))
+    else:
+        templates, _ = _originals(x_orig, quality, originals)
+        tables = _tables(templates).to(device)
+        y_adv = jio.forward_dct((x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0), tables)
+        blobs = _write(templates, y_adv.round().clamp(-_COEF_LIMIT, _COEF_LIMIT))
+    x_q = _decode_float(blobs, x_adv)
+    if not return_info:
+        return x_q
+    with torch.no_grad():
+        logits = model(x_q)
+    from ..eval import adversarial_from_logits
+
+    success = adversarial_from_logits(logits, labels_t, targets_t)
+    one = torch.ones(batch, dtype=torch.int64, device=device)
+    info = {"success": success, "pred": logits.argmax(dim=1), "calls": one, "grads": one * 0,
+            "decodes": one.clone(), "jpeg": blobs}
+    return x_q, info
+
+
+__all__ = ["lagrangian_jpeg", "reencode_jpeg", "round_jpeg"]
