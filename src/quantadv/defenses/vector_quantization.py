@@ -205,8 +205,9 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
     """Lloyd's algorithm from given initial centres, batched over images.
 
     Runs at most ``iters`` iterations (assign every point to its nearest centre, move every
-    centre to the mean of its points; an empty cluster keeps its centre) and stops early once
-    no assignment changes anywhere in the batch (a fixed point, so the result is the same).
+    centre to the mean of its points; an empty cluster keeps its centre). An image whose
+    assignments no longer change is at a fixed point and leaves the loop (its result is what
+    more iterations would give); the others go on, so the work shrinks as images converge.
     Gradients flow from the returned centres to the points through the last mean (the
     assignments are treated as constants).
 
@@ -227,15 +228,25 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
     with torch.no_grad():
         data = points.detach()
         labels = _nearest(data, centres)
-        prev, prev_labels = centres, labels
+        centres, prev, prev_labels = centres.clone(), centres.clone(), labels.clone()
+        active = None  # None: every image still moves; else the indices of those that do
         for _ in range(iters):
-            prev, prev_labels = centres, labels
-            centres = _centre_update(data, labels, centres)
-            new_labels = _nearest(data, centres)
-            if torch.equal(new_labels, labels):
-                labels = new_labels
+            if active is None:
+                d_a, l_a, c_a = data, labels, centres
+            else:
+                d_a, l_a, c_a = data[active], labels[active], centres[active]
+            new_c = _centre_update(d_a, l_a, c_a)
+            new_l = _nearest(d_a, new_c)
+            moved = (new_l != l_a).any(1)
+            if active is None:
+                prev, prev_labels, centres, labels = c_a, l_a, new_c, new_l
+                active = torch.nonzero(moved).squeeze(1)
+            else:
+                prev[active], prev_labels[active] = c_a, l_a
+                centres[active], labels[active] = new_c, new_l
+                active = active[moved]
+            if active.numel() == 0:  # every image at a fixed point
                 break
-            labels = new_labels
     if iters > 0 and points.requires_grad:
         # Recompute the last update with autograd (same ops, same values).
         centres = _centre_update(points, prev_labels, prev)
