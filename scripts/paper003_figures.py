@@ -1,0 +1,172 @@
+"""Paper 003 (RandDisc / pRD / swRD): the numbers and figures of docs/paper-003-vector-quantization.md.
+
+    python scripts/paper003_figures.py clean      # clean accuracy behind each quantizer (Sec. 4.1, 4.4)
+    python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
+    python scripts/paper003_figures.py tables     # Table 1 analog from results/paper003-*.db
+    python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
+
+Every part prints Markdown; figures go to docs/img/. One torch thread, seeds fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import quantadv
+from quantadv import attacks, data, models
+from quantadv.defenses import Defended, PatchRandDisc, RandDisc, SlidingWindowRandDisc
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG = ROOT / "docs" / "img"
+S = 4 / 255
+
+
+def quantizers() -> dict[str, torch.nn.Module]:
+    return {
+        "RandDisc (k=2)": RandDisc(2, S, S),
+        "pRD (s=2, k=2)": PatchRandDisc(2, 2, S, S),
+        "swRD (s=2, k=2, beta=1)": SlidingWindowRandDisc(2, 2, S, S, beta=1.0),
+    }
+
+
+@torch.no_grad()
+def accuracy(model, x, y, seed=0) -> float:
+    torch.manual_seed(seed)
+    pred = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    return float((pred == y).float().mean())
+
+
+def part_clean(n: int = 1000) -> None:
+    print(f"| data (first {n} test images) | classifier | no defense | " + " | ".join(quantizers()) + " |")
+    print("|---|---|---|" + "---|" * len(quantizers()))
+    for ds, natural, tuned in (("mnist-5k", "mnist-cnn", "mnist-cnn-swrd"), ("fashion-mnist", "fmnist-cnn",
+                                                                           "fmnist-cnn-swrd")):
+        images, labels = data.load(ds, split="test")
+        x, y = quantadv.to_float(images[:n]), labels[:n]
+        clf = models.load(natural)
+        cells = [f"{100 * accuracy(clf, x, y):.1f}%"]
+        cells += [f"{100 * accuracy(Defended(q, clf), x, y):.1f}%" for q in quantizers().values()]
+        print(f"| {ds} | {natural} | " + " | ".join(cells) + " |")
+        t = models.load(tuned)
+        print(f"| {ds} | {tuned} (t-swRD) | {100 * accuracy(t.classifier, x, y):.1f}% | - | - | "
+              f"{100 * accuracy(t, x, y):.1f}% |")
+
+
+def part_examples(n: int = 100, eps: float = 0.32) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images, labels = data.load("mnist-5k", split="test")
+    x, y = quantadv.to_float(images[:n]), labels[:n]
+    clf = models.load("mnist-cnn")
+    x_adv = attacks.pgd(clf, x, y, eps=eps, step=eps / 20, steps=40, random_start=True, seed=0)
+    with torch.no_grad():
+        nat_acc = float((clf(x_adv).argmax(1) == y).float().mean())
+    qs = quantizers()
+    rows = []
+    grid = {"x": x[:4], "x'": x_adv[:4]}
+    for name, q in qs.items():
+        g = torch.Generator().manual_seed(0)
+        qx, qa = q(x, generator=g), q(x_adv, generator=g)
+        with torch.no_grad():
+            acc = float((clf(qa).argmax(1) == y).float().mean())
+        mad = lambda a, b: float((a - b).abs().flatten(1).mean(1).mean())  # noqa: E731
+        rows.append((name, mad(qa, qx), mad(qa, x), acc))
+        grid[f"Q(x) {name.split()[0]}"] = qx[:4]
+        grid[f"Q(x') {name.split()[0]}"] = qa[:4]
+    base = float((x_adv - x).abs().flatten(1).mean(1).mean())
+    print(f"PGD-40 (step eps/20, random start) on the undefended mnist-cnn at eps {eps}, first {n} mnist-5k test "
+          f"images: its accuracy on x' {100 * nat_acc:.0f}%; mean |x' - x| per pixel {base:.4f}.\n")
+    print("| quantizer | mean abs Q(x') - Q(x) | mean abs Q(x') - x | mnist-cnn accuracy on Q(x') (transfer) |")
+    print("|---|---|---|---|")
+    for name, d1, d2, acc in rows:
+        print(f"| {name} | {d1:.4f} | {d2:.4f} | {100 * acc:.0f}% |")
+    fig, axes = plt.subplots(len(grid), 4, figsize=(4 * 1.3, len(grid) * 1.35))
+    for r, (label, imgs) in enumerate(grid.items()):
+        for c in range(4):
+            ax = axes[r, c]
+            ax.imshow(imgs[c, 0].detach().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(f"mnist-5k, PGD-40 eps {eps} on mnist-cnn", fontsize=8)
+    fig.tight_layout()
+    out = IMG / "paper003-fig7-mnist.png"
+    fig.savefig(out, dpi=110)
+    print(f"\nwrote {out.relative_to(ROOT)}")
+
+
+def part_tables() -> None:
+    from quantadv.experiments.summary import robust_summary
+
+    for store in sorted((ROOT / "results").glob("paper003-*.db")):
+        cells = robust_summary(store)
+        print(f"\n{store.name}: robust accuracy (%), PGD-40 step eps/20; none / bpda / bpda+eot / headline "
+              "(per-image minimum over the modes); images per cell in brackets\n")
+        eps_all = sorted({json.loads(c["params"])["eps"] for c in cells})
+        print("| model | " + " | ".join(f"eps {e:g}" for e in eps_all) + " |")
+        print("|---|" + "---|" * len(eps_all))
+        for model in dict.fromkeys(c["model"] for c in cells):
+            out = []
+            for e in eps_all:
+                cell = [c for c in cells if c["model"] == model and json.loads(c["params"])["eps"] == e]
+                if not cell:
+                    out.append("not run")
+                    continue
+                c = cell[0]
+                if len(c["by_mode"]) == 1:
+                    out.append(f"{100 * c['worst']:.0f} [{c['images']}]")
+                else:
+                    by = c["by_mode"]
+                    modes = " / ".join(f"{100 * by[m]:.0f}" if m in by else "-" for m in ("none", "bpda", "bpda+eot"))
+                    out.append(f"{modes} / **{100 * c['worst']:.0f}** [{c['images']}]")
+            print(f"| {model} | " + " | ".join(out) + " |")
+
+
+def part_certify() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = ROOT / "results" / "paper003"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, kind in zip(axes, ("paper", "bound"), strict=True):
+        for path in sorted(base.glob(f"certify-{kind}-*/certificate.json")):
+            cert = json.loads(path.read_text())
+            name = path.parent.name.split("-")[-1]
+            acc = [100 * a for a in cert["certified_accuracy"]]
+            kl = torch.tensor(cert["kl"])
+            (line,) = ax.plot(cert["eps"], acc, marker="o", label=f"{name}")
+            ax.axhline(100 * cert["clean_accuracy"], color=line.get_color(), linestyle=":", linewidth=1)
+            med = ", ".join(f"{e:g}: {float(kl[:, j].median()):.3g}" for j, e in enumerate(cert["eps"]))
+            print(f"{kind} {name}: {cert['images']} images, clean (vote of {cert['samples']}) "
+                  f"{100 * cert['clean_accuracy']:.0f}%, certified {[round(a) for a in acc]} at eps {cert['eps']}; "
+                  f"median KL per eps {{{med}}}; {cert['seconds']} s")
+        ax.set_title("KL estimated at a PGD point (paper, Sec. 4.2)" if kind == "paper" else
+                     "KL bounded over the whole L-inf ball")
+        ax.set_xlabel("eps")
+        ax.set_ylabel("certified accuracy (%)")
+        if kind == "bound":
+            ax.set_xscale("symlog", linthresh=1e-5)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = IMG / "paper003-fig6-certified.png"
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    parts = {"clean": part_clean, "examples": part_examples, "tables": part_tables, "certify": part_certify}
+    for arg in sys.argv[1:] or list(parts):
+        parts[arg]()
