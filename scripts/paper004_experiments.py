@@ -38,6 +38,28 @@ RHOS_T6 = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 2e-1]
 RHOS_T8 = [1e-15, 1e-9, 1e-5, 1e-1, 2e-1, 5e-1]
 
 
+class ScaledLogits(torch.nn.Module):
+    """``scale * model(x)``: the same decision boundary, ``scale`` times the confidence.
+
+    ``--models fmnist-cnn*5`` attacks ``fmnist-cnn`` with its logits multiplied by 5: an
+    over-confident copy (mean JSV about 5x the float network's, like the paper's BNNs in
+    Table 1) whose every prediction is the original's.
+    """
+
+    def __init__(self, model: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale
+
+
+def load_model(name: str) -> torch.nn.Module:
+    base, _, scale = name.partition("*")
+    model = models.load(base).eval()
+    return ScaledLogits(model, float(scale)).eval() if scale else model
+
+
 @torch.no_grad()
 def accuracy(model, x, y) -> float:
     return float((torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]) == y).float().mean())
@@ -55,7 +77,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, out: Path, n_checks: 
               parts: set[str], rhos: list[float] | None = None) -> None:
     path = out / f"{name}.json"
     res = json.loads(path.read_text()) if path.exists() else {}
-    model = models.load(name).eval()
+    model = load_model(name)
     res["model"] = name
     res["n"] = int(len(x))
     res["clean"] = accuracy(model, x, y)

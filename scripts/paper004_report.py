@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 ORDER = ["fmnist-cnn", "fmnist-cnn-at-linf", "fmnist-cnn-bc", "fmnist-cnn-mdtanh", "fmnist-cnn-waq",
-         "fmnist-cnn-bc-at-linf"]
+         "fmnist-cnn-bc-at-linf", "fmnist-cnn*5"]
 LABEL = {"fmnist-cnn": "REF (float)", "fmnist-cnn-at-linf": "Adv. train (float)", "fmnist-cnn-bc": "BC",
-         "fmnist-cnn-mdtanh": "MD-tanh-S", "fmnist-cnn-waq": "BNN-WAQ", "fmnist-cnn-bc-at-linf": "BC + adv. train"}
+         "fmnist-cnn-mdtanh": "MD-tanh-S", "fmnist-cnn-waq": "BNN-WAQ", "fmnist-cnn-bc-at-linf": "BC + adv. train",
+         "fmnist-cnn*5": "REF, logits x5"}
 
 
 def pct(res: dict, key: str) -> str:
@@ -40,10 +41,13 @@ def main() -> None:
     (img / "results").mkdir(parents=True, exist_ok=True)
     res = {}
     for name in ORDER:
-        f = src / f"{name}.json"
-        if f.exists():
-            res[name] = json.loads(f.read_text())
-            shutil.copy(f, img / "results" / f.name)
+        for sub in ("", "ablation"):  # the rho ablations run in their own process and directory
+            f = src / sub / f"{name}.json"
+            if f.exists():
+                res.setdefault(name, {}).update({k: v for k, v in json.loads(f.read_text()).items()
+                                                 if k not in res.get(name, {}) or not sub})
+                (img / "results" / (sub or ".")).mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, img / "results" / sub / f.name.replace("*", "-logits-x"))
     names = [n for n in ORDER if n in res]
     lab = [LABEL[n] for n in names]
 
