@@ -165,14 +165,14 @@ def main() -> None:
                     runs.append((f"surrogate{a:g}", None, 1, crafter(surrogate)))
         if natural_craft is not None and name != args.transfer_from:
             runs.append(("transfer", None, 1, natural_craft))
-        for attack_name, attacked, eot, crafter in runs:
+        for attack_name, attacked, eot, run_craft in runs:
             for loss in losses:
                 key = f"{attack_name}/{loss}"
                 if key in rec["attacks"]:
                     continue
                 t0 = time.perf_counter()
                 res = sweep(model, attacked, x, y, clean_ok, eps_list, loss, args.steps, eot, args.seed,
-                            craft=crafter)
+                            craft=run_craft)
                 secs = time.perf_counter() - t0
                 rec["attacks"][key] = {"broken": res, "seconds": round(secs, 1)}
                 acc = ", ".join(f"{e}: {1 - sum(b) / len(b):.3f}" for e, b in res.items())
