@@ -305,3 +305,17 @@ def test_float16_zoo_weights_keep_every_test_prediction(name):
     with torch.no_grad():
         pred = torch.cat([model(quantadv.to_float(images[i:i + 1000])).argmax(1) for i in range(0, len(images), 1000)])
     assert hashlib.sha256(pred.to(torch.int64).numpy().tobytes()).hexdigest() == check["float32_predictions_sha256"]
+
+
+def test_linf_pgd_through_soft_derivative_bpda_equals_identity_bpda():
+    """A positive element-wise backward never changes a gradient's sign: for sign-step PGD,
+    bpda(backward=SoftQuantization(K, low alpha)) takes exactly the steps of identity BPDA
+    (docs/paper-002-soft-quantization.md, "one step past the paper")."""
+    clf = Linear(seed=2)
+    x = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    hard = HardQuantization(1)
+    y = Defended(hard, clf)(x).argmax(1)
+    kw = dict(eps=0.2, step=0.02, steps=10, random_start=True, seed=0)
+    a = quantadv.attacks.pgd(Defended(bpda(hard), clf), x, y, **kw)
+    b = quantadv.attacks.pgd(Defended(bpda(hard, backward=SoftQuantization(1, 20)), clf), x, y, **kw)
+    assert torch.equal(a, b)
