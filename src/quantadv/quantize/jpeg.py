@@ -77,6 +77,12 @@ def _originals(
         templates = [o if isinstance(o, jio.JpegCoefficients) else jio.read_coefficients(o) for o in originals]
         if len(templates) != x_orig.shape[0]:
             raise InputError(f"originals has {len(templates)} JPEGs for {x_orig.shape[0]} images")
+        for i, t in enumerate(templates):
+            if len({c.shape for c in t.coefficients}) != 1:
+                raise InputError(
+                    f"originals[{i}] has subsampled chroma (e.g. 4:2:0); the decoder model handles 4:4:4 only: "
+                    "re-encode it without subsampling (PIL: subsampling=0) or pass quality= instead"
+                )
         decoded = jio.decode(templates).to(x_orig.device)
         if decoded.shape != x_orig.shape or not bool((to_float(decoded).to(x_orig.dtype) == x_orig).all()):
             raise InputError("x_orig must be the decoded originals (quantadv.io.decode(originals)) when "
