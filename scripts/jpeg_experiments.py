@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/jpeg")
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--qualities", nargs="+", type=int, default=list(QUALITIES))
+    ap.add_argument("--img", default="docs/img/jpeg", help="folder of the plots")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -145,20 +146,19 @@ def main() -> None:
         entry["curves"] = curves
         results["models"][name] = entry
         (out / "results.json").write_text(json.dumps({**results, "grid": grid.tolist()}, indent=1))
-    plot(results, grid)
+    plot(results, grid, Path(args.img))
 
 
 def entry_success(model, xa, y) -> np.ndarray:  # type: ignore[no-untyped-def]
     return eval.is_adversarial(model, xa, y).numpy()
 
 
-def plot(results: dict, grid: np.ndarray) -> None:
+def plot(results: dict, grid: np.ndarray, img: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    img = Path("docs/img/jpeg")
     img.mkdir(parents=True, exist_ok=True)
     for name, entry in results["models"].items():
         fig, axes = plt.subplots(1, len(results["models"][name]["jpeg"]), figsize=(16, 4), sharey=True)
