@@ -274,3 +274,9 @@ def test_subsampled_colour_round_trips_but_is_refused_by_the_quantizer() -> None
     model = _linear_model(3 * 32 * 32)
     with pytest.raises(errors.InputError, match="subsampl"):
         quantize.lagrangian_jpeg(model, x, x, torch.zeros(2, dtype=torch.int64), originals=blobs)
+
+
+def test_trailing_bytes_after_the_end_marker_are_accepted() -> None:
+    blob = jio.encode(_images(1), 90)[0] + b"\x00\x00trailing data"
+    assert torch.equal(jio.decode(blob), jio.decode(blob[: -len(b"\x00\x00trailing data")]))
+    qio.read_coefficients(blob)

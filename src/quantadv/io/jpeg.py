@@ -135,8 +135,11 @@ def _check_jpeg(raw: bytes, name: str) -> Image.Image:
         picture.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name} is not a readable JPEG file ({exc}); is it truncated or corrupt?") from None
-    if raw.rstrip(b"\x00")[-2:] != b"\xff\xd9":
-        raise DataError(f"{name} is truncated (no JPEG end-of-image marker); re-download or re-encode it")
+    # The end-of-image marker must follow the last scan (0xFF 0xD9 cannot occur inside entropy-coded
+    # data; an EXIF thumbnail's own markers come before the main scan). Trailing bytes are allowed.
+    if raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):
+        raise DataError(f"{name} is truncated (no JPEG end-of-image marker after its scan); re-download or "
+                        "re-encode it")
     if picture.format != "JPEG":
         raise DataError(f"{name} is a {picture.format} file, not a JPEG")
     if picture.info.get("progressive") or picture.info.get("progression"):
