@@ -25,19 +25,26 @@ from quantadv.models.binary import (
 KW = {"in_channels": 1, "num_classes": 10, "mean": [0.3], "std": [0.35]}
 
 
-def _trained(method: str, steps: int = 3, seed: int = 0) -> BinarySmallCNN:
+_CACHE: dict[tuple[str, int], BinarySmallCNN] = {}
+
+
+def _trained(method: str, steps: int = 2, seed: int = 0) -> BinarySmallCNN:
+    """A BinarySmallCNN after ``steps`` SGD steps on random data (cached: tests do not modify it)."""
+    if (method, steps) in _CACHE:
+        return _CACHE[method, steps]
     torch.manual_seed(seed)
     model = BinarySmallCNN(method=method, **KW)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        x = torch.rand(16, 1, 28, 28, generator=g)
-        y = torch.randint(0, 10, (16,), generator=g)
+        x = torch.rand(8, 1, 28, 28, generator=g)
+        y = torch.randint(0, 10, (8,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval()
+    _CACHE[method, steps] = model.eval()
+    return model
 
 
 def test_sign_ste_forward_and_documented_gradient():
