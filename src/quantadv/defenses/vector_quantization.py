@@ -26,15 +26,15 @@ Implementation notes
   iteration is a few batched matrix products. There is no per-image Python loop.
 - **Randomness, reproducible per image.** ``forward(x, generator=g)`` draws one 62-bit seed
   per image from ``g`` (one ``torch.randint`` call, in batch order; ``g=None`` uses torch's
-  global generator). Every random number an image needs (its ``sigma`` noise, its k-means++
-  choices, its ``tau`` noise) is then a counter-based hash of (image seed, stream, index), so an
+  global generator). A generator seeded with an image's seed then draws, in this order, the
+  image's ``sigma`` noise, its ``k`` k-means++ uniforms and its ``tau`` noise (a short Python
+  loop over the images that only fills noise buffers; the clustering itself is batched). So an
   image's draws depend only on its seed: quantizing a data set in batches of any size with one
   generator gives the same images as quantizing it in one batch, and an image gives the same
   output at any position once its seed is fixed. On the CPU generator one ``randint`` call of
   ``n`` values equals ``n`` calls of one value (tested), which is what makes the batch size
-  irrelevant. The hash is the PCG hash of Jarzynski & Olano (2020), computed with 64-bit
-  integer tensor ops that never overflow, and normals come from Box-Muller on 24-bit
-  uniforms (tails cut at about 5.8 standard deviations), identical on every device.
+  irrelevant. (A counter-based hash in tensor ops was tried first: device-independent, but
+  three times slower than torch's own generator on a CPU.)
 - **Empty clusters** keep their previous centre (scikit-learn would move them to a far point;
   the tests compare with scikit-learn on inputs where no cluster empties).
 - **Output range.** Centres of noisy points can leave ``[0, 1]`` by a few ``sigma``; the output
@@ -65,43 +65,12 @@ __all__ = [
     "from_spec",
     "kmeans",
     "kmeans_plus_plus",
-    "normal_noise",
-    "uniform_noise",
+    "draw_noise",
 ]
 
-_M32 = 0xFFFFFFFF
-# Stream identifiers: each random quantity of an image has its own counter space.
-_STREAM_SIGMA = 1
-_STREAM_INIT = 2
-_STREAM_TAU = 3
-
-
 # ----------------------------------------------------------------------------------------------
-# Counter-based random numbers
+# Per-image random draws
 # ----------------------------------------------------------------------------------------------
-
-
-def _pcg(v: torch.Tensor) -> torch.Tensor:
-    """PCG hash (Jarzynski & Olano 2020) of 32-bit values held in an int64 tensor.
-
-    Every product stays below 2**62, so int64 arithmetic is exact (no overflow) on any device.
-    """
-    state = (v * 747796405 + 2891336453).bitwise_and_(_M32)
-    word = ((state >> ((state >> 28) + 4)).bitwise_xor_(state).mul_(277803737)).bitwise_and_(_M32)
-    return (word >> 22).bitwise_xor_(word)
-
-
-def _keys(seeds: torch.Tensor, stream: int) -> torch.Tensor:
-    """One 32-bit key per (image seed, stream), shape ``(B, 1)``."""
-    lo = seeds & _M32
-    hi = (seeds >> 32) & _M32
-    s = _pcg(torch.full_like(seeds, stream))
-    return _pcg(_pcg(lo ^ s) ^ hi).unsqueeze(1)
-
-
-def _hash_counters(seeds: torch.Tensor, stream: int, count: int) -> torch.Tensor:
-    ctr = _pcg(torch.arange(count, device=seeds.device, dtype=torch.int64)).unsqueeze(0)  # shared by all images
-    return _pcg(ctr ^ _keys(seeds, stream))
 
 
 def draw_seeds(batch: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -115,27 +84,30 @@ def draw_seeds(batch: int, generator: torch.Generator | None, device: torch.devi
     return seeds.to(device)
 
 
-def uniform_noise(seeds: torch.Tensor, stream: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Uniform numbers in the open interval (0, 1), shape ``(len(seeds), count)``.
+def draw_noise(
+    seeds: torch.Tensor, n: int, d: int, k: int, sigma: bool, tau: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """Every random number the quantization of each image needs, from that image's seed alone.
 
-    Value ``j`` of image ``b`` depends only on ``(seeds[b], stream, j)`` (24-bit resolution).
+    A generator on ``device`` seeded with ``seeds[i]`` draws, in this order: ``n d`` standard
+    normals (the ``sigma`` noise, if ``sigma``), ``k`` uniforms in [0, 1) (k-means++), ``n d``
+    standard normals (the ``tau`` noise, if ``tau``). Returns ``(B, n, d)`` or None, ``(B, k)``,
+    ``(B, n, d)`` or None.
     """
-    h = _hash_counters(seeds, stream, count) >> 8
-    return (h.to(dtype) + 0.5) * (2.0**-24)
-
-
-def normal_noise(seeds: torch.Tensor, stream: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal numbers, shape ``(len(seeds), count)``, by Box-Muller on counter hashes.
-
-    Value ``j`` of image ``b`` depends only on ``(seeds[b], stream, j)``.
-    """
-    pairs = (count + 1) // 2
-    u1 = uniform_noise(seeds, 2 * stream, pairs, torch.float32)
-    u2 = uniform_noise(seeds, 2 * stream + 1, pairs, torch.float32)
-    r = torch.sqrt(-2.0 * torch.log(u1))
-    angle = (2.0 * math.pi) * u2
-    z = torch.stack((r * torch.cos(angle), r * torch.sin(angle)), dim=2).reshape(len(seeds), 2 * pairs)
-    return z[:, :count].to(dtype)
+    b = seeds.shape[0]
+    sig = torch.empty(b, n * d, dtype=dtype, device=device) if sigma else None
+    uni = torch.empty(b, k, dtype=dtype, device=device)
+    tn = torch.empty(b, n * d, dtype=dtype, device=device) if tau else None
+    gen = torch.Generator(device=device)
+    for i, seed in enumerate(seeds.tolist()):
+        gen.manual_seed(seed)
+        if sig is not None:
+            torch.randn(n * d, generator=gen, dtype=dtype, device=device, out=sig[i])
+        torch.rand(k, generator=gen, dtype=dtype, device=device, out=uni[i])
+        if tn is not None:
+            torch.randn(n * d, generator=gen, dtype=dtype, device=device, out=tn[i])
+    shape = (b, n, d)
+    return (sig.view(shape) if sig is not None else None), uni, (tn.view(shape) if tn is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,16 +230,20 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
 # ----------------------------------------------------------------------------------------------
 
 
-def _codebook(points: torch.Tensor, k: int, sigma: float, iters: int, seeds: torch.Tensor) -> torch.Tensor:
-    """The random codebook ``C`` of paper 003 (Sec. 3.3, ``Q_{C|X}``): k-means of the noisy points."""
+def _codebook(
+    points: torch.Tensor, k: int, sigma: float, iters: int, seeds: torch.Tensor, tau: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The random codebook ``C`` of paper 003 (Sec. 3.3, ``Q_{C|X}``): k-means of the noisy points.
+
+    Returns the centres ``(B, k, D)`` and, when ``tau > 0``, the ``tau`` noise of the same draws.
+    """
     b, n, d = points.shape
     points = points.contiguous()
-    noisy = points
-    if sigma > 0:
-        noisy = points + sigma * normal_noise(seeds, _STREAM_SIGMA, n * d, points.dtype).view(b, n, d)
-    init = kmeans_plus_plus(noisy.detach(), k, uniform_noise(seeds, _STREAM_INIT, k, points.dtype))
+    sig_noise, uni, tau_noise = draw_noise(seeds, n, d, k, sigma > 0, tau > 0, points.dtype, points.device)
+    noisy = points + sigma * sig_noise if sig_noise is not None else points
+    init = kmeans_plus_plus(noisy.detach(), k, uni)
     centres, _ = kmeans(noisy, init, iters)
-    return centres
+    return centres, tau_noise
 
 
 def _quantize_points(
@@ -275,10 +251,8 @@ def _quantize_points(
 ) -> torch.Tensor:
     """Eq. 1 of paper 003 on ``(B, N, D)`` points: noisy k-means codebook, then nearest centre."""
     b, n, d = points.shape
-    centres = _codebook(points, k, sigma, iters, seeds)
-    probe = points
-    if tau > 0:
-        probe = points + tau * normal_noise(seeds, _STREAM_TAU, n * d, points.dtype).view(b, n, d)
+    centres, tau_noise = _codebook(points, k, sigma, iters, seeds, tau)
+    probe = points + tau * tau_noise if tau_noise is not None else points
     with torch.no_grad():
         labels = _nearest(probe.detach(), centres.detach())
     return torch.gather(centres, 1, labels.unsqueeze(-1).expand(b, n, d))
@@ -316,7 +290,7 @@ class _RandomQuantizer(nn.Module):
         Sec. 3.3: ``Q_{C|X}``); certification (:mod:`quantadv.defenses.certify`) samples them.
         """
         seeds = self._prepare(x, generator)
-        return _codebook(self.points(x), self.k, self.sigma, self.iters, seeds)
+        return _codebook(self.points(x), self.k, self.sigma, self.iters, seeds)[0]
 
     def extra_repr(self) -> str:
         return f"k={self.k}, sigma={self.sigma:g}, tau={self.tau:g}, iters={self.iters}"
