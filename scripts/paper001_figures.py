@@ -223,14 +223,22 @@ def report(name: str) -> None:
             lo, hi = bootstrap_diff(ra.mean(axis=0), rb.mean(axis=0))
             n01, n10, p = mcnemar_exact(~ra[0], ~rb[0])
             spread = (rb.mean(axis=1).max() - rb.mean(axis=1).min()) * 100 if len(rb) > 1 else float("nan")
-            verdict = "noise" if lo <= 0 <= hi else ("A stronger" if hi < 0 else "B stronger")
+            ci_excludes_0 = not (lo <= 0 <= hi)
+            who = "A" if diff < 0 else "B"
+            if ci_excludes_0 and p < 0.05:
+                verdict = f"{who} stronger"
+            elif ci_excludes_0 or p < 0.05:
+                verdict = f"{who} stronger? (one test only)"
+            else:
+                verdict = "noise"
             rows.append([f"{a} vs {b}", col.replace("at", "") if col != "any" else "any", f"{diff:+.2f}",
                          f"[{lo * 100:+.2f}, {hi * 100:+.2f}]", f"{n01}/{n10}", f"{p:.3g}",
                          "-" if math.isnan(spread) else f"{spread:.1f}", verdict])
     parts.append(md_table(["A vs B", "steps", "diff (avg acc)", "95% bootstrap", "McNemar A-only/B-only (run 1)",
                            "p (exact)", "B run-to-run spread", "reading"], rows))
     parts.append("\nA negative difference means A leaves fewer images robust (A is the stronger attack). "
-                 "'noise': the bootstrap interval contains 0.\n")
+                 "Reading: 'stronger' when the bootstrap interval excludes 0 and McNemar's p < 0.05; "
+                 "'(one test only)' when just one of them says so; 'noise' otherwise.\n")
 
     # eps sweep (Fig. 3) and b sweep (Sec. 4.5)
     sweep_methods = ["PGD", "PQGD_200", "PQGD_1000"]
