@@ -69,10 +69,14 @@ def quantized_gradient(g: torch.Tensor, b: int) -> torch.Tensor:
     if g.numel() == 0:
         return g.clone()
     shape = (-1,) + (1,) * (g.dim() - 1)
-    top = g.abs().flatten(1).amax(dim=1) if g.dim() > 1 else g.abs()
+    mag = g.abs()
+    top = mag.flatten(1).amax(dim=1) if g.dim() > 1 else mag.clone()
     safe = torch.where(top > 0, top, torch.ones_like(top)).view(shape)
-    v = (g / safe) * b  # |g / max| <= 1 exactly, so v never overflows
-    return torch.where(v.abs() < 1, g.sign(), torch.round(v))
+    # |v| = |g| / max|g| * b (<= b, never overflows); zeta(v) = sign(v) * max(round(|v|), 1) for
+    # v != 0 (round half to even is symmetric), and sign(g) keeps components whose v underflowed.
+    # In place on |g|: a few passes over the tensor, a small fraction of a gradient's cost.
+    mag.div_(safe).mul_(b).round_().clamp_min_(1)
+    return mag.mul_(g.sign())
 
 
 def _pqgd_step(eps: float, step: float, b: int):
