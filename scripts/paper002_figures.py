@@ -1,6 +1,6 @@
 """Tables and figures of docs/paper-002-soft-quantization.md from the JSON stores of the eval scripts.
 
-    python scripts/paper002_figures.py results/paper002/mnist.json [results/paper002/fmnist.json ...]
+    python scripts/paper002_figures.py results/paper002/mnist.json results/paper002/fmnist-a.json+fmnist-b.json
     python scripts/paper002_figures.py --kalpha results/paper002/fmnist-kalpha.json
 
 For every store: one markdown table (robust accuracy per model, attack, loss and eps over the
@@ -54,6 +54,8 @@ def figure(store: dict, name: str, headline: dict) -> None:
     plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
     eps = [0.0] + list(store["eps"])
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
+    palette = {"natural": "tab:green", "pgd-at": "tab:red", "sq": "tab:purple", "nsq": "tab:blue"}
+    colour = {label: palette.get(label, f"C{i}") for i, label in enumerate(store["models"])}
     for ax, loss in zip(axes[:2], ("ce", "margin"), strict=True):
         for label, rec in store["models"].items():
             clean = sum(rec["clean_ok"]) / len(rec["clean_ok"])
@@ -62,11 +64,13 @@ def figure(store: dict, name: str, headline: dict) -> None:
                 if l_ != loss or attack not in ("pgd", "bpda"):
                     continue
                 ys = [clean] + [robust(res["broken"][f"{e:g}"]) for e in store["eps"]]
-                ax.plot(eps, ys, marker="o", ms=3, ls="-" if attack == "pgd" else "--", label=f"{label} {attack}")
+                ax.plot(eps, ys, marker="o", ms=3, ls="-" if attack == "pgd" else "--", color=colour[label],
+                        label=f"{label} {'PGD' if attack == 'pgd' else 'BPDA+PGD'}")
         ax.set_title(f"{name}: {'cross-entropy' if loss == 'ce' else 'CW-inf (margin)'} loss")
         ax.set_xlabel("L-inf eps")
     for label, h in headline.items():
-        axes[2].plot(eps, [h["clean"]] + [h[f"{e:g}"] for e in store["eps"]], marker="o", ms=3, label=label)
+        axes[2].plot(eps, [h["clean"]] + [h[f"{e:g}"] for e in store["eps"]], marker="o", ms=3, label=label,
+                     color=colour[label])
     axes[2].set_title("per-image minimum over every attack")
     axes[2].set_xlabel("L-inf eps")
     axes[0].set_ylabel(f"accuracy ({store['n']} images)")
@@ -88,7 +92,7 @@ def kalpha(path: Path) -> None:
             if any(c in r for r in store["points"].values())]
     print("| K | alpha | SQ clean | NSQ clean | " + " | ".join(cols) + " | min over rows | train s |")
     print("| ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |")
-    for rec in store["points"].values():
+    for rec in sorted(store["points"].values(), key=lambda r: (r["levels"], r["alpha"])):
         cells = " | ".join(f"{100 * rec[c]:.0f}%" for c in cols)
         print(f"| {rec['levels']} | {rec['alpha']:g} | {100 * rec['sq_clean']:.1f}% | {100 * rec['nsq_clean']:.1f}% | "
               f"{cells} | **{100 * rec['robust_min']:.0f}%** | {rec['train_seconds']:.0f} |")
@@ -100,10 +104,17 @@ def main() -> None:
     p.add_argument("--kalpha", default=None)
     args = p.parse_args()
     for s in args.stores:
-        path = Path(s)
-        store = json.loads(path.read_text())
-        headline = table(store, path.stem)
-        figure(store, path.stem, headline)
+        # "a.json+b.json": stores of the same data and eps (e.g. two processes) merged model-wise
+        paths = [Path(part) for part in s.split("+")]
+        store = json.loads(paths[0].read_text())
+        for extra in paths[1:]:
+            other = json.loads(extra.read_text())
+            if (other["data"], other["eps"], other["n"]) != (store["data"], store["eps"], store["n"]):
+                raise SystemExit(f"{extra} has other data/eps/n than {paths[0]}")
+            store["models"].update(other["models"])
+        name = paths[0].stem.split("-")[0]
+        headline = table(store, name)
+        figure(store, name, headline)
     if args.kalpha:
         kalpha(Path(args.kalpha))
 
