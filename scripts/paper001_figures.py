@@ -52,7 +52,9 @@ def _save(fig, name: str) -> None:
     print(f"wrote {path.relative_to(ROOT)}")
 
 
-def method_name(attack: str, b) -> str:
+def method_name(attack: str, b, step: float = 0.01) -> str:
+    if step is not None and not math.isclose(step, 0.01):
+        return f"{method_name(attack, b)} (step {step:g})"
     if attack == "pgd":
         return "PGD"
     if attack == "pqgd":
@@ -88,7 +90,7 @@ def extract(name: str):
         skipped = inf.get("skipped") == "misclassified"
         att = inf.get("attack", {})
         attack = r.get("attack", r.get("entry"))
-        row = dict(method=method_name(attack, r.get("b")), attack=attack, b=r.get("b"), eps=r["eps"],
+        row = dict(method=method_name(attack, r.get("b"), r.get("step")), attack=attack, b=r.get("b"), eps=r["eps"],
                    steps=r["steps"], restarts=r.get("restarts", 1), repeat=r["repeat"], idx=idx,
                    skipped=skipped, success=bool(success), any=bool(att.get("adv_any", success)))
         for k in range(10, r["steps"] + 1, 10):
@@ -179,7 +181,7 @@ def report(name: str) -> None:
     eps0 = HEADLINE_EPS[name]
     n_images = df.idx.nunique()
     n_attacked = int((~df[df.method == "PGD"].skipped).groupby(df.idx).first().sum()) if "PGD" in set(df.method) else 0
-    order = ["PGD", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000",
+    order = ["PGD", "PGD (step 0.0375)", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000",
              "BLOB", "BLOB_QG_100", "BLOB_QG_200", "APGD-CE", "APGD-DLR"]
     methods = [m for m in order if m in set(df.method)]
     parts = [f"# paper 001 tables: {MODEL[name]}, {n_images} images ({n_attacked} correctly classified, "
@@ -211,7 +213,8 @@ def report(name: str) -> None:
     parts.append("\n## Paired differences (same images): accuracy of A minus accuracy of B, points\n")
     pairs = [(f"PQGD_{b}", "PGD") for b in (100, 200, 500, 1000)] + [
         ("BLOB", "PGD"), ("BLOB_QG_200", "BLOB"), ("BLOB_QG_100", "BLOB"),
-        ("APGD-CE", "PGD"), ("APGD-DLR", "PGD"), ("APGD-CE", "PQGD_200"), ("APGD-CE", "BLOB_QG_200"),
+        ("PQGD_200", "PGD (step 0.0375)"), ("APGD-CE", "PGD"), ("APGD-DLR", "PGD"), ("APGD-CE", "PQGD_200"),
+        ("APGD-CE", "BLOB_QG_200"),
         ("APGD-DLR", "BLOB_QG_200")]
     rows = []
     for a, b in pairs:
@@ -285,7 +288,7 @@ def figures(name, df, eps0, methods, eps_values, bs) -> None:
         for k in steps:
             robust = per_image(df, m, eps0, f"at{k}")
             ys.append(np.nan if robust is None else robust.mean() * 100)
-        if m in ("PGD", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
+        if m in ("PGD", "PGD (step 0.0375)", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
             ax.plot(steps, ys, marker=".", label=m)
     ax.set_xlabel("steps")
     ax.set_ylabel("accuracy (%)")
