@@ -2,19 +2,24 @@
 
 On the first N (default 1,000) Fashion-MNIST test images, for each workload (model):
 
-1. DDN, 100 steps (the library's defaults), batch 250: wall time T_ddn;
-2. ``quantadv.quantize.lagrangian`` on its outputs, same batches: wall time T_q, network
-   calls per image (the gradient counting as one; max and mean);
-3. a straightforward per-image implementation of the same algorithm, written below (one
-   image at a time, plain Python control flow): wall time T_loop, and how many of its
-   outputs are identical to the library's.
+1. DDN, 100 steps (the library's defaults), batch 250: wall and CPU time T_ddn;
+2. ``quantadv.quantize.lagrangian`` on its outputs, same batches, once per search
+   (``--searches``: ``model``, the model-guided default, and ``bisection``, the paper's):
+   time T_q, network calls per image (the gradient counting as one; max and mean), success,
+   median distortion; then how the searches compare: images with the same lambda*, and for
+   each image where they differ, the true outcome of every candidate between the two
+   boundaries (why they differ); and how far Eq. 24's prediction was from the boundary;
+3. a straightforward per-image implementation of each search, written below (one image
+   at a time, plain Python control flow): wall time T_loop, and how many of its outputs and
+   call counts are identical to the library's (``--no-loop`` skips it).
 
-Reports T_q / T_ddn (target <= 5%) and T_loop / T_q (target >= 20x), next to the network's
-own batching gain (forward time per image at batch 1 / at the batch size), which bounds that
-speed-up on a CPU. Two workloads: the shipped ``fmnist-cnn`` and ``linear``, a softmax
-regression trained inside the benchmark, where the network is cheap and the quantizer's own
-batching shows. With ``--write`` the results go to benchmarks/RESULTS-quantization.md with the
-machine.
+Reports T_q / T_ddn (targets: <= 5% for bisection, <= 3% for the model-guided search;
+from CPU time, which a loaded machine disturbs less than wall time, and from wall time),
+and T_loop / T_q, next to the network's own batching gain (forward time per image at batch 1
+/ at the batch size), which bounds that speed-up on a CPU. Two workloads: the shipped
+``fmnist-cnn`` and ``linear``, a softmax regression trained inside the benchmark, where the
+network is cheap and the quantizer's own batching shows. With ``--write`` the results go to
+benchmarks/RESULTS-quantization.md with the machine.
 
     python benchmarks/quantization.py                 # print
     python benchmarks/quantization.py --write         # print and record
@@ -37,6 +42,9 @@ import torch
 
 import quantadv
 from quantadv import attacks, data, models, quantize
+from quantadv.eval import distortion
+from quantadv.quantize import _loss, _rule
+from quantadv.quantize.lagrangian import SEARCHES
 
 HERE = Path(__file__).resolve().parent
 
@@ -256,66 +264,181 @@ def forward_gain(model, x: torch.Tensor, batch_size: int, n: int = 200) -> float
     return t_one / t_batch
 
 
+def _timed(fn):
+    """(result, wall seconds, CPU seconds of this process)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def _candidates(model, x, x_a, y):
+    """Per image of a batch: sorted ratios and Eq. 24 at every candidate (as the library)."""
+    parts = _rule.split(x, x_a)
+    grad, objective, loss_a, _ = _loss.gradient_and_loss(model, x_a, y, None, "prob")
+    g = _rule.flatten_gradient(grad, parts)
+    r = _rule.ratios(parts, g)
+    j_mask = torch.isfinite(r)
+    r_sorted, order = torch.sort(r, dim=1, stable=True)
+    e0 = _rule.offsets(parts, None, None)
+    e_inf = _rule.offsets(parts, j_mask, g)
+    at_q0 = loss_a + (g * (parts.origin + e0 - _rule.pixel_values(x_a, parts))).sum(dim=1)
+    linear = torch.cat([at_q0[:, None], at_q0[:, None] + (g * (e_inf - e0)).gather(1, order).cumsum(1)], 1)
+    return r_sorted, j_mask.sum(1), linear, grad, objective
+
+
+def compare_searches(model, x, x_a, y, infos: dict, batches) -> dict:
+    """Where model-guided and bisection boundaries differ, and why; Eq. 24's prediction error.
+
+    For an image whose two lambda* differ, the candidates between the two boundaries are all
+    run through the network (one batch): a non-monotone pattern of outcomes means both are
+    boundaries of the true network (candidate k succeeds, k - 1 fails) and each search found
+    another one. ``offset`` is the boundary found minus the candidate where Eq. 24 crosses 0
+    (the model-guided search's first test), over the images that needed a search.
+    """
+    model_info, bis_info = infos["model"], infos["bisection"]
+    diffs, offsets, sizes = [], [], []
+    errors: dict[str, list] = {"q0": [], "crossing": [], "q_inf": [], "shifted": []}
+    for b in batches:
+        r_sorted, j_size, linear, grad, objective = _candidates(model, x[b], x_a[b], y[b])
+        lam_m, lam_b = model_info["lambda_star"][b], bis_info["lambda_star"][b]
+        model_errors(model, x[b], x_a[b], lam_b, r_sorted, j_size, linear, grad, objective, errors)
+        for i in range(lam_m.shape[0]):
+            size = int(j_size[i])
+            finite = r_sorted[i, :size]
+            k_m = int((finite <= lam_m[i]).sum()) if torch.isfinite(lam_m[i]) else -1
+            k_b = int((finite <= lam_b[i]).sum()) if torch.isfinite(lam_b[i]) else -1
+            crossing = int((linear[i, :size] >= 0).sum())
+            if k_m > 0:
+                offsets.append(k_m - crossing)
+                sizes.append(size)
+            if k_m == k_b:
+                continue
+            lo, hi = max(min(k_m, k_b) - 1, 0), max(k_m, k_b)
+            lams = [0.0 if k == 0 else float(finite[k - 1]) for k in range(lo, hi + 1)]
+            lams = torch.tensor(lams, dtype=torch.float64)
+            m = lams.numel()
+            images = quantize.fixed_multiplier(
+                x[b][i : i + 1].expand(m, *x.shape[1:]), x_a[b][i : i + 1].expand(m, *x.shape[1:]),
+                grad[i : i + 1].expand(m, *x.shape[1:]), lams,
+            )
+            with torch.no_grad():
+                ok = (model(images).argmax(1) != y[b][i]).tolist()
+            pattern = "".join("S" if v else "F" for v in ok)
+            monotone = "FS" not in pattern[pattern.find("S"):] if "S" in pattern else True
+            why = "the true outcome is not monotone along the candidates" if not monotone else "batch arithmetic"
+            diffs.append({"image": b.start + i, "j": size, "model": k_m, "bisection": k_b,
+                          "from": lo, "pattern": pattern, "why": why})
+    off = torch.tensor(offsets, dtype=torch.float64)
+    rel = off / torch.tensor(sizes, dtype=torch.float64).clamp(min=1)
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    quantiles = {k: torch.tensor(v, dtype=torch.float64).quantile(q).tolist() if v else [] for k, v in errors.items()
+                 if k != "shifted"}
+    shifted = torch.tensor(errors["shifted"], dtype=torch.float64)
+    return {"diffs": diffs, "offset_q": off.quantile(q).tolist() if off.numel() else [],
+            "offset_rel_median": float(rel.median()) if rel.numel() else float("nan"), "searched": off.numel(),
+            "model_error_q": quantiles, "shifted_exact": float((shifted == 0).double().mean()),
+            "shifted_within_one": float((shifted.abs() <= 1).double().mean()), "diagnosed": shifted.numel()}
+
+
+def model_errors(model, x, x_a, lam_b, r_sorted, j_size, linear, grad, objective, errors: dict) -> None:
+    """How wrong is Eq. 24 along the candidates? (images whose bisection boundary is k > 0)
+
+    True L_Q minus the first-order model at Q0, at the model's crossing (the model-guided
+    search's first test) and at Q-inf; and where the model, shifted by its error at the
+    crossing, crosses, minus the boundary bisection found (0: the second test is right).
+    Three forward passes per image, outside any timing.
+    """
+    idx = [i for i in range(x.shape[0]) if torch.isfinite(lam_b[i]) and lam_b[i] > 0]
+    if not idx:
+        return
+    idx_t = torch.tensor(idx)
+    size = j_size[idx_t]
+    finite = [r_sorted[i, : int(j_size[i])] for i in idx]
+    boundary = torch.tensor([int((f <= lam_b[i]).sum()) for f, i in zip(finite, idx, strict=True)])
+    lin = linear[idx_t]
+    below_j = torch.arange(lin.shape[1] - 1)[None] < size[:, None]
+    crossing = ((lin[:, :-1] >= 0) & below_j).sum(1)
+
+    def true_loss(k: torch.Tensor) -> torch.Tensor:
+        lams = torch.tensor([0.0 if int(kk) == 0 else float(f[int(kk) - 1]) for kk, f in zip(k, finite, strict=True)],
+                            dtype=torch.float64)
+        images = quantize.fixed_multiplier(x[idx_t], x_a[idx_t], grad[idx_t], lams)
+        with torch.no_grad():
+            return objective.select(idx_t).loss(model(images)).double()
+
+    for key, k in (("q0", torch.zeros_like(size)), ("crossing", crossing), ("q_inf", size)):
+        error = true_loss(k) - lin.gather(1, k[:, None]).squeeze(1)
+        errors[key].extend(error.tolist())
+        if key == "crossing":
+            shifted = ((lin[:, :-1] + error[:, None] >= 0) & below_j).sum(1)
+            errors["shifted"].extend((shifted - boundary).tolist())
+
+
 def run_workload(name: str, model, x: torch.Tensor, y: torch.Tensor, args) -> dict:
-    """DDN, then batched Q-lambda* (median of ``--repeat``), then the per-image loop."""
+    """DDN, then batched Q-lambda* per search (median of ``--repeat``), then the per-image loops."""
     n = x.shape[0]
     batches = [slice(i, i + args.batch_size) for i in range(0, n, args.batch_size)]
-    t0 = time.perf_counter()
-    outs = [attacks.ddn(model, x[b], y[b], steps=args.steps, return_info=True) for b in batches]
-    t_ddn = time.perf_counter() - t0
+    outs, t_ddn, c_ddn = _timed(
+        lambda: [attacks.ddn(model, x[b], y[b], steps=args.steps, return_info=True) for b in batches]
+    )
     x_a = torch.cat([o[0] for o in outs])
     ddn_ok = torch.cat([o[1]["success"] for o in outs]).float().mean().item()
-    print(f"[{name}] DDN {args.steps} steps on {n} images: {t_ddn:.2f} s ({ddn_ok:.1%} success)")
-
-    times, result = [], None
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        result = [quantize.lagrangian(model, x[b], x_a[b], y[b], return_info=True) for b in batches]
-        times.append(time.perf_counter() - t0)
-    t_q = statistics.median(times)
-    x_q = torch.cat([r[0] for r in result])
-    calls = torch.cat([r[1]["calls"] for r in result])
-    q_ok = torch.cat([r[1]["success"] for r in result]).float().mean().item()
-    print(
-        f"[{name}] lagrangian (batched): {t_q:.3f} s (runs: {', '.join(f'{t:.3f}' for t in times)}); "
-        f"calls/image mean {calls.double().mean():.2f}, max {int(calls.max())}; success {q_ok:.1%}"
-    )
-
-    loop_times, loop_out, loop_calls = [], None, None
-    for _ in range(max(1, args.repeat - 2)):
-        t0 = time.perf_counter()
-        res = [loop_lagrangian(model, x[i], x_a[i], int(y[i])) for i in range(n)]
-        loop_times.append(time.perf_counter() - t0)
-        loop_out = torch.stack([r[0] for r in res])
-        loop_calls = torch.tensor([r[1] for r in res])
-    t_loop = statistics.median(loop_times)
-    same = int((loop_out == x_q).flatten(1).all(1).sum())
-    same_calls = int((loop_calls == calls).sum())
-    gain = forward_gain(model, x, args.batch_size)
-    grad_ratio = gradient_ratio(model, x, args.batch_size)
-    row = {
-        "name": name,
-        "n": n,
-        "t_ddn": t_ddn,
-        "ddn_ok": ddn_ok,
-        "t_q": t_q,
-        "q_ok": q_ok,
-        "calls_mean": calls.double().mean().item(),
-        "calls_max": int(calls.max()),
-        "t_loop": t_loop,
-        "loop_repeats": len(loop_times),
-        "same": same,
-        "same_calls": same_calls,
-        "frac": t_q / t_ddn,
-        "speedup": t_loop / t_q,
-        "gain": gain,
-        "grad_ratio": grad_ratio,
-    }
-    print(f"[{name}] per-image loop: {t_loop:.3f} s; identical outputs {same}/{n}, same call counts {same_calls}/{n}")
-    print(
-        f"[{name}] quantization / DDN time: {row['frac']:.2%} (target <= 5%); speed-up vs loop: "
-        f"{row['speedup']:.1f}x (target >= 20x); network-only forward batching gain: {gain:.1f}x"
-    )
+    print(f"[{name}] DDN {args.steps} steps on {n} images: {t_ddn:.2f} s wall, {c_ddn:.2f} s CPU "
+          f"({ddn_ok:.1%} success)")
+    row = {"name": name, "n": n, "t_ddn": t_ddn, "c_ddn": c_ddn, "ddn_ok": ddn_ok}
+    infos = {}
+    for search in args.searches:
+        walls, cpus, result = [], [], None
+        for _ in range(args.repeat):
+            result, wall, cpu = _timed(lambda search=search: [
+                quantize.lagrangian(model, x[b], x_a[b], y[b], search=search, return_info=True) for b in batches
+            ])
+            walls.append(wall)
+            cpus.append(cpu)
+        x_q = torch.cat([r[0] for r in result])
+        info = {k: torch.cat([r[1][k] for r in result]) for k in result[0][1]}
+        infos[search] = info
+        calls = info["calls"]
+        log_j = torch.tensor([_ceil_log2(int(j)) for j in info["j_size"]])
+        bound = 3 + (2 * log_j if search == "model" else log_j)
+        ok = info["success"]
+        d = distortion(x_q, x)[ok]
+        t_q, c_q = statistics.median(walls), statistics.median(cpus)
+        row[search] = {
+            "t_q": t_q, "c_q": c_q, "q_ok": ok.float().mean().item(), "frac": t_q / t_ddn, "cfrac": c_q / c_ddn,
+            "calls_mean": calls.double().mean().item(), "calls_max": int(calls.max()),
+            "within_bound": int((calls <= bound).sum()), "d_median": float(d.median()) if d.numel() else float("nan"),
+            "hist": torch.bincount(calls).tolist(),
+        }
+        print(
+            f"[{name}] lagrangian search={search}: {t_q:.3f} s wall, {c_q:.3f} s CPU "
+            f"(runs: {', '.join(f'{t:.3f}' for t in walls)}); calls/image mean {calls.double().mean():.2f}, "
+            f"max {int(calls.max())}; success {ok.float().mean():.1%}; median d {row[search]['d_median']:.4f}; "
+            f"Q / DDN {c_q / c_ddn:.2%} (CPU), {t_q / t_ddn:.2%} (wall)"
+        )
+        if args.loop:
+            res, t_loop, _ = _timed(
+                lambda search=search: [loop_lagrangian(model, x[i], x_a[i], int(y[i]), search) for i in range(n)]
+            )
+            loop_out = torch.stack([r[0] for r in res])
+            loop_calls = torch.tensor([r[1] for r in res])
+            row[search].update({
+                "t_loop": t_loop, "speedup": t_loop / t_q,
+                "same": int((loop_out == x_q).flatten(1).all(1).sum()), "same_calls": int((loop_calls == calls).sum()),
+            })
+            print(f"[{name}] per-image loop ({search}): {t_loop:.3f} s; identical outputs {row[search]['same']}/{n}, "
+                  f"same call counts {row[search]['same_calls']}/{n}; speed-up {t_loop / t_q:.1f}x")
+    if {"model", "bisection"} <= infos.keys():
+        m, b = infos["model"], infos["bisection"]
+        row["same_lambda"] = int((m["lambda_star"] == b["lambda_star"]).sum())
+        row["same_success"] = int((m["success"] == b["success"]).sum())
+        row.update(compare_searches(model, x, x_a, y, infos, batches))
+        print(f"[{name}] same lambda* {row['same_lambda']}/{n}, same success {row['same_success']}/{n}; "
+              f"boundary - Eq. 24 crossing (10/50/90%): {row['offset_q']}; differing: {row['diffs']}; "
+              f"true - Eq. 24 (10/50/90%): {row['model_error_q']}; shifted model exact "
+              f"{row['shifted_exact']:.1%}, within one {row['shifted_within_one']:.1%}")
+    row["gain"] = forward_gain(model, x, args.batch_size)
+    row["grad_ratio"] = gradient_ratio(model, x, args.batch_size)
     return row
 
 
@@ -325,7 +448,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
+    ap.add_argument("--searches", nargs="+", choices=SEARCHES,
+                    default=["model", "bisection"])
+    ap.add_argument("--no-loop", dest="loop", action="store_false", help="skip the per-image loops")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="convert the models' weights to channels-last memory format (benchmarks/network_speed.py)")
     ap.add_argument("--workloads", nargs="+", choices=("fmnist-cnn", "linear"), default=["fmnist-cnn", "linear"])
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
@@ -350,6 +478,9 @@ def main() -> None:
                 "quantizer's own batching, as on a GPU where a forward pass costs about the same "
                 "for 1 or 250 images"
             )
+    if args.channels_last:
+        workloads = {k: m.to(memory_format=torch.channels_last) for k, m in workloads.items()}
+        notes.append("all weights converted to channels-last memory format (`--channels-last`)")
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -358,57 +489,133 @@ def main() -> None:
             rows.append(row)
     if not args.write:
         return
+    write_results(args, host, notes, rows)
 
-    def cell(key: str, fmt: str) -> str:
-        return " | ".join(format(r[key], fmt) for r in rows)
+
+def write_results(args, host: str, notes: list[str], rows: list[dict]) -> None:
+    def cell(key: str, fmt: str, search: str | None = None) -> str:
+        values = [(r[search] if search else r).get(key) for r in rows]
+        return " | ".join("n/a" if v is None else format(v, fmt) for v in values)
 
     head = " | ".join(f"`{r['name']}`" for r in rows)
     sep = " | ".join("---" for _ in rows)
+    targets = {"model": ("<= 3%", "<= 4"), "bisection": ("<= 5%", "")}
+    lines = [
+        f"| DDN {args.steps} steps, {args.n} images: wall (s) | {cell('t_ddn', '.2f')} | |",
+        f"| DDN {args.steps} steps, {args.n} images: CPU (s) | {cell('c_ddn', '.2f')} | |",
+        f"| DDN success | {cell('ddn_ok', '.1%')} | |",
+    ]
+    for search in args.searches:
+        frac_target, calls_target = targets[search]
+        bound = "3 + 2 ceil(log2 J)" if search == "model" else "3 + ceil(log2 J)"
+        lines += [
+            f"| **`search=\"{search}\"`**: Q-lambda* wall (s), median of {args.repeat} | "
+            f"{cell('t_q', '.3f', search)} | |",
+            f"| Q-lambda* CPU (s), median of {args.repeat} | {cell('c_q', '.3f', search)} | |",
+            f"| **Q-lambda* / DDN, CPU time** | {cell('cfrac', '.2%', search)} | {frac_target} |",
+            f"| Q-lambda* / DDN, wall time | {cell('frac', '.2%', search)} | |",
+            f"| **calls per image (gradient = 1), mean** | {cell('calls_mean', '.2f', search)} | {calls_target} |",
+            f"| calls per image, max | {cell('calls_max', 'd', search)} | |",
+            f"| images within the worst case, {bound} calls (of {args.n}) | "
+            f"{cell('within_bound', 'd', search)} | all |",
+            f"| Q-lambda* success | {cell('q_ok', '.1%', search)} | |",
+            f"| median d of the successes (Eq. 31, pixel units) | {cell('d_median', '.4f', search)} | |",
+        ]
+        if args.loop:
+            lines += [
+                f"| per-image loop, same search (s) | {cell('t_loop', '.3f', search)} | |",
+                f"| speed-up of the batched implementation | {cell('speedup', '.1f', search)} | |",
+                f"| loop outputs / call counts identical to the library's (of {args.n}) | "
+                + " | ".join(f"{r[search]['same']} / {r[search]['same_calls']}" for r in rows) + " | all |",
+            ]
+    both = {"model", "bisection"} <= set(args.searches)
+    if both:
+        lines += [
+            f"| same lambda* in both searches (of {args.n}) | {cell('same_lambda', 'd')} | |",
+            f"| same success in both searches (of {args.n}) | {cell('same_success', 'd')} | all |",
+            "| boundary found - Eq. 24 crossing, in candidates (10% / 50% / 90%) | "
+            + " | ".join(" / ".join(f"{v:+.0f}" for v in r["offset_q"]) or "n/a" for r in rows) + " | |",
+            "| same, relative to J (median) | " + " | ".join(f"{r['offset_rel_median']:+.1%}" for r in rows) + " | |",
+        ]
+        for key, label in (("q0", "Q0"), ("crossing", "the Eq. 24 crossing"), ("q_inf", "Q-inf")):
+            lines.append(
+                f"| true L_Q - Eq. 24 at {label} (10% / 50% / 90%) | "
+                + " | ".join(" / ".join(f"{v:+.3f}" for v in r["model_error_q"][key]) or "n/a" for r in rows)
+                + " | |"
+            )
+        lines += [
+            "| Eq. 24 shifted by its error at the crossing: crosses at the boundary / within one candidate | "
+            + " | ".join(f"{r['shifted_exact']:.0%} / {r['shifted_within_one']:.0%}" for r in rows) + " | |",
+        ]
+    lines += [
+        f"| network alone: gradient / forward time per image (batch {args.batch_size}) | "
+        f"{cell('grad_ratio', '.2f')} | |",
+        f"| network alone: forward time per image, batch 1 / batch {args.batch_size} | {cell('gain', '.1f')} | |",
+    ]
+    hist = ""
+    if "model" in args.searches:
+        hist = "\n".join(
+            f"- `{r['name']}`: " + ", ".join(f"{c} calls: {k}" for c, k in enumerate(r["model"]["hist"]) if k)
+            for r in rows
+        )
+        hist = f"Calls per image of the model-guided search (how many images made each count):\n\n{hist}\n"
+    diffs = ""
+    if both:
+        items = []
+        for r in rows:
+            for d in r["diffs"]:
+                items.append(
+                    f"- `{r['name']}`, image {d['image']} (|J| = {d['j']}): model-guided boundary at candidate "
+                    f"{d['model']}, bisection at {d['bisection']}; outcomes of candidates {d['from']}.."
+                    f"{d['from'] + len(d['pattern']) - 1} (S adversarial, F not): `{d['pattern']}`: {d['why']}"
+                )
+        diffs = "Images where the two searches return different lambda*:\n\n" + (
+            "\n".join(items) if items else "- none"
+        ) + "\n"
     text = f"""# Benchmark: Lagrangian quantization of DDN outputs (paper 000)
 
-Command: `python benchmarks/quantization.py --write` (defaults: `--n {args.n} --batch-size
+Command: `python benchmarks/quantization.py --write` (arguments: `--n {args.n} --batch-size
 {args.batch_size} --steps {args.steps} --repeat {args.repeat} --threads {" ".join(map(str, args.threads))}
---workloads {" ".join(args.workloads)}`), quantadv {quantadv.__version__}, commit {commit()}.
+--workloads {" ".join(args.workloads)} --searches {" ".join(args.searches)}`{"" if args.loop else " --no-loop"}),
+quantadv {quantadv.__version__}, commit {commit()}.
 
-Machine: {host}. Nothing else ran during the measurement.
+Machine: {host}. The machine is shared: other jobs ran during the measurement, so wall times
+are inflated and noisy; the time fractions are given from the process's CPU time as well
+(at 1 thread, the work done), which the load disturbs much less.
 
 Workload: the first {args.n} Fashion-MNIST test images; DDN with {args.steps} steps (library
 defaults) in batches of {args.batch_size}; then `quantadv.quantize.lagrangian` (Q-lambda*,
-paper 000 Sec. 4.4-4.5) on its outputs, same batches; then a plain per-image implementation of
-the same algorithm (`loop_lagrangian` in the benchmark: one image at a time, one gradient, Q0,
-Q-inf, binary search), whose outputs must be identical. Each column is one model at one number
-of torch intra-op threads. Models:
+paper 000 Sec. 4.4-4.5) on its outputs, same batches, once per search: `search="model"` (the
+default: Eq. 24 predicts the boundary, the network checks; docs/quantization.md) and
+`search="bisection"` (the paper's binary search); then a plain per-image implementation of each
+search (`loop_lagrangian` in the benchmark), whose outputs and call counts must be identical.
+Each column is one model at one number of torch intra-op threads. Models:
 
 {chr(10).join(f"- {t}" for t in notes)}.
 
 | measurement | {head} | target |
 | --- | {sep} | --- |
-| DDN {args.steps} steps, {args.n} images (s) | {cell("t_ddn", ".2f")} | |
-| DDN success | {cell("ddn_ok", ".1%")} | |
-| Q-lambda*, batched, median of {args.repeat} (s) | {cell("t_q", ".3f")} | |
-| Q-lambda* success | {cell("q_ok", ".1%")} | |
-| **Q-lambda* time / DDN time** | {cell("frac", ".2%")} | <= 5% |
-| calls per image (gradient = 1), mean | {cell("calls_mean", ".2f")} | |
-| calls per image, max | {cell("calls_max", "d")} | <= 3 + ceil(log2 J) |
-| network alone: gradient / forward time per image (batch {args.batch_size}) | {cell("grad_ratio", ".2f")} | |
-| per-image loop, same algorithm (s) | {cell("t_loop", ".3f")} | |
-| **speed-up of the batched implementation** | {cell("speedup", ".1f")} | >= 20x |
-| network alone: forward time per image, batch 1 / batch {args.batch_size} | {cell("gain", ".1f")} | |
-| loop outputs identical to the library's (of {args.n}) | {cell("same", "d")} | all |
-| same network-call counts (of {args.n}) | {cell("same_calls", "d")} | all |
+{chr(10).join(lines)}
 
+{hist}
+{diffs}
 Reading:
 
-- Time fraction. Q-lambda* costs one gradient and about ten forward passes per image, DDN one
-  gradient per step; the fraction is therefore about (calls - 1 + g) / (100 g) with g the
-  gradient / forward cost ratio of the network on this machine (row "gradient / forward"). Where
-  a backward pass is cheap relative to the forward (g well below the textbook 3), ten forward
-  passes weigh more against 100 gradients, and the fraction rises above 5%.
-- Speed-up. The search's forward passes are most of Q-lambda*'s cost, so on a CPU the speed-up
-  over a per-image loop is bounded by how much faster the *network itself* runs per image in a
-  batch (row "forward time per image, batch 1 / batch {args.batch_size}"). For the shipped CNN on
-  this CPU that gain is small and the >= 20x target is out of reach for any implementation; with
-  a cheap network (`linear`) the speed-up measures the quantizer's own batching.
+- Calls. Bisection spends one gradient, Q0, Q-infinity and ceil(log2 J) more forward passes
+  per image. The model-guided search spends one pass where the linearised loss of Eq. 24
+  crosses the margin; on this network that prediction lands some way *below* the true
+  boundary (row "boundary found - Eq. 24 crossing": the true loss along the candidates runs
+  above its first-order model), so that pass mostly measures the model's error; the next
+  pass, at the crossing of the model shifted by that error, usually lands on the boundary or
+  next to it, and one more pass confirms the candidate below. A digital `x_a` (an image DDN
+  did not need to change) costs the gradient only.
+- Time fraction. Q-lambda* costs one gradient and (calls - 1) forward passes per image, DDN one
+  gradient per step; the fraction is about (calls - 1 + g) / ({args.steps} g) with g the
+  gradient / forward cost ratio of the network on this machine (row "gradient / forward").
+- Speed-up. On a CPU the batched implementation's gain over a per-image loop is bounded by how
+  much faster the *network itself* runs per image in a batch (row "forward time per image,
+  batch 1 / batch {args.batch_size}"); with a cheap network (`linear`) it measures the quantizer's
+  own batching.
 - Identical outputs: batched and single-image forward passes may differ in the last bits of the
   arithmetic; an image whose true loss sits at a success threshold can then take another branch
   of the search (a difference of this kind is what an "identical" count below {args.n} means).
