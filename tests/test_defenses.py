@@ -319,3 +319,26 @@ def test_linf_pgd_through_soft_derivative_bpda_equals_identity_bpda():
     a = quantadv.attacks.pgd(Defended(bpda(hard), clf), x, y, **kw)
     b = quantadv.attacks.pgd(Defended(bpda(hard, backward=SoftQuantization(1, 20)), clf), x, y, **kw)
     assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_train_cli_with_defense_stores_classifier_and_loads_defended(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from quantadv import models
+    from quantadv.cli import main
+
+    argv = ["train", "--arch", "small-cnn", "--data", "mnist-5k", "--method", "noisy", "--noise", "0.3",
+            "--defense", "SoftQ: levels=1, alpha=1000", "--epochs", "1", "--train-size", "64",
+            "--out", "tiny-nsq", "--out-dir", str(tmp_path), "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    meta = json.loads((tmp_path / "tiny-nsq.json").read_text())
+    assert meta["defense"] == "softq:levels=1,alpha=1000"
+    assert "--defense softq:levels=1,alpha=1000" in meta["command"] and "--eps 0.3" in meta["command"]
+    keys = set(load_file(str(tmp_path / "tiny-nsq.safetensors")))
+    assert not any(k.startswith(("preprocess.", "classifier.normalize")) for k in keys)  # the bare classifier
+    model = models.load_file(tmp_path / "tiny-nsq.safetensors")
+    assert isinstance(model, Defended) and model.preprocess.alpha == 1000
+    assert main([*argv[:-7], "--defense", "nope:x=1", "--out", "bad", "--out-dir", str(tmp_path)]) == 2
