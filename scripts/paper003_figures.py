@@ -4,6 +4,7 @@
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
     python scripts/paper003_figures.py tables     # Table 1 analog from results/paper003-*.db
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
+    python scripts/paper003_figures.py export     # per-image outcomes + certificates -> docs/img/paper003/
 
 Every part prints Markdown; figures go to docs/img/. One torch thread, seeds fixed.
 """
@@ -104,15 +105,21 @@ def part_examples(n: int = 100, eps: float = 0.32) -> None:
 
 
 def part_tables() -> None:
+    from quantadv.experiments.store import open_store
     from quantadv.experiments.summary import robust_summary
 
     for store in sorted((ROOT / "results").glob("paper003-*.db")):
         cells = robust_summary(store)
+        with open_store(store) as st:
+            model_of = {r["run_id"]: r["model"] for r in st.runs()}
+            clean: dict[str, list[bool]] = {}
+            for row in st.results():
+                clean.setdefault(model_of[row["run_id"]], []).append(row["clean_pred"] == row["label"])
         print(f"\n{store.name}: robust accuracy (%), PGD-40 step eps/20; none / bpda / bpda+eot / headline "
               "(per-image minimum over the modes); images per cell in brackets\n")
         eps_all = sorted({json.loads(c["params"])["eps"] for c in cells})
-        print("| model | " + " | ".join(f"eps {e:g}" for e in eps_all) + " |")
-        print("|---|" + "---|" * len(eps_all))
+        print("| model | clean (one draw, mean over runs) | " + " | ".join(f"eps {e:g}" for e in eps_all) + " |")
+        print("|---|---|" + "---|" * len(eps_all))
         for model in dict.fromkeys(c["model"] for c in cells):
             out = []
             for e in eps_all:
@@ -127,7 +134,8 @@ def part_tables() -> None:
                     by = c["by_mode"]
                     modes = " / ".join(f"{100 * by[m]:.0f}" if m in by else "-" for m in ("none", "bpda", "bpda+eot"))
                     out.append(f"{modes} / **{100 * c['worst']:.0f}** [{c['images']}]")
-            print(f"| {model} | " + " | ".join(out) + " |")
+            cl = clean.get(model, [])
+            print(f"| {model} | {100 * sum(cl) / max(1, len(cl)):.0f} | " + " | ".join(out) + " |")
 
 
 def part_certify() -> None:
@@ -137,8 +145,20 @@ def part_certify() -> None:
     import matplotlib.pyplot as plt
 
     base = ROOT / "results" / "paper003"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, kind in zip(axes, ("paper", "bound"), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for path in sorted(base.glob("certify-paper-*/certificate.json")):
+        cert = json.loads(path.read_text())
+        kl = torch.tensor(cert["kl"])
+        eps = cert["eps"][1:]
+        axes[0].plot(eps, [float(kl[:, j + 1].median()) for j in range(len(eps))], marker="o",
+                     label=path.parent.name.split("-")[-1])
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("eps")
+    axes[0].set_ylabel("median KL of the codebooks (GMM, Eq. 9)")
+    axes[0].set_title("KL(Q_C|x || Q_C|x') at a PGD point x'")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    for ax, kind in zip(axes[1:], ("paper", "bound"), strict=True):
         for path in sorted(base.glob(f"certify-{kind}-*/certificate.json")):
             cert = json.loads(path.read_text())
             name = path.parent.name.split("-")[-1]
@@ -156,6 +176,7 @@ def part_certify() -> None:
         ax.set_ylabel("certified accuracy (%)")
         if kind == "bound":
             ax.set_xscale("symlog", linthresh=1e-5)
+            ax.set_xlim(0, None)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -165,8 +186,39 @@ def part_certify() -> None:
     print(f"wrote {out.relative_to(ROOT)}")
 
 
+def part_export() -> None:
+    """Per-image outcomes of the stores and the certificates, small enough to commit (docs/img/paper003/)."""
+    import csv
+    import gzip
+    import shutil
+
+    from quantadv.experiments.store import open_store
+
+    out_dir = IMG / "paper003"
+    out_dir.mkdir(exist_ok=True)
+    for store in sorted((ROOT / "results").glob("paper003-*.db")):
+        with open_store(store) as st:
+            runs = {r["run_id"]: r for r in st.runs()}
+            rows = st.results()
+        path = out_dir / f"outcomes-{store.stem.removeprefix('paper003-')}.csv.gz"
+        with gzip.open(path, "wt", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["model", "eps", "adaptive", "idx", "label", "clean_pred", "adv_pred", "success", "linf"])
+            for r in rows:
+                run = runs[r["run_id"]]
+                cfg = json.loads(run["config"])
+                w.writerow([run["model"], json.loads(run["params"])["eps"], cfg.get("adaptive", "none"), r["idx"],
+                            r["label"], r["clean_pred"], r["adv_pred"], int(r["success"]), f"{r['linf']:.4f}"])
+        print(f"wrote {path.relative_to(ROOT)} ({len(rows)} rows)")
+    for cert in sorted((ROOT / "results" / "paper003").glob("certify-*/certificate.json")):
+        dst = out_dir / f"{cert.parent.name}.json"
+        shutil.copyfile(cert, dst)
+        print(f"wrote {dst.relative_to(ROOT)}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    parts = {"clean": part_clean, "examples": part_examples, "tables": part_tables, "certify": part_certify}
+    parts = {"clean": part_clean, "examples": part_examples, "tables": part_tables, "certify": part_certify,
+             "export": part_export}
     for arg in sys.argv[1:] or list(parts):
         parts[arg]()
