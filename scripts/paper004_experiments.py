@@ -2,14 +2,15 @@
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python scripts/paper004_experiments.py \\
         --models fmnist-cnn fmnist-cnn-at-linf fmnist-cnn-bc fmnist-cnn-mdtanh fmnist-cnn-waq \\
-        fmnist-cnn-bc-at-linf --n 500 --out results/paper004
+        fmnist-cnn-bc-at-linf --n 300 --out results/paper004
 
 writes ``<out>/<model>.json`` per model (resumable: a part already in the file is not rerun)
 with clean accuracy; Table 2 (PGD-Linf vs PGD++ NJS/HNS), Table 3 (FGSM vs FGSM++), Table 4
 (PGD-L2 vs PGD++), Table 6 (NJS with varying rho), Table 8 (Prop. 1 beta per image with
 varying rho), APGD-CE / APGD-DLR from torchattacks on the same images and budgets, Table 7
-(Jacobian statistics, 500 correctly classified images) and the Sec. 3.1 masking checks
-(first ``--n-checks`` images). ``scripts/paper004_report.py`` turns the JSON files into the
+(Jacobian statistics on the correctly classified ones of the N images) and the Sec. 3.1
+masking checks (first ``--n-checks`` images). A model name ``NAME*k`` attacks zoo model NAME
+with its logits multiplied by k (an over-confident copy with the same predictions). ``scripts/paper004_report.py`` turns the JSON files into the
 tables and figure of docs/paper-004-binary-networks.md.
 
 Budgets, scaled from CIFAR-10 (8/255, step 2/255, 20 steps; L2 120/255, step 15/255) to
