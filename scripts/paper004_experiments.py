@@ -10,7 +10,8 @@ with clean accuracy; Table 2 (PGD-Linf vs PGD++ NJS/HNS), Table 3 (FGSM vs FGSM+
 varying rho), APGD-CE / APGD-DLR from torchattacks on the same images and budgets, Table 7
 (Jacobian statistics on the correctly classified ones of the N images) and the Sec. 3.1
 masking checks (first ``--n-checks`` images). A model name ``NAME*k`` attacks zoo model NAME
-with its logits multiplied by k (an over-confident copy with the same predictions). ``scripts/paper004_report.py`` turns the JSON files into the
+with its logits multiplied by k (an over-confident copy with the same predictions).
+``scripts/paper004_report.py`` turns the JSON files into the
 tables and figure of docs/paper-004-binary-networks.md.
 
 Budgets, scaled from CIFAR-10 (8/255, step 2/255, 20 steps; L2 120/255, step 15/255) to
