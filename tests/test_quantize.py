@@ -268,6 +268,7 @@ def test_lagrangian_properties(case, loss, search, request):
         "calls",
         "both_pixels",
         "lambda_pixels",
+        "pred",
     }
     assert info["lambda_star"].dtype == torch.float64
     assert info["success"].dtype == torch.bool
@@ -652,3 +653,17 @@ def test_budgeted_rejects_bad_arguments(cnn_case):
         budgeted(x, x_adv, grad, 1.0, torch.full((x.shape[0],), 0.5))
     with pytest.raises(InputError, match="gradient"):
         budgeted(x, x_adv, grad[:, :, :3], 1.0, True)
+
+
+@pytest.mark.parametrize("search", ["model", "bisection"])
+def test_lagrangian_info_pred_is_the_class_at_the_output(search):
+    from conftest import affine_problem
+    from quantadv.attacks import ddn
+    from quantadv.quantize import lagrangian
+
+    model, x, y = affine_problem(classes=4, n=8, seed=11, dtype=torch.float32)
+    x = (x * 255).round() / 255
+    x_adv = ddn(model, x, y, steps=40, init_norm=0.05, step=0.1)
+    x_q, info = lagrangian(model, x, x_adv, y, search=search, return_info=True)
+    with torch.no_grad():
+        assert torch.equal(info["pred"], model(x_q).argmax(1))

@@ -767,10 +767,9 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
         p_calls = None if c is None else p_calls.index_put((rows_cpu,), c.cpu())  # type: ignore[union-attr]
         p_grads = None if g is None else p_grads.index_put((rows_cpu,), g.cpu())  # type: ignore[union-attr]
         sub_pred = sub_extras.pop("pred", None)
-        if sub_pred is not None:
-            pp_pred = attack.pred.clone() if attack.pred is not None else None
-            if pp_pred is not None:
-                pp_pred[rows_cpu] = torch.tensor(sub_pred, dtype=torch.int64)
+        if sub_pred is not None and all(v is not None for v in sub_pred):
+            pp_pred = batch.clean_pred.clone()  # unattacked images keep the original image
+            pp_pred[rows_cpu] = torch.tensor(sub_pred, dtype=torch.int64)
         for key, values in sub_extras.items():
             full: list = [None] * n
             for j, r in enumerate(rows_cpu.tolist()):

@@ -124,12 +124,13 @@ def gradient_and_loss(
     targets: torch.Tensor | None,
     kind: str,
     margin: float = 0.0,
+    pred_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Objective, torch.Tensor, torch.Tensor]:
     """:func:`gradient`, plus ``L_Q(0)`` per image (float64) and the success at ``x_a``.
 
     ``L_Q(0) + q^T g`` is the first-order model of Eq. 24. Loss and success (the objective's
     test on the logits at ``x_a``) come from the same forward pass as the gradient, so they
-    cost nothing.
+    cost nothing; so does the predicted class at ``x_a``, written into ``pred_out`` if given.
     """
     check_choice(kind, "loss", LOSS_KINDS)
     x = x_adv.detach().clone().requires_grad_(True)
@@ -146,4 +147,6 @@ def gradient_and_loss(
     # x is in [0, 1] units: d/d(pixel) = d/dx / 255 (the paper works in 0..255, Sec. 3.2).
     loss_at_adv = loss_at_adv.detach().to(torch.float64)
     success = objective.success(logits.detach())
+    if pred_out is not None:
+        pred_out.copy_(logits.detach().argmax(dim=1))
     return grad.detach().to(torch.float64) / 255.0, objective, loss_at_adv, success

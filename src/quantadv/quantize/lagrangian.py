@@ -148,7 +148,9 @@ def lagrangian(
         succeeded, ``inf`` on failure), ``j_size`` (``|J|``), ``success`` (bool),
         ``calls`` (network calls, the gradient counting as one), ``both_pixels`` (pixels
         whose choice lowers both loss and distortion, Table 2) and ``lambda_pixels``
-        (pixels of ``J`` switched to the loss choice by ``lambda*``).
+        (pixels of ``J`` switched to the loss choice by ``lambda*``), ``pred`` (the
+        network's class at ``x_q``, from the search's own forward pass of the returned
+        candidate; one more call only where the search never evaluated it).
 
     Returns
     -------
@@ -161,8 +163,9 @@ def lagrangian(
     batch = x_adv.shape[0]
     device = x_adv.device
     labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
+    pred_at_adv = torch.empty(batch, dtype=torch.int64, device=device)
     grad, objective, loss_at_adv, success_at_adv = _loss.gradient_and_loss(
-        model, x_adv, labels_t, targets_t, loss, margin_value
+        model, x_adv, labels_t, targets_t, loss, margin_value, pred_out=pred_at_adv
     )
     g = _rule.flatten_gradient(grad, parts)
     r = _rule.ratios(parts, g)
@@ -170,6 +173,12 @@ def lagrangian(
     j_size = j_mask.sum(dim=1)
     r_sorted, order = torch.sort(r, dim=1, stable=True)
     calls = torch.ones(batch, dtype=torch.int64, device=device)
+    # The prediction at the smallest successful candidate tested so far (the returned one,
+    # since the search only ever returns a tested success) and at Q-infinity (k = |J|, what a
+    # failure returns): the info's ``pred`` without another network call.
+    best_k = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    best_pred = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    inf_pred = torch.full((batch,), -1, dtype=torch.int64, device=device)
 
     def lam_at(idx: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """lambda = r_(k) (k-th smallest ratio, 1-based) for the images ``idx``; 0 for k = 0."""
@@ -192,7 +201,14 @@ def lagrangian(
         logits = model(image)
         calls[idx] += 1
         chosen = objective.select(idx)
-        return chosen.success(logits), chosen.loss(logits).to(torch.float64)
+        ok = chosen.success(logits)
+        pred = logits.argmax(dim=1)
+        better = ok & ((best_k[idx] < 0) | (k < best_k[idx]))
+        best_k[idx[better]] = k[better]
+        best_pred[idx[better]] = pred[better]
+        at_inf = k == j_size[idx]
+        inf_pred[idx[at_inf]] = pred[at_inf]
+        return ok, chosen.loss(logits).to(torch.float64)
 
     if search == "bisection":
         hi = _bisection(lambda idx, k: test(idx, k)[0], j_size)
@@ -214,11 +230,20 @@ def lagrangian(
     x_q = torch.where(flip, q_inf, q_zero).reshape(x_adv.shape)
     if not return_info:
         return x_q
+    pred = torch.where(success, torch.where(best_k == hi, best_pred, -1), inf_pred)
+    digital = (x_q.flatten(1) == x_adv.flatten(1)).all(dim=1)  # x_q is x_a: its pass judged it
+    pred = torch.where((pred < 0) & digital, pred_at_adv, pred)
+    missing = (pred < 0).nonzero().flatten()
+    if missing.numel():  # e.g. a digital x_a judged by the gradient's own pass
+        with torch.no_grad():
+            pred[missing] = model(x_q[missing]).argmax(dim=1)
+        calls[missing] += 1
     info = {
         "lambda_star": lam_star,
         "j_size": j_size,
         "success": success,
         "calls": calls,
+        "pred": pred,
         "both_pixels": _rule.agreeing(parts, g).sum(dim=1),
         "lambda_pixels": flip.sum(dim=1),
     }
