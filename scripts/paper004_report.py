@@ -26,8 +26,9 @@ def pct(res: dict, key: str) -> str:
     return f"{100 * v['acc']:.1f}" if isinstance(v, dict) else "-"
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
+def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:
+    align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out)
 
@@ -82,7 +83,7 @@ def main() -> None:
     for n in names:
         for c in res[n].get("checks", []):
             rows.append([LABEL[n], c["name"], "PASS" if c["passed"] else "**FLAG**", c["evidence"]])
-    print(table(rows, ["model", "check", "verdict", "evidence"]))
+    print(table(rows, ["model", "check", "verdict", "evidence"], numeric=False))
 
     import matplotlib
 
@@ -98,6 +99,7 @@ def main() -> None:
         ax.bar([i + (j - 2) * width for i in range(len(names))], vals, width, label=title)
     ax.set_xticks(range(len(names)), lab, fontsize=8)
     ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 118)
     ax.set_title(f"Fashion-MNIST, first {res[names[0]]['n']} test images, L-inf eps 0.1, 20 steps")
     ax.legend(fontsize=7, ncol=5)
     fig.tight_layout()
