@@ -58,7 +58,7 @@ class ScaledLogits(torch.nn.Module):
 
 def load_model(name: str) -> torch.nn.Module:
     base, _, scale = name.partition("*")
-    model = models.load(base).eval()
+    model = (models.load_file(base) if base.endswith(".safetensors") else models.load(base)).eval()
     return ScaledLogits(model, float(scale)).eval() if scale else model
 
 
@@ -77,7 +77,7 @@ def apgd(model, x, y, loss: str, norm: str, eps: float, steps: int) -> torch.Ten
 
 def run_model(name: str, x: torch.Tensor, y: torch.Tensor, out: Path, n_checks: int, surrogate: str | None,
               parts: set[str], rhos: list[float] | None = None) -> None:
-    path = out / f"{name}.json"
+    path = out / f"{Path(name).name.removesuffix('.safetensors')}.json"
     res = json.loads(path.read_text()) if path.exists() else {}
     model = load_model(name)
     res["model"] = name
