@@ -78,8 +78,11 @@ def extract(name: str):
         sys.exit(f"neither {db} nor {csv}: run quantadv run configs/paper001-{name}.yaml first")
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     runs = {}
-    for run_id, label, params, config in con.execute("SELECT run_id, attack, params, config FROM runs"):
+    for run_id, label, name, params, config in con.execute(
+        "SELECT run_id, attack, attack_name, params, config FROM runs"
+    ):
         p, c = json.loads(params), json.loads(config)
+        p.setdefault("attack", name)  # the tracked entry names its attack in params, a registry run in attack_name
         runs[run_id] = dict(entry=label, repeat=c.get("repeat", 0), **p)
     rows = []
     for run_id, idx, success, info in con.execute(
@@ -89,7 +92,7 @@ def extract(name: str):
         inf = json.loads(info) if info else {}
         skipped = inf.get("skipped") == "misclassified"
         att = inf.get("attack", {})
-        attack = r.get("attack", r.get("entry"))
+        attack = r["attack"]
         row = dict(method=method_name(attack, r.get("b"), r.get("step")), attack=attack, b=r.get("b"), eps=r["eps"],
                    steps=r["steps"], restarts=r.get("restarts", 1), repeat=r["repeat"], idx=idx,
                    skipped=skipped, success=bool(success), any=bool(att.get("adv_any", success)))
@@ -204,6 +207,8 @@ def report(name: str) -> None:
                      f"{robust.mean() * 100:.1f}"])
     eng = df[(df.restarts > 1) & np.isclose(df.eps, eps0)]
     for (m, r), sub in eng.groupby(["method", "restarts"]):
+        if sub.idx.nunique() < n_images:
+            continue  # still running
         rows.append([f"{m} (engine restarts)", str(r), f"{(1 - sub.success.mean()) * 100:.1f}", "-"])
     parts.append("## Restarts (Table 3/5 analog): accuracy (%) when an image counts as broken if any of R "
                  "runs breaks it (100 steps)\n")
@@ -213,6 +218,7 @@ def report(name: str) -> None:
     parts.append("\n## Paired differences (same images): accuracy of A minus accuracy of B, points\n")
     pairs = [(f"PQGD_{b}", "PGD") for b in (100, 200, 500, 1000)] + [
         ("BLOB", "PGD"), ("BLOB_QG_200", "BLOB"), ("BLOB_QG_100", "BLOB"),
+        ("PQGD_10", "PGD"), ("PQGD_5000", "PGD"), ("PQGD_100", "PGD (step 0.0375)"),
         ("PQGD_200", "PGD (step 0.0375)"), ("APGD-CE", "PGD"), ("APGD-DLR", "PGD"), ("APGD-CE", "PQGD_200"),
         ("APGD-CE", "BLOB_QG_200"),
         ("APGD-DLR", "BLOB_QG_200")]
