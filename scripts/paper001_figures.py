@@ -83,7 +83,8 @@ def extract(name: str):
     ):
         p, c = json.loads(params), json.loads(config)
         p.setdefault("attack", name)  # the tracked entry names its attack in params, a registry run in attack_name
-        runs[run_id] = dict(entry=label, repeat=c.get("repeat", 0), **p)
+        # runs of one attack from several entries are all independent runs: name them by entry and repeat
+        runs[run_id] = dict(entry=label, repeat=f"{label}#{c.get('repeat', 0)}", **p)
     rows = []
     for run_id, idx, success, info in con.execute(
         "SELECT run_id, idx, success, info FROM results WHERE postprocess = 'none'"
