@@ -78,11 +78,11 @@ def extract(name: str):
         sys.exit(f"neither {db} nor {csv}: run quantadv run configs/paper001-{name}.yaml first")
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     runs = {}
-    for run_id, label, name, params, config in con.execute(
+    for run_id, label, attack_name, params, config in con.execute(
         "SELECT run_id, attack, attack_name, params, config FROM runs"
     ):
         p, c = json.loads(params), json.loads(config)
-        p.setdefault("attack", name)  # the tracked entry names its attack in params, a registry run in attack_name
+        p.setdefault("attack", attack_name)  # the tracked entry names it in params, a registry run in attack_name
         # runs of one attack from several entries are all independent runs: name them by entry and repeat
         runs[run_id] = dict(entry=label, repeat=f"{label}#{c.get('repeat', 0)}", **p)
     rows = []
@@ -214,6 +214,22 @@ def report(name: str) -> None:
     parts.append("## Restarts (Table 3/5 analog): accuracy (%) when an image counts as broken if any of R "
                  "runs breaks it (100 steps)\n")
     parts.append(md_table(["attack", "R", "accuracy over R restarts", "avg single run"], rows))
+    broken = {m: sub.sort_values("idx").success.to_numpy(dtype=bool)
+              for (m, _), sub in eng.groupby(["method", "restarts"]) if sub.idx.nunique() == n_images}
+    lines = []
+    for a, b in (("PQGD_200", "PGD"), ("BLOB_QG_200", "BLOB"), ("BLOB", "PGD"), ("BLOB_QG_200", "PGD")):
+        if a in broken and b in broken:
+            n01, n10, p = mcnemar_exact(broken[a], broken[b])
+            lines.append(f"- engine restarts, {a} vs {b}: broken only by {a} {n01}, only by {b} {n10}, "
+                         f"McNemar exact p = {p:.3g}")
+    apgd = per_image(df, "APGD-CE", eps0, "at100")
+    if apgd is not None and broken:
+        best = max(broken, key=lambda m: broken[m].sum())
+        n01, n10, p = mcnemar_exact(~apgd.all(axis=0), broken[best])
+        lines.append(f"- APGD-CE, any of its {len(apgd)} runs, vs {best} with 10 engine restarts: broken only by "
+                     f"APGD {n01}, only by {best} {n10}, McNemar exact p = {p:.3g}")
+    if lines:
+        parts.append("\n" + "\n".join(lines))
 
     # significance
     parts.append("\n## Paired differences (same images): accuracy of A minus accuracy of B, points\n")
