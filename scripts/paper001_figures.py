@@ -311,7 +311,7 @@ def figures(name, df, eps0, methods, eps_values, bs) -> None:
         for k in steps:
             robust = per_image(df, m, eps0, f"at{k}")
             ys.append(np.nan if robust is None else robust.mean() * 100)
-        if m in ("PGD", "PGD (step 0.0375)", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
+        if m in ("PGD", "PGD (step 0.0375)", "PQGD_100", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
             ax.plot(steps, ys, marker=".", label=m)
     ax.set_xlabel("steps")
     ax.set_ylabel("accuracy (%)")
