@@ -24,7 +24,6 @@ component, row ``k`` / column ``l`` of a block being vertical / horizontal frequ
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import tempfile
@@ -36,9 +35,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .._validate import check_labels
 from ..errors import DataError, InputError
-from .png import LABELS_FILE, _as_uint8, _write_atomic
+from ._folder import file_names, list_files, read_labels, write_folder
+from .png import _as_uint8
 
 #: File suffixes read as JPEG by :func:`jpeg_files`.
 JPEG_SUFFIXES = (".jpg", ".jpeg")
@@ -337,27 +336,6 @@ def stack_coefficients(jpegs: Sequence[JpegCoefficients]) -> torch.Tensor:
 # Folders of .jpg files
 
 
-def _jpeg_names(names: Sequence[str] | None, count: int) -> list[str]:
-    if names is None:
-        width = max(5, len(str(count - 1)))
-        return [f"{i:0{width}d}.jpg" for i in range(count)]
-    if isinstance(names, str):
-        raise InputError("names must be a sequence of file names (one per image), not a string")
-    names = list(names)
-    if len(names) != count:
-        raise InputError(f"names has {len(names)} entries but there are {count} images")
-    out = []
-    for name in names:
-        if not isinstance(name, str) or not name or name in (".", ".."):
-            raise InputError(f"file name {name!r} is not a non-empty string")
-        if "/" in name or "\\" in name or os.sep in name:
-            raise InputError(f"file name {name!r} must not contain a path separator")
-        out.append(name if name.lower().endswith(JPEG_SUFFIXES) else name + ".jpg")
-    if len(set(out)) != len(out):
-        raise InputError("names must be unique (after adding the .jpg suffix)")
-    return out
-
-
 def save_jpeg(
     images: torch.Tensor | Sequence[bytes | JpegCoefficients],
     directory: str | os.PathLike[str],
@@ -402,43 +380,16 @@ def save_jpeg(
         for i, blob in enumerate(blobs):
             if blob[:2] != b"\xff\xd8":
                 raise InputError(f"images[{i}] is not JPEG data (no start-of-image marker)")
-    count = len(blobs)
-    if count == 0:
+    if not blobs:
         raise InputError("nothing to save: no images")
-    files = _jpeg_names(names, count)
-    sidecar = None
-    if targets is not None and labels is None:
-        raise InputError("targets were given without labels; pass labels= as well")
-    if labels is not None:
-        sidecar = {"files": files, "labels": check_labels(labels, count).cpu().tolist()}
-        if targets is not None:
-            sidecar["targets"] = check_labels(targets, count, "targets").cpu().tolist()
-    out_dir = Path(directory)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for blob, name in zip(blobs, files, strict=True):
-        path = out_dir / name
-        _write_atomic(path, lambda fh, blob=blob: fh.write(blob))
-        paths.append(path)
-    if sidecar is not None:
-        text = json.dumps(sidecar, indent=1).encode()
-        _write_atomic(out_dir / LABELS_FILE, lambda fh: fh.write(text))
-    return paths
+    files = file_names(names, len(blobs), JPEG_SUFFIXES)
+    return write_folder(directory, files, [lambda fh, blob=blob: fh.write(blob) for blob in blobs],
+                        labels, targets)
 
 
 def jpeg_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The ``.jpg`` / ``.jpeg`` files of ``directory``, sorted by name."""
-    path = Path(directory)
-    if not path.exists():
-        raise DataError(f"{path} does not exist")
-    if not path.is_dir():
-        raise DataError(f"{path} is not a directory; load_jpeg reads a directory of .jpg files")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in JPEG_SUFFIXES)
-    if not files:
-        raise DataError(f"{path} contains no .jpg files")
-    return files
+    return list_files(directory, JPEG_SUFFIXES, "load_jpeg")
 
 
 def load_jpeg(directory: str | os.PathLike[str]) -> torch.Tensor:
@@ -469,32 +420,4 @@ def load_jpeg_labels(
     directory: str | os.PathLike[str], labels_file: str | os.PathLike[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The labels (and targets, or None) recorded by :func:`save_jpeg` for ``directory``'s files."""
-    path = Path(labels_file) if labels_file is not None else Path(directory) / LABELS_FILE
-    if not path.is_file():
-        raise DataError(f"no label file {path}; save the images with save_jpeg(..., labels=...) or pass one")
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("labels"), list):
-        raise DataError(f"{path} must hold a JSON object with a 'labels' list")
-    files = [p.name for p in jpeg_files(directory)]
-    count = len(files)
-    recorded = content.get("files")
-    if recorded is not None and sorted(recorded) != files:
-        raise DataError(
-            f"{path} lists {len(recorded)} files that do not match the {count} .jpg files of {directory}; "
-            "the label file is stale or belongs to another directory"
-        )
-    order = [recorded.index(name) for name in files] if recorded is not None else range(count)
-    result = []
-    for key in ("labels", "targets"):
-        values = content.get(key)
-        if values is None:
-            result.append(None)
-            continue
-        if (not isinstance(values, list) or len(values) != count
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)):
-            raise DataError(f"{path}: '{key}' must be a list of {count} non-negative integers")
-        result.append(torch.tensor([values[i] for i in order], dtype=torch.int64))
-    return result[0], result[1]
+    return read_labels(directory, labels_file, [p.name for p in jpeg_files(directory)], "save_jpeg")

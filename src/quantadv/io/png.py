@@ -14,9 +14,7 @@ so that ``quantadv verify`` can re-check the images without other input.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,11 +22,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .._validate import check_labels
 from ..digital import to_uint8
 from ..errors import DataError, InputError
+from ._folder import LABELS_FILE, file_names, list_files, read_labels, write_folder
 
-LABELS_FILE = "labels.json"
+__all__ = ["LABELS_FILE", "load_labels", "load_png", "png_files", "save_png"]
 _MODES = {1: "L", 3: "RGB"}
 _CHANNELS = {"L": 1, "RGB": 3}
 
@@ -52,39 +50,6 @@ def _as_uint8(images: object) -> torch.Tensor:
     if not images.dtype.is_floating_point:
         raise InputError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
     return to_uint8(images.detach()).cpu()
-
-
-def _file_names(names: Sequence[str] | None, count: int) -> list[str]:
-    if names is None:
-        width = max(5, len(str(count - 1)))
-        return [f"{i:0{width}d}.png" for i in range(count)]
-    if isinstance(names, str):
-        raise InputError("names must be a sequence of file names (one per image), not a string")
-    names = list(names)
-    if len(names) != count:
-        raise InputError(f"names has {len(names)} entries but there are {count} images")
-    out = []
-    for name in names:
-        if not isinstance(name, str) or not name or name in (".", ".."):
-            raise InputError(f"file name {name!r} is not a non-empty string")
-        if "/" in name or "\\" in name or os.sep in name:
-            raise InputError(f"file name {name!r} must not contain a path separator")
-        out.append(name if name.lower().endswith(".png") else name + ".png")
-    if len(set(out)) != len(out):
-        raise InputError("names must be unique (after adding the .png suffix)")
-    return out
-
-
-def _write_atomic(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_png(
@@ -116,45 +81,17 @@ def save_png(
         The files written, in batch order.
     """
     batch = _as_uint8(images)
-    count = batch.shape[0]
-    files = _file_names(names, count)
-    sidecar = None
-    if targets is not None and labels is None:
-        raise InputError("targets were given without labels; pass labels= as well")
-    if labels is not None:
-        sidecar = {"files": files, "labels": check_labels(labels, count).cpu().tolist()}
-        if targets is not None:
-            sidecar["targets"] = check_labels(targets, count, "targets").cpu().tolist()
-    out_dir = Path(directory)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = batch.permute(0, 2, 3, 1).numpy()
-    paths = []
-    for array, name in zip(arrays, files, strict=True):
-        picture = Image.fromarray(
-            np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
-        )
-        path = out_dir / name
-        _write_atomic(path, lambda fh, picture=picture: picture.save(fh, format="PNG"))
-        paths.append(path)
-    if sidecar is not None:
-        text = json.dumps(sidecar, indent=1).encode()
-        _write_atomic(out_dir / LABELS_FILE, lambda fh: fh.write(text))
-    return paths
+    files = file_names(names, batch.shape[0], (".png",))
+    writers = []
+    for array in batch.permute(0, 2, 3, 1).numpy():
+        picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array))
+        writers.append(lambda fh, picture=picture: picture.save(fh, format="PNG"))
+    return write_folder(directory, files, writers, labels, targets)
 
 
 def png_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The ``.png`` files of ``directory`` in the order :func:`load_png` reads them (by name)."""
-    path = Path(directory)
-    if not path.exists():
-        raise DataError(f"{path} does not exist")
-    if not path.is_dir():
-        raise DataError(f"{path} is not a directory; load_png reads a directory of .png files")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".png")
-    if not files:
-        raise DataError(f"{path} contains no .png files")
-    return files
+    return list_files(directory, (".png",), "load_png")
 
 
 def load_png(directory: str | os.PathLike[str]) -> torch.Tensor:
@@ -202,38 +139,4 @@ def load_labels(
     ``labels_file`` defaults to ``directory/labels.json``. The file list it records must
     match the ``.png`` files :func:`load_png` reads, so a stale sidecar is caught.
     """
-    path = Path(labels_file) if labels_file is not None else Path(directory) / LABELS_FILE
-    if not path.is_file():
-        raise DataError(
-            f"no label file {path}; save the images with save_png(..., labels=...) "
-            "or pass a JSON file with a 'labels' list"
-        )
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(content, dict) or not isinstance(content.get("labels"), list):
-        raise DataError(f"{path} must hold a JSON object with a 'labels' list")
-    files = [p.name for p in png_files(directory)]
-    count = len(files)
-    recorded = content.get("files")
-    if recorded is not None and sorted(recorded) != files:
-        raise DataError(
-            f"{path} lists {len(recorded)} files that do not match the {count} .png files "
-            f"of {directory}; the label file is stale or belongs to another directory"
-        )
-    order = [recorded.index(name) for name in files] if recorded is not None else range(count)
-    result = []
-    for key in ("labels", "targets"):
-        values = content.get(key)
-        if values is None:
-            result.append(None)
-            continue
-        if (
-            not isinstance(values, list)
-            or len(values) != count
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
-        ):
-            raise DataError(f"{path}: '{key}' must be a list of {count} non-negative integers")
-        result.append(torch.tensor([values[i] for i in order], dtype=torch.int64))
-    return result[0], result[1]
+    return read_labels(directory, labels_file, [p.name for p in png_files(directory)], "save_png")
