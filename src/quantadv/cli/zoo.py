@@ -1,7 +1,8 @@
 """``quantadv zoo``: list, show and verify the shipped models.
 
 * ``quantadv zoo list`` prints one line per shipped model: name, architecture, data,
-  training method, eps, clean test accuracy and file size.
+  training method, eps, clean test accuracy, file size and defense (binary networks show
+  their binarisation method beside the architecture).
 * ``quantadv zoo show NAME`` prints a model's manifest (JSON), including the exact command
   that reproduces it. ``NAME`` may also be the path of your own ``.safetensors``/``.json``.
 * ``quantadv zoo verify [NAME ...]`` checks the sha256 of every (or the named) weight file
@@ -38,14 +39,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _row(name: str, m: dict[str, Any]) -> list[str]:
     acc = m.get("clean_accuracy")
     size = m.get("size_bytes")
+    arch = str(m.get("arch", "?"))
+    binary = m.get("binary")
+    if isinstance(binary, dict) and binary.get("method"):
+        arch += f" ({binary['method']}, binary)"
     return [
         name,
-        str(m.get("arch", "?")),
+        arch,
         str(m.get("data", "?")),
         str(m.get("method", "?")),
         f"{m['eps']:g}" if isinstance(m.get("eps"), (int, float)) and m.get("eps") else "-",
         f"{100 * acc:.2f}%" if isinstance(acc, (int, float)) else "?",
         f"{size / 1e6:.1f} MB" if isinstance(size, int) else "?",
+        str(m.get("defense") or "-"),
     ]
 
 
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print("no models are shipped in this installation")
             return 0
         rows = [_row(n, manifest(n)) for n in names]
-        header = ["name", "arch", "data", "method", "eps", "clean acc", "size"]
+        header = ["name", "arch", "data", "method", "eps", "clean acc", "size", "defense"]
         print(format_table(rows, header))
         return 0
     if cmd == "show":
