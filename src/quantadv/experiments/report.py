@@ -433,8 +433,8 @@ def _image_plots(store_rows: Sequence[dict], originals: dict, adversarials: Sequ
         cols = 1 + 2 * len(pps)
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(1.25 * cols, 1.35 * len(idxs) + 0.4))
-        axes = fig.subplots(len(idxs), cols, squeeze=False)
+        fig = Figure(figsize=(1.45 * cols, 1.9 * len(idxs) + 0.6))
+        axes = fig.subplots(len(idxs), cols, squeeze=False, gridspec_kw={"hspace": 0.85})
         for i, idx in enumerate(idxs):
             shape, data = originals[idx]
             orig = _to_hwc(data, shape, np.uint8)
@@ -455,7 +455,7 @@ def _image_plots(store_rows: Sequence[dict], originals: dict, adversarials: Sequ
                 verdict = ""
                 if res is not None:
                     verdict = (f"{_class_text(names, res['clean_pred'])}→{_class_text(names, res['adv_pred'])}"
-                               f" d={res['d']:.2f}")
+                               f"\nd={res['d']:.2f}")
                 axes[i][1 + 2 * j].imshow(show(adv), cmap=cmap, vmin=0, vmax=1)
                 axes[i][1 + 2 * j].set_title(f"{pp}\n{verdict}", fontsize=6)
                 axes[i][2 + 2 * j].imshow(show(0.5 + amp * diff), cmap=cmap, vmin=0, vmax=1)
