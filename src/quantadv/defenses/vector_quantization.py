@@ -47,6 +47,7 @@ Implementation notes
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -258,8 +259,14 @@ def _quantize_points(
     return torch.gather(centres, 1, labels.unsqueeze(-1).expand(b, n, d))
 
 
-class _RandomQuantizer(nn.Module):
-    """Shared parameter checks, input checks and seeding of the three quantizers."""
+class _RandomQuantizer(nn.Module, abc.ABC):
+    """Shared parameter checks, input checks and seeding of the three quantizers.
+
+    Subclasses say which vectors are clustered (:meth:`points`: pixels, patches or windows).
+    ``randomized`` tells :func:`quantadv.defenses.adaptive` that EOT has draws to average.
+    """
+
+    randomized = True
 
     def __init__(self, k: int, sigma: float, tau: float, iters: int) -> None:
         super().__init__()
@@ -279,9 +286,9 @@ class _RandomQuantizer(nn.Module):
             raise InputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         return draw_seeds(x.shape[0], generator, x.device)
 
+    @abc.abstractmethod
     def points(self, x: torch.Tensor) -> torch.Tensor:
         """The vectors this quantizer clusters, shape ``(B, N, D)`` (pixels, patches or windows)."""
-        raise NotImplementedError
 
     def codebook(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The random codebook ``C`` (cluster centres) of each image, shape ``(B, k, D)``.
