@@ -379,6 +379,29 @@ def test_cli_train_writes_a_verifiable_model(tmp_path, fake_data, capsys):
         qm.load_file(tmp_path / "toy.safetensors")
 
 
+def test_zoo_ship_stores_float16_only_when_every_prediction_is_kept(tmp_path, fake_data, capsys):
+    from quantadv.models.ship import prediction_digest, predictions
+
+    argv = ["train", "--arch", "small-cnn", "--data", "synthetic", "--epochs", "1", "--batch-size",
+            "32", "--out", "toy", "--out-dir", str(tmp_path / "trained"), "--no-progress"]
+    assert main(argv) == 0
+    zoo = tmp_path / "zoo"
+    assert main(["zoo", "ship", str(tmp_path / "trained" / "toy.safetensors"), "--zoo-dir", str(zoo)]) == 0
+    meta = json.loads((zoo / "toy.json").read_text())
+    shipped, original = qm.load_file(zoo / "toy.safetensors"), qm.load_file(tmp_path / "trained" / "toy.safetensors")
+    x, _ = synthetic(n=48, size=28, seed=1)
+    assert meta["weights_dtype"] in ("float16", "float32")
+    if meta["weights_dtype"] == "float16":
+        assert meta["size_bytes"] < 0.6 * meta["float16_check"]["float32_size_bytes"]
+        assert torch.equal(predictions(shipped, x), predictions(original, x))
+        assert prediction_digest(predictions(shipped, x)) == meta["float16_check"]["float32_predictions_sha256"]
+        weights = shipped.state_dict()
+        assert weights["normalize.mean"].dtype == torch.float32  # buffers were not rounded
+    else:
+        assert meta["float16_check"]["predictions_differing"] > 0
+    assert (zoo / "toy.train.jsonl").is_file()
+
+
 def test_cli_train_refuses_to_clobber_a_checkpoint_without_resume(tmp_path, fake_data, capsys):
     (tmp_path / "toy.checkpoint").mkdir()
     (tmp_path / "toy.checkpoint" / "state.json").write_text("{}")
