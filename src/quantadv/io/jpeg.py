@@ -354,6 +354,27 @@ def encode(images: torch.Tensor, quality: int, subsampling: str | None = None) -
     return out
 
 
+def encode_like(image: torch.Tensor, template: JpegCoefficients) -> bytes:
+    """Encode one digital image ``(C, H, W)`` with Pillow using ``template``'s quantization tables
+    (per component) and chroma subsampling: what re-saving an edited JPEG with its own settings
+    does (``qtables=``, ``subsampling=``)."""
+    array = _as_uint8(image.unsqueeze(0))[0].permute(1, 2, 0).numpy()
+    if array.shape[2] != len(template.coefficients) or array.shape[:2] != (template.height, template.width):
+        raise InputError(f"the image is {array.shape[2]}x{array.shape[0]}x{array.shape[1]} but the template JPEG is "
+                         f"{len(template.coefficients)}x{template.height}x{template.width}")
+    index = list(template.table_index)
+    # Pillow gives component i table i (the last table to the rest): pass the file's own tables when
+    # its assignment is that one (the usual Y / chroma pair), else one table per component.
+    pillow_order = [min(i, max(index)) for i in range(len(index))]
+    qtables = template.tables[: max(index) + 1] if index == pillow_order else template.component_tables()
+    picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array))
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", qtables=[[int(v) for v in t.flatten()] for t in qtables],
+                 subsampling={"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[template.subsampling], optimize=False,
+                 progressive=False)
+    return buf.getvalue()
+
+
 def check_quality(quality: object) -> int:
     """A JPEG quality factor: an integer in 1..100."""
     if isinstance(quality, bool) or not isinstance(quality, int | np.integer) or not 1 <= int(quality) <= 100:
@@ -570,7 +591,7 @@ def forward_dct(pixels: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
 def stack_coefficients(jpegs: Sequence[JpegCoefficients]) -> torch.Tensor:
     """The coefficients of 4:4:4 (or grayscale) JPEGs of one size and mode as a ``(B, C, bh, bw, 8, 8)``
     int64 tensor; for subsampled files see :func:`stack_components`."""
-    if any(len({c.shape for c in j.coefficients}) != 1 for j in jpegs):
+    if any(len(set(j.sampling)) > 1 for j in jpegs):
         raise InputError("these JPEGs have subsampled chroma (block grids differ per component): use "
                          "stack_components(jpegs), one tensor per component")
     return torch.stack([torch.from_numpy(np.stack(j.coefficients).astype(np.int64)) for j in jpegs])
