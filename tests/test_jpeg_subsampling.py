@@ -276,3 +276,17 @@ def test_quality_path_writes_the_requested_subsampling() -> None:
         _, rounded = quantize.round_jpeg(model, x, x_a, y, quality=80, subsampling=subsampling, return_info=True)
         _, reenc = quantize.reencode_jpeg(model, x, x_a, y, quality=80, subsampling=subsampling, return_info=True)
         assert all(qio.read_coefficients(b).subsampling == expected for b in rounded["jpeg"] + reenc["jpeg"])
+
+
+def test_cli_jpeg_subsampling_option(capsys) -> None:  # type: ignore[no-untyped-def]
+    import argparse
+
+    from quantadv.cli import main
+    from quantadv.cli.attack import _postprocess
+
+    args = argparse.Namespace(quantize="lagrangian-jpeg", jpeg_quality=85, jpeg_subsampling="4:2:2")
+    assert _postprocess(args)[1] == {"name": "lagrangian_jpeg", "params": {"quality": 85, "subsampling": "4:2:2"}}
+    args.jpeg_subsampling = None  # Pillow's default: the config (and its hash) stays as before
+    assert _postprocess(args)[1] == {"name": "lagrangian_jpeg", "params": {"quality": 85}}
+    assert main(["attack", "--model", "mnist-cnn", "--attack", "fgsm", "--jpeg-subsampling", "4:2:0"]) == 2
+    assert "add --quantize lagrangian-jpeg" in capsys.readouterr().err
