@@ -76,7 +76,7 @@ def train(n_train: int, epochs: int) -> nn.Module:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         print(f"epoch {epoch + 1}: mean loss {total / n_train:.3f}", flush=True)
     return model.eval()
 
