@@ -83,6 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "quantization tables of --jpeg-quality) and labels.json to DIR")
     p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
                    help="JPEG quality 1..100 of --quantize lagrangian-jpeg (default 90)")
+    p.add_argument("--jpeg-subsampling", default=None, choices=("4:4:4", "4:2:2", "4:2:0"),
+                   help="chroma subsampling of colour JPEG files (default 4:2:0, what Pillow writes; grayscale "
+                        "data have no chroma)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_seed(p)
     return p
@@ -151,7 +154,10 @@ def _postprocess(args: argparse.Namespace) -> list:
     kept too ("none"): the JPEG bytes are re-derived from it (and the quality) for --jpeg."""
     if args.quantize != "lagrangian-jpeg":
         return [POSTPROCESS[args.quantize]]
-    return ["none", {"name": "lagrangian_jpeg", "params": {"quality": getattr(args, "jpeg_quality", 90)}}]
+    params: dict[str, object] = {"quality": getattr(args, "jpeg_quality", 90)}
+    if getattr(args, "jpeg_subsampling", None) is not None:
+        params["subsampling"] = args.jpeg_subsampling
+    return ["none", {"name": "lagrangian_jpeg", "params": params}]
 
 
 def summarize(result: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
@@ -219,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
     jpeg_mode = args.quantize == "lagrangian-jpeg"
     if args.jpeg and not jpeg_mode:
         raise InputError("--jpeg writes adversarial JPEG files: add --quantize lagrangian-jpeg")
+    if getattr(args, "jpeg_subsampling", None) and not jpeg_mode:
+        raise InputError("--jpeg-subsampling sets the chroma of JPEG files: add --quantize lagrangian-jpeg")
     if jpeg_mode and args.png:
         raise InputError("--quantize lagrangian-jpeg makes JPEG files: use --jpeg DIR instead of --png")
     if jpeg_mode:
@@ -313,7 +321,8 @@ def _write_jpegs(args: argparse.Namespace, result: dict, floats: torch.Tensor, l
     for start in range(0, keep.numel(), args.batch_size):
         sl = slice(start, start + args.batch_size)
         x_q, info = lagrangian_jpeg(model, x[sl], floats[keep][sl].to(device), labels[keep][sl].to(device),
-                                    quality=args.jpeg_quality, return_info=True,
+                                    quality=args.jpeg_quality, subsampling=getattr(args, "jpeg_subsampling", None),
+                                    return_info=True,
                                     targets=None if sub_targets is None else sub_targets[sl])
         blobs += info["jpeg"]
         same += int((x_q.cpu() == result["adv"][keep][sl]).flatten(1).all(1).sum())

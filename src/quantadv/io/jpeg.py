@@ -7,18 +7,23 @@ is therefore a choice of integer coefficients (issue 12; paper 000's idea, Sec. 
 to the DCT domain): see :func:`quantadv.quantize.lagrangian_jpeg`.
 
 - :func:`read_coefficients` / :meth:`JpegCoefficients.to_bytes`: lossless coefficient I/O
-  with ``jpeglib`` (libjpeg bindings; ``pip install quantadv[jpeg]``), grayscale and YCbCr,
-  baseline (sequential) files only. The quantization tables are kept as they are.
+  with ``jpeglib`` (libjpeg bindings; ``pip install quantadv[jpeg]``), grayscale and YCbCr
+  (any chroma sampling factors), baseline (sequential) files only. The quantization tables
+  and sampling factors are kept as they are.
 - :func:`decode`: the standard decoder (libjpeg through Pillow), the one that
   ``quantadv verify`` and any viewer use; every success claim is judged on its output.
-- :func:`encode`: Pillow's baseline encoder at a quality (colour at 4:4:4, no subsampling).
-- :func:`decoder_model`: a torch model of the decoder (IDCT, level shift, clamp, YCbCr to
-  RGB) for gradients; with ``rounding=True`` it matches libjpeg within 1 grey level.
+- :func:`encode`: Pillow's baseline encoder at a quality and chroma subsampling (colour
+  4:2:0 by default, as Pillow writes it at every quality; ``"4:4:4"``, ``"4:2:2"``).
+- :func:`decoder_model`: a torch model of the decoder (IDCT, level shift, clamp, chroma
+  upsampling for 4:2:2 / 4:2:0, YCbCr to RGB) for gradients; with ``rounding=True`` it
+  matches libjpeg within 1 grey level per plane.
 - :func:`save_jpeg` / :func:`load_jpeg` / :func:`load_jpeg_labels`: folders of ``.jpg`` files
   with the same ``labels.json`` sidecar as :func:`quantadv.io.save_png`.
 
 Coefficient arrays use jpeglib's layout: ``(blocks_down, blocks_across, 8, 8)`` int16 per
-component, row ``k`` / column ``l`` of a block being vertical / horizontal frequency.
+component, row ``k`` / column ``l`` of a block being vertical / horizontal frequency. With
+chroma subsampling the components' block grids differ (4:2:0: a chroma block covers 16x16
+pixels); :class:`BlockLayout` packs them into one ``(B, N, 8, 8)`` tensor.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 #: JFIF's YCbCr -> RGB matrix (ITU-R BT.601 full range), as libjpeg uses it.
 _YCC_TO_RGB = ((1.0, 0.0, 1.402), (1.0, -0.344136, -0.714136), (1.0, 1.772, 0.0))
 _RGB_TO_YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+#: Chroma subsampling -> how many pixels (across, down) one chroma sample covers.
+SUBSAMPLING = {"4:4:4": (1, 1), "4:2:2": (2, 1), "4:2:0": (2, 2)}
+#: What Pillow writes for colour when not told (at every quality): libjpeg's default, 4:2:0.
+PILLOW_SUBSAMPLING = "4:2:0"
+#: Chroma upsampling of :func:`decoder_model`: libjpeg's default ("fancy", triangular) or
+#: replication (libjpeg with ``do_fancy_upsampling = FALSE``).
+UPSAMPLING = ("fancy", "replicate")
 
 
 def _jpeglib():  # type: ignore[no-untyped-def]
@@ -71,7 +83,10 @@ class JpegCoefficients:
     height, width : int
         Image size in pixels (the blocks cover it, padded to a multiple of 8).
     mode : str
-        ``"L"`` (grayscale) or ``"RGB"`` (stored as YCbCr, 4:4:4).
+        ``"L"`` (grayscale) or ``"RGB"`` (stored as YCbCr).
+    sampling : tuple of (int, int)
+        The file's sampling factors (horizontal, vertical) per component, e.g.
+        ``((2, 2), (1, 1), (1, 1))`` for 4:2:0; default: 1x1 for every component (4:4:4).
     """
 
     coefficients: list[np.ndarray]
@@ -80,6 +95,25 @@ class JpegCoefficients:
     height: int
     width: int
     mode: str
+    sampling: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.sampling:
+            self.sampling = ((1, 1),) * len(self.coefficients)
+        self.sampling = tuple((int(h), int(v)) for h, v in self.sampling)
+
+    @property
+    def subsampling(self) -> str:
+        """``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"`` (grayscale: ``"4:4:4"``).
+
+        Raises :class:`~quantadv.errors.DataError` naming a combination of sampling factors
+        that the decoder model does not handle (e.g. 4:4:0 or 4:1:1).
+        """
+        return subsampling_of(self.sampling)
+
+    def layout(self) -> BlockLayout:
+        """The :class:`BlockLayout` of this file's components."""
+        return BlockLayout(self.height, self.width, len(self.coefficients), self.subsampling)
 
     def component_tables(self) -> np.ndarray:
         """The table of every component, ``(components, 8, 8)`` float64."""
@@ -97,6 +131,9 @@ class JpegCoefficients:
         else:
             obj = jpeglib.from_dct(Y=comps[0], Cb=comps[1], Cr=comps[2], qt=self.tables.astype(np.uint16),
                                    quant_tbl_no=list(self.table_index))
+            # jpeglib infers the factors from the grids' shapes, which is ambiguous for small images
+            # (an 8x8 4:2:2 image has 1x1 blocks in every component): set the file's own (v, h).
+            obj.samp_factor = np.array([[v, h] for h, v in self.sampling], dtype=np.int32)
         obj.height, obj.width = self.height, self.width
         folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         fd, tmp = tempfile.mkstemp(suffix=".jpg", dir=folder)
@@ -108,9 +145,96 @@ class JpegCoefficients:
             os.unlink(tmp)
 
     def with_coefficients(self, coefficients: list[np.ndarray]) -> JpegCoefficients:
-        """A copy with other coefficients (same tables, size and mode)."""
+        """A copy with other coefficients (same tables, size, mode and sampling)."""
         return JpegCoefficients([np.asarray(c, dtype=np.int16) for c in coefficients], self.tables,
-                                list(self.table_index), self.height, self.width, self.mode)
+                                list(self.table_index), self.height, self.width, self.mode, self.sampling)
+
+
+def subsampling_of(sampling: Sequence[tuple[int, int]]) -> str:
+    """The name (``"4:4:4"``, ``"4:2:2"``, ``"4:2:0"``) of per-component (h, v) sampling factors.
+
+    Raises :class:`~quantadv.errors.DataError` for another combination, naming it.
+    """
+    factors = [(int(h), int(v)) for h, v in sampling]
+    if len(factors) == 1:
+        return "4:4:4"
+    (hy, vy), chroma = factors[0], factors[1:]
+    ratio = None
+    if all(c == chroma[0] for c in chroma) and hy % chroma[0][0] == 0 and vy % chroma[0][1] == 0:
+        ratio = (hy // chroma[0][0], vy // chroma[0][1])
+    for name, value in SUBSAMPLING.items():
+        if ratio == value:
+            return name
+    named = {(1, 2): " (4:4:0)", (4, 1): " (4:1:1)", (4, 2): " (4:1:0)"}.get(ratio or (0, 0), "")
+    text = ", ".join(f"{c} {h}x{v}" for c, (h, v) in zip(("Y", "Cb", "Cr", "K"), factors, strict=False))
+    raise DataError(
+        f"the JPEG's sampling factors {text}{named} are not supported: the decoder model handles 4:4:4, "
+        "4:2:2 and 4:2:0; re-encode it (e.g. PIL's Image.save(..., subsampling='4:2:0'))"
+    )
+
+
+def check_subsampling(subsampling: object) -> str:
+    """``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"`` (an :class:`~quantadv.errors.InputError` otherwise)."""
+    if subsampling not in SUBSAMPLING:
+        raise InputError(f"subsampling must be one of {', '.join(SUBSAMPLING)}, got {subsampling!r}")
+    return str(subsampling)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """The block grids of a JPEG's components and their packing into one ``(B, N, 8, 8)`` tensor.
+
+    Component ``c`` of an ``height x width`` image is sampled on a ``ceil(height / fy) x
+    ceil(width / fx)`` grid (``(fx, fy)`` = :data:`SUBSAMPLING` for chroma, ``(1, 1)`` for Y),
+    covered by ``ceil(. / 8)`` blocks each way, as libjpeg lays them out (no MCU padding). The
+    packed tensor holds the blocks of Y, then Cb, then Cr, each in row-major order.
+    """
+
+    height: int
+    width: int
+    components: int
+    subsampling: str = "4:4:4"
+
+    def factors(self) -> list[tuple[int, int]]:
+        """Pixels (across, down) covered by one sample of each component."""
+        chroma = SUBSAMPLING[check_subsampling(self.subsampling)]
+        return [(1, 1)] + [chroma] * (self.components - 1)
+
+    def samples(self) -> list[tuple[int, int]]:
+        """The sampled (downsampled) size ``(rows, columns)`` of each component."""
+        return [(-(-self.height // fy), -(-self.width // fx)) for fx, fy in self.factors()]
+
+    def grids(self) -> list[tuple[int, int]]:
+        """The ``(blocks_down, blocks_across)`` of each component."""
+        return [(-(-h // 8), -(-w // 8)) for h, w in self.samples()]
+
+    def pack(self, components: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-component ``(B, bh, bw, 8, 8)`` tensors -> one ``(B, N, 8, 8)`` tensor."""
+        grids = self.grids()
+        if len(components) != len(grids) or any(tuple(c.shape[-4:-2]) != g for c, g in zip(components, grids,
+                                                                                          strict=False)):
+            raise InputError(f"{self.subsampling} {self.height}x{self.width} components need block grids {grids}, "
+                             f"got {[tuple(c.shape[-4:-2]) for c in components]}")
+        return torch.cat([c.reshape(c.shape[0], -1, 8, 8) for c in components], dim=1)
+
+    def unpack(self, packed: torch.Tensor) -> list[torch.Tensor]:
+        """``(B, N, 8, 8)`` -> per-component ``(B, bh, bw, 8, 8)`` tensors (views)."""
+        grids = self.grids()
+        sizes = [bh * bw for bh, bw in grids]
+        if packed.dim() != 4 or packed.shape[1] != sum(sizes):
+            raise InputError(f"a packed {self.subsampling} {self.height}x{self.width} tensor has shape "
+                             f"(B, {sum(sizes)}, 8, 8), got {tuple(packed.shape)}")
+        parts = torch.split(packed, sizes, dim=1)
+        return [p.reshape(p.shape[0], bh, bw, 8, 8) for p, (bh, bw) in zip(parts, grids, strict=True)]
+
+    def per_block(self, values: torch.Tensor) -> torch.Tensor:
+        """Broadcast per-component values ``(C, ...)`` to every block: ``(N, ...)``."""
+        counts = torch.tensor([bh * bw for bh, bw in self.grids()], device=values.device)
+        return torch.repeat_interleave(values, counts, dim=0)
+
+    def pixels_per_sample(self) -> torch.Tensor:
+        """How many pixels each block's samples cover (1 for Y; 4 for 4:2:0 chroma): ``(N,)``."""
+        return self.per_block(torch.tensor([float(fx * fy) for fx, fy in self.factors()], dtype=torch.float64))
 
 
 def _as_bytes(source: str | os.PathLike[str] | bytes, what: str = "source") -> tuple[bytes, str]:
@@ -175,9 +299,13 @@ def read_coefficients(source: str | os.PathLike[str] | bytes) -> JpegCoefficient
         tables = np.array(obj.qt, dtype=np.uint16)
         index = [int(i) for i in np.asarray(obj.quant_tbl_no).tolist()][: len(comps)]
         height, width = int(obj.height), int(obj.width)
+        # jpeglib stores (vertical, horizontal) per component.
+        sampling = tuple((int(h), int(v)) for v, h in np.asarray(obj.samp_factor).reshape(-1, 2).tolist())
     finally:
         os.unlink(tmp)
-    return JpegCoefficients(comps, tables, index, height, width, picture.mode)
+    if picture.mode == "L":
+        sampling = ((1, 1),)
+    return JpegCoefficients(comps, tables, index, height, width, picture.mode, sampling[: len(comps)])
 
 
 def decode(sources: Sequence[JpegCoefficients | bytes] | JpegCoefficients | bytes) -> torch.Tensor:
@@ -204,21 +332,47 @@ def decode(sources: Sequence[JpegCoefficients | bytes] | JpegCoefficients | byte
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def encode(images: torch.Tensor, quality: int) -> list[bytes]:
+def encode(images: torch.Tensor, quality: int, subsampling: str | None = None) -> list[bytes]:
     """Encode a digital batch (uint8, or float on the 1/255 grid) as baseline JPEGs with Pillow.
 
-    ``quality`` 1..100 selects the IJG tables scaled as libjpeg does; colour images are
-    written 4:4:4 (no chroma subsampling), so that :func:`decoder_model` applies.
+    ``quality`` 1..100 selects the IJG tables scaled as libjpeg does. ``subsampling``
+    (``"4:4:4"``, ``"4:2:2"``, ``"4:2:0"``) is the chroma sampling of colour images; default
+    :data:`PILLOW_SUBSAMPLING`, what Pillow writes when not told (4:2:0 at every quality).
+    Grayscale images have no chroma and ignore it.
     """
     quality = check_quality(quality)
+    pil_sampling = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[
+        PILLOW_SUBSAMPLING if subsampling is None else check_subsampling(subsampling)]
     batch = _as_uint8(images)
     out = []
     for array in batch.permute(0, 2, 3, 1).numpy():
         picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array))
         buf = io.BytesIO()
-        picture.save(buf, format="JPEG", quality=quality, subsampling=0, optimize=False, progressive=False)
+        picture.save(buf, format="JPEG", quality=quality, subsampling=pil_sampling, optimize=False,
+                     progressive=False)
         out.append(buf.getvalue())
     return out
+
+
+def encode_like(image: torch.Tensor, template: JpegCoefficients) -> bytes:
+    """Encode one digital image ``(C, H, W)`` with Pillow using ``template``'s quantization tables
+    (per component) and chroma subsampling: what re-saving an edited JPEG with its own settings
+    does (``qtables=``, ``subsampling=``)."""
+    array = _as_uint8(image.unsqueeze(0))[0].permute(1, 2, 0).numpy()
+    if array.shape[2] != len(template.coefficients) or array.shape[:2] != (template.height, template.width):
+        raise InputError(f"the image is {array.shape[2]}x{array.shape[0]}x{array.shape[1]} but the template JPEG is "
+                         f"{len(template.coefficients)}x{template.height}x{template.width}")
+    index = list(template.table_index)
+    # Pillow gives component i table i (the last table to the rest): pass the file's own tables when
+    # its assignment is that one (the usual Y / chroma pair), else one table per component.
+    pillow_order = [min(i, max(index)) for i in range(len(index))]
+    qtables = template.tables[: max(index) + 1] if index == pillow_order else template.component_tables()
+    picture = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array))
+    buf = io.BytesIO()
+    picture.save(buf, format="JPEG", qtables=[[int(v) for v in t.flatten()] for t in qtables],
+                 subsampling={"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[template.subsampling], optimize=False,
+                 progressive=False)
+    return buf.getvalue()
 
 
 def check_quality(quality: object) -> int:
@@ -266,17 +420,96 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def _floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round down in the forward pass, identity in the backward pass."""
+    return x + (torch.floor(x) - x).detach()
+
+
+def _shift(plane: torch.Tensor, dim: int, step: int) -> torch.Tensor:
+    """``plane`` moved by one sample along ``dim`` (``step`` -1: each sample's predecessor, +1:
+    its successor), the edge sample repeated (libjpeg's edge handling of its upsamplers)."""
+    n = plane.shape[dim]
+    if step < 0:
+        return torch.cat([plane.narrow(dim, 0, 1), plane.narrow(dim, 0, n - 1)], dim=dim)
+    return torch.cat([plane.narrow(dim, 1, n - 1), plane.narrow(dim, n - 1, 1)], dim=dim)
+
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor:
+    """Samples ``even[0], odd[0], even[1], odd[1], ...`` along ``dim`` (-1: columns, -2: rows)."""
+    if dim == -1:
+        return torch.stack([even, odd], dim=-1).flatten(-2)
+    return torch.stack([even, odd], dim=-2).flatten(-3, -2)
+
+
+def upsample_chroma(
+    plane: torch.Tensor, factors: tuple[int, int], height: int, width: int, *, method: str = "fancy",
+    rounding: bool = False,
+) -> torch.Tensor:
+    """Upsample a chroma plane ``(..., rows, columns)`` to ``(..., height, width)`` as libjpeg-turbo does.
+
+    ``factors`` (across, down) is ``(2, 1)`` (4:2:2), ``(2, 2)`` (4:2:0) or ``(1, 1)``.
+    ``method="fancy"`` is libjpeg's default triangular filter (jdsample.c): 4:2:2 gives
+    output pixels ``(3 s[j] + s[j-1] + 1) >> 2`` and ``(3 s[j] + s[j+1] + 2) >> 2``; 4:2:0 first
+    forms column sums ``3 s[i] + s[i -/+ 1]`` (the nearer and the farther row) and then
+    ``(3 c[j] + c[j-1] + 8) >> 4``, ``(3 c[j] + c[j+1] + 7) >> 4``; at the plane's edges the
+    edge sample is repeated. libjpeg falls back to replication for planes 2 samples wide or
+    less, and so does this. ``method="replicate"`` repeats every sample (libjpeg with
+    ``do_fancy_upsampling = FALSE``). With ``rounding`` the shifts are floors (straight-through);
+    without, the output is the filter's exact real value (no bias).
+    """
+    fx, fy = factors
+    if method not in UPSAMPLING:
+        raise InputError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {method!r}")
+    if (fx, fy) not in SUBSAMPLING.values():
+        raise InputError(f"chroma factors must be one of {sorted(SUBSAMPLING.values())}, got {factors!r}")
+    if (fx, fy) == (1, 1):
+        return plane[..., :height, :width]
+    fancy = method == "fancy" and plane.shape[-1] > 2
+    if not fancy:
+        out = plane.repeat_interleave(fx, dim=-1)
+        if fy == 2:
+            out = out.repeat_interleave(2, dim=-2)
+        return out[..., :height, :width]
+    floor = _floor_ste if rounding else (lambda x: x)
+    if fy == 1:  # 4:2:2
+        left = 3.0 * plane + _shift(plane, -1, -1)
+        right = 3.0 * plane + _shift(plane, -1, 1)
+        if rounding:
+            left, right = left + 1.0, right + 2.0
+        out = _interleave(floor(left / 4.0), floor(right / 4.0), -1)
+        return out[..., :height, :width]
+    # 4:2:0: vertical then horizontal triangle; column sums are exact (integers when rounded).
+    above = 3.0 * plane + _shift(plane, -2, -1)
+    below = 3.0 * plane + _shift(plane, -2, 1)
+    colsum = _interleave(above, below, -2)
+    left = 3.0 * colsum + _shift(colsum, -1, -1)
+    right = 3.0 * colsum + _shift(colsum, -1, 1)
+    if rounding:
+        left, right = left + 8.0, right + 7.0
+    out = _interleave(floor(left / 16.0), floor(right / 16.0), -1)
+    return out[..., :height, :width]
+
+
 def decoder_model(
-    coefficients: torch.Tensor, tables: torch.Tensor, height: int, width: int, *, rounding: bool = False
+    coefficients: torch.Tensor | Sequence[torch.Tensor],
+    tables: torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    rounding: bool = False,
+    subsampling: str = "4:4:4",
+    upsampling: str = "fancy",
 ) -> torch.Tensor:
     """Differentiable model of a baseline JPEG decoder: coefficients -> pixels (0..255 scale).
 
     Parameters
     ----------
-    coefficients : Tensor
-        ``(B, C, bh, bw, 8, 8)`` DCT coefficients in units of each one's quantization step
-        (integers for a real file; any float for gradients). ``C`` is 1 (grayscale) or 3 (Y,
-        Cb, Cr; 4:4:4).
+    coefficients : Tensor or sequence of Tensor
+        DCT coefficients in units of each one's quantization step (integers for a real file;
+        any float for gradients): either one ``(B, C, bh, bw, 8, 8)`` tensor (``C`` = 1,
+        grayscale, or 3, Y Cb Cr at 4:4:4), or one ``(B, bh_c, bw_c, 8, 8)`` tensor per
+        component (any ``subsampling``; the grids of :meth:`BlockLayout.grids`), e.g.
+        ``BlockLayout(...).unpack(packed)``.
     tables : Tensor
         ``(C, 8, 8)`` quantization table of each component.
     height, width : int
@@ -284,28 +517,56 @@ def decoder_model(
     rounding : bool
         Round each component and the RGB values as libjpeg does (straight-through: the
         gradient is that of the unrounded model). With it the output matches libjpeg's
-        (Pillow's) decode within 1 grey level (its integer IDCT differs from the exact one
-        by at most that); without it the output is the exact real-valued decode, clamped.
+        (Pillow's) decode within 1 grey level per plane (its integer IDCT differs from the
+        exact one by at most that; RGB within 3, see docs/jpeg.md); without it the output is
+        the exact real-valued decode, clamped.
+    subsampling : str
+        ``"4:4:4"``, ``"4:2:2"`` or ``"4:2:0"``: the chroma sampling of the coefficients.
+    upsampling : str
+        ``"fancy"`` (libjpeg's default triangular filter) or ``"replicate"``; see
+        :func:`upsample_chroma`.
 
     Returns
     -------
     Tensor
         ``(B, 1 or 3, height, width)`` pixels in 0..255 (float, dtype of ``coefficients``).
     """
-    if coefficients.dim() != 6 or coefficients.shape[-2:] != (8, 8) or coefficients.shape[1] not in (1, 3):
-        raise InputError(
-            f"coefficients must have shape (B, C, bh, bw, 8, 8) with C = 1 or 3, got {tuple(coefficients.shape)}"
-        )
-    a = dct_matrix(coefficients.dtype, coefficients.device)
-    dequant = coefficients * tables.to(coefficients).reshape(1, -1, 1, 1, 8, 8)
-    pixels = a.transpose(0, 1) @ dequant @ a + 128.0
-    planes = _blocks_to_image(pixels, height, width).clamp(0.0, 255.0)
-    if rounding:
-        planes = _round_ste(planes)
-    if coefficients.shape[1] == 1:
-        return planes
-    m = torch.tensor(_YCC_TO_RGB, dtype=planes.dtype, device=planes.device)
-    centred = planes - torch.tensor([0.0, 128.0, 128.0], dtype=planes.dtype, device=planes.device).reshape(1, 3, 1, 1)
+    if isinstance(coefficients, torch.Tensor):
+        if coefficients.dim() != 6 or coefficients.shape[-2:] != (8, 8) or coefficients.shape[1] not in (1, 3):
+            raise InputError("coefficients must have shape (B, C, bh, bw, 8, 8) with C = 1 or 3 (or be a list of "
+                             f"(B, bh, bw, 8, 8) tensors, one per component), got {tuple(coefficients.shape)}")
+        if coefficients.shape[1] == 3 and check_subsampling(subsampling) != "4:4:4":
+            raise InputError(f"{subsampling} coefficients have a different block grid per component: pass a list "
+                             "of (B, bh, bw, 8, 8) tensors, one per component (BlockLayout.unpack)")
+        components = list(coefficients.unbind(1))
+    else:
+        components = list(coefficients)
+    if len(components) not in (1, 3):
+        raise InputError(f"coefficients must have 1 or 3 components, got {len(components)}")
+    layout = BlockLayout(int(height), int(width), len(components), check_subsampling(subsampling))
+    grids, samples = layout.grids(), layout.samples()
+    for c, grid in zip(components, grids, strict=True):
+        if c.dim() != 5 or tuple(c.shape[-4:]) != (*grid, 8, 8):
+            raise InputError(f"{layout.subsampling} {height}x{width} coefficients need per-component shapes "
+                             f"(B, bh, bw, 8, 8) with (bh, bw) = {grids}, got {[tuple(x.shape) for x in components]}")
+    if upsampling not in UPSAMPLING:
+        raise InputError(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {upsampling!r}")
+    ref = components[0]
+    a = dct_matrix(ref.dtype, ref.device)
+    tables = tables.to(ref)
+    planes = []
+    for i, (c, (rows, cols), factors) in enumerate(zip(components, samples, layout.factors(), strict=True)):
+        pixels = a.transpose(0, 1) @ (c * tables[i]) @ a + 128.0
+        plane = _blocks_to_image(pixels, rows, cols).clamp(0.0, 255.0)
+        if rounding:
+            plane = _round_ste(plane)
+        planes.append(upsample_chroma(plane, factors, int(height), int(width), method=upsampling,
+                                      rounding=rounding))
+    if len(planes) == 1:
+        return planes[0].unsqueeze(1)
+    ycc = torch.stack(planes, dim=1)
+    m = torch.tensor(_YCC_TO_RGB, dtype=ycc.dtype, device=ycc.device)
+    centred = ycc - torch.tensor([0.0, 128.0, 128.0], dtype=ycc.dtype, device=ycc.device).reshape(1, 3, 1, 1)
     rgb = torch.einsum("oc,bchw->bohw", m, centred).clamp(0.0, 255.0)
     return _round_ste(rgb) if rounding else rgb
 
@@ -328,8 +589,60 @@ def forward_dct(pixels: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
 
 
 def stack_coefficients(jpegs: Sequence[JpegCoefficients]) -> torch.Tensor:
-    """The coefficients of JPEGs of one size and mode as a ``(B, C, bh, bw, 8, 8)`` int64 tensor."""
+    """The coefficients of 4:4:4 (or grayscale) JPEGs of one size and mode as a ``(B, C, bh, bw, 8, 8)``
+    int64 tensor; for subsampled files see :func:`stack_components`."""
+    if any(len(set(j.sampling)) > 1 for j in jpegs):
+        raise InputError("these JPEGs have subsampled chroma (block grids differ per component): use "
+                         "stack_components(jpegs), one tensor per component")
     return torch.stack([torch.from_numpy(np.stack(j.coefficients).astype(np.int64)) for j in jpegs])
+
+
+def stack_components(jpegs: Sequence[JpegCoefficients]) -> list[torch.Tensor]:
+    """The coefficients of JPEGs of one layout, one ``(B, bh, bw, 8, 8)`` int64 tensor per component."""
+    layouts = {j.layout() for j in jpegs}
+    if len(layouts) != 1:
+        raise InputError(f"the JPEGs differ in size, mode or subsampling ({sorted(map(str, layouts))}); "
+                         "stack them group by group")
+    return [torch.from_numpy(np.stack([j.coefficients[c] for j in jpegs]).astype(np.int64))
+            for c in range(len(jpegs[0].coefficients))]
+
+
+def downsample_chroma(plane: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
+    """Average ``(..., H, W)`` over ``factors`` (across, down) pixels, the edge padded by repetition:
+    the real-valued version of libjpeg's encoder (jcsample.c), whose integer version alternates
+    its rounding bias."""
+    fx, fy = factors
+    if (fx, fy) == (1, 1):
+        return plane
+    h, w = plane.shape[-2:]
+    lead = plane.shape[:-2]
+    flat = plane.reshape(-1, 1, h, w)
+    ph, pw = (-h) % fy, (-w) % fx
+    if ph or pw:
+        flat = torch.nn.functional.pad(flat, (0, pw, 0, ph), mode="replicate")
+    pooled = torch.nn.functional.avg_pool2d(flat, kernel_size=(fy, fx))
+    return pooled.reshape(*lead, *pooled.shape[-2:])
+
+
+def forward_dct_components(
+    pixels: torch.Tensor, tables: torch.Tensor, subsampling: str = "4:4:4"
+) -> list[torch.Tensor]:
+    """Real-valued coefficients (in quantization steps) of ``(B, C, H, W)`` pixels, one
+    ``(B, bh, bw, 8, 8)`` tensor per component, chroma downsampled to ``subsampling``
+    (:func:`downsample_chroma`) as an encoder does; the grids of :class:`BlockLayout`."""
+    layout = BlockLayout(pixels.shape[-2], pixels.shape[-1], pixels.shape[1], check_subsampling(subsampling))
+    if pixels.shape[1] == 3:
+        m = torch.tensor(_RGB_TO_YCC, dtype=pixels.dtype, device=pixels.device)
+        pixels = torch.einsum("oc,bchw->bohw", m, pixels)
+        pixels = pixels + torch.tensor([0.0, 128.0, 128.0], dtype=pixels.dtype, device=pixels.device).reshape(
+            1, 3, 1, 1)
+    a = dct_matrix(pixels.dtype, pixels.device)
+    tables = tables.to(pixels)
+    out = []
+    for i, factors in enumerate(layout.factors()):
+        blocks = _image_to_blocks(downsample_chroma(pixels[:, i], factors) - 128.0)
+        out.append((a @ blocks @ a.transpose(0, 1)) / tables[i])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

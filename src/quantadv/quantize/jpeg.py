@@ -5,11 +5,14 @@ adversarial sample ``x_a`` pixel by pixel to ``floor`` or ``ceil``; here the sam
 DCT coefficient, in units of each coefficient's quantization step:
 
 - ``y_a = DCT(x_a - 128) / T`` (real-valued coefficients of the attack's output; colour in
-  YCbCr, blocks padded as libjpeg pads them) and ``y_o`` the same for the original (or the
+  YCbCr, chroma averaged over 2x2 / 2x1 pixels for 4:2:0 / 4:2:2, blocks padded as libjpeg
+  pads them) and ``y_o`` the same for the original (or the
   original file's integer coefficients when the original is a JPEG). Each coefficient becomes
   ``floor(y_a)`` or ``ceil(y_a)`` (kept where ``y_a`` is an integer within 1e-4).
 - Distortion: the DCT is orthonormal, so a coefficient ``c`` costs ``T^2 (c - y_o)^2`` squared
-  pixels; the *distortion choice* (the coefficient-domain Q0, Eq. 20) is the option closer to
+  pixels (times the pixels one chroma sample covers, 4 for 4:2:0 and 2 for 4:2:2, exact
+  for replication upsampling, the weight used for the default triangular one too); the
+  *distortion choice* (the coefficient-domain Q0, Eq. 20) is the option closer to
   ``y_o``. When ``y_o`` is an integer (a JPEG original) this is exactly paper 000's rule.
 - Loss: ``g = dL_Q/dc`` through :func:`quantadv.io.jpeg.decoder_model` at ``y_a`` (Eq. 21-24);
   the *loss choice* (Q-infinity, Eq. 25) is ``ceil`` iff ``g < 0``.
@@ -33,7 +36,7 @@ from torch import nn
 
 from .._validate import check_images
 from ..digital import is_digital, to_float
-from ..errors import InputError
+from ..errors import DataError, InputError
 from ..io import jpeg as jio
 from . import _loss
 
@@ -44,14 +47,16 @@ _COEF_LIMIT = 2047.0
 
 
 class _Decoded(nn.Module):
-    """``model(decoder_model(coefficients) / 255)``: the classifier seen from the coefficients."""
+    """``model(decoder_model(coefficients) / 255)``: the classifier seen from packed coefficients."""
 
-    def __init__(self, model: nn.Module, tables: torch.Tensor, height: int, width: int, dtype: torch.dtype):
+    def __init__(self, model: nn.Module, tables: torch.Tensor, layout: jio.BlockLayout, dtype: torch.dtype):
         super().__init__()
-        self.model, self.tables, self.height, self.width, self.dtype = model, tables, height, width, dtype
+        self.model, self.tables, self.layout, self.dtype = model, tables, layout, dtype
 
     def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
-        pixels = jio.decoder_model(coefficients, self.tables, self.height, self.width)
+        lay = self.layout
+        pixels = jio.decoder_model(lay.unpack(coefficients), self.tables, lay.height, lay.width,
+                                   subsampling=lay.subsampling)
         return self.model((pixels / 255.0).to(self.dtype))
 
 
@@ -68,29 +73,37 @@ def _check_inputs(x_orig: torch.Tensor, x_adv: torch.Tensor) -> None:
 
 
 def _originals(
-    x_orig: torch.Tensor, quality: int | None, originals: list[jio.JpegCoefficients] | None
-) -> tuple[list[jio.JpegCoefficients], torch.Tensor | None]:
-    """JPEG templates (tables, size, mode) per image, and the originals' integer coefficients if given."""
+    x_orig: torch.Tensor, quality: int | None, originals: list[jio.JpegCoefficients] | None,
+    subsampling: str | None = None,
+) -> tuple[list[jio.JpegCoefficients], jio.BlockLayout, torch.Tensor | None]:
+    """JPEG templates (tables, size, mode, sampling) per image, their common block layout, and the
+    originals' integer coefficients (packed) if given."""
     if originals is not None:
         if quality is not None:
             raise InputError("give either quality= (encode the originals) or originals= (their JPEG files), not both")
+        if subsampling is not None:
+            raise InputError("subsampling= goes with quality=; originals= keep their own chroma subsampling")
         templates = [o if isinstance(o, jio.JpegCoefficients) else jio.read_coefficients(o) for o in originals]
         if len(templates) != x_orig.shape[0]:
             raise InputError(f"originals has {len(templates)} JPEGs for {x_orig.shape[0]} images")
         for i, t in enumerate(templates):
-            if len({c.shape for c in t.coefficients}) != 1:
-                raise InputError(
-                    f"originals[{i}] has subsampled chroma (e.g. 4:2:0); the decoder model handles 4:4:4 only: "
-                    "re-encode it without subsampling (PIL: subsampling=0) or pass quality= instead"
-                )
+            try:
+                name = t.subsampling
+            except DataError as exc:
+                raise DataError(f"originals[{i}]: {exc}") from None
+            if name != templates[0].subsampling:
+                raise InputError(f"originals[{i}] is {name} but originals[0] is {templates[0].subsampling}; "
+                                 "one batch = one chroma subsampling: attack them in separate calls")
         decoded = jio.decode(templates).to(x_orig.device)
         if decoded.shape != x_orig.shape or not bool((to_float(decoded).to(x_orig.dtype) == x_orig).all()):
             raise InputError("x_orig must be the decoded originals (quantadv.io.decode(originals)) when "
                              "originals= is given")
-        return templates, jio.stack_coefficients(templates).to(torch.float64)
+        layout = templates[0].layout()
+        return templates, layout, layout.pack(jio.stack_components(templates)).to(torch.float64)
     if quality is None:
         raise InputError("lagrangian_jpeg needs quality= (1..100) or originals= (the original JPEG files)")
-    return [jio.read_coefficients(b) for b in jio.encode(x_orig, quality)], None
+    templates = [jio.read_coefficients(b) for b in jio.encode(x_orig, quality, subsampling)]
+    return templates, templates[0].layout(), None
 
 
 def _tables(templates: list[jio.JpegCoefficients]) -> torch.Tensor:
@@ -102,9 +115,15 @@ def _tables(templates: list[jio.JpegCoefficients]) -> torch.Tensor:
 
 
 def _write(templates: list[jio.JpegCoefficients], coefficients: torch.Tensor) -> list[bytes]:
-    """Each image's integer coefficients written as a JPEG file (bytes) with its template's tables."""
-    arrays = coefficients.detach().cpu().to(torch.int16).numpy()
-    return [t.with_coefficients(list(a)).to_bytes() for t, a in zip(templates, arrays, strict=True)]
+    """Each image's packed integer coefficients written as a JPEG file (bytes) with its template's
+    tables and sampling."""
+    parts = [p.detach().cpu().to(torch.int16).numpy() for p in templates[0].layout().unpack(coefficients)]
+    return [t.with_coefficients([p[i] for p in parts]).to_bytes() for i, t in enumerate(templates)]
+
+
+def _pack_dct(pixels: torch.Tensor, tables: torch.Tensor, layout: jio.BlockLayout) -> torch.Tensor:
+    """Real-valued coefficients of ``pixels`` (0..255) in ``layout``, packed ``(B, N, 8, 8)``."""
+    return layout.pack(jio.forward_dct_components(pixels, tables, layout.subsampling))
 
 
 def _decode_float(blobs: list[bytes], like: torch.Tensor) -> torch.Tensor:
@@ -118,6 +137,7 @@ def lagrangian_jpeg(
     labels: torch.Tensor,
     *,
     quality: int | None = None,
+    subsampling: str | None = None,
     originals: list | None = None,
     targets: torch.Tensor | None = None,
     margin: float = 0.0,
@@ -146,10 +166,14 @@ def lagrangian_jpeg(
         True classes.
     quality : int, optional
         IJG quality 1..100: the originals are encoded with Pillow at this quality, whose
-        tables the output files keep (colour 4:4:4).
+        tables the output files keep.
+    subsampling : str, optional
+        With ``quality``: the chroma subsampling of colour files, ``"4:4:4"``, ``"4:2:2"`` or
+        ``"4:2:0"``; default what Pillow writes (4:2:0 at every quality).
     originals : list of bytes or JpegCoefficients, optional
-        Instead of ``quality``: the original JPEG files, attacked in place (their tables, and
-        their integer coefficients as ``y_o``); ``x_orig`` must then be their decode.
+        Instead of ``quality``: the original JPEG files (4:4:4, 4:2:2 or 4:2:0, one kind per
+        batch), attacked in place (their tables and sampling, and their integer coefficients
+        as ``y_o``); ``x_orig`` must then be their decode.
     targets, margin, loss
         As in :func:`quantadv.quantize.lagrangian`.
     return_info : bool
@@ -168,23 +192,23 @@ def lagrangian_jpeg(
     margin_value = _loss.check_margin(margin)
     batch, device = x_adv.shape[0], x_adv.device
     labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
-    templates, y_orig = _originals(x_orig, quality, originals)
+    templates, layout, y_orig = _originals(x_orig, quality, originals, subsampling)
     tables = _tables(templates).to(device)
-    height, width = x_orig.shape[-2:]
     pixels_adv = (x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0)
-    y_adv = jio.forward_dct(pixels_adv, tables)
+    y_adv = _pack_dct(pixels_adv, tables, layout)
     if y_orig is None:
-        y_orig = jio.forward_dct(x_orig.detach().to(torch.float64) * 255.0, tables)
+        y_orig = _pack_dct(x_orig.detach().to(torch.float64) * 255.0, tables, layout)
     y_orig = y_orig.to(device)
 
     # Gradient of L_Q with respect to the coefficients, at y_a, through the decoder model.
-    decoded_model = _Decoded(model, tables, int(height), int(width), x_adv.dtype)
+    decoded_model = _Decoded(model, tables, layout, x_adv.dtype)
     grad, objective, _, _ = _loss.gradient_and_loss(
         decoded_model, y_adv.to(x_adv.dtype), labels_t, targets_t, loss, margin_value
     )
     g = (grad * 255.0).flatten(1)  # _loss divides by 255 (pixel units); undo it: dL/dc per step
     ya, yo = y_adv.flatten(1), y_orig.flatten(1)
-    weight = (tables.reshape(1, -1, 1, 1, 8, 8).expand_as(y_adv) ** 2).flatten(1)
+    block_weight = layout.per_block(tables) ** 2 * layout.pixels_per_sample().to(tables).reshape(-1, 1, 1)
+    weight = block_weight.unsqueeze(0).expand_as(y_adv).flatten(1)
 
     nearest = ya.round()
     exact = (ya - nearest).abs() <= SNAP_TOLERANCE
@@ -283,17 +307,19 @@ def round_jpeg(
     labels: torch.Tensor,
     *,
     quality: int | None = None,
+    subsampling: str | None = None,
     originals: list | None = None,
     targets: torch.Tensor | None = None,
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Baseline: round every DCT coefficient of ``x_a`` to the nearest step (the DCT analog of R).
 
-    ``y_a = DCT(x_a - 128) / T`` rounded, written with the originals' tables (``quality`` or
-    ``originals`` as in :func:`lagrangian_jpeg`) and decoded by libjpeg. The model is called
-    once on the decoded image only to report ``success`` and ``pred``.
+    ``y_a = DCT(x_a - 128) / T`` rounded, written with the originals' tables and sampling
+    (``quality``/``subsampling`` or ``originals`` as in :func:`lagrangian_jpeg`) and decoded by
+    libjpeg. The model is called once on the decoded image only to report ``success`` and ``pred``.
     """
-    return _baseline("round", model, x_orig, x_adv, labels, quality, originals, targets, return_info)
+    return _baseline("round", model, x_orig, x_adv, labels, quality, originals, targets, return_info,
+                     subsampling)
 
 
 def reencode_jpeg(
@@ -303,25 +329,39 @@ def reencode_jpeg(
     labels: torch.Tensor,
     *,
     quality: int = 90,
+    subsampling: str | None = None,
+    originals: list | None = None,
     targets: torch.Tensor | None = None,
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Baseline: what saving a float adversarial image as JPEG does: round the pixels (R), encode
-    with Pillow at ``quality``, decode. The model is called once to report ``success``/``pred``."""
-    return _baseline("reencode", model, x_orig, x_adv, labels, quality, None, targets, return_info)
+    with Pillow at ``quality`` and ``subsampling`` (default Pillow's, 4:2:0), decode. With
+    ``originals`` (JPEG files), re-encode with their quality tables and chroma subsampling
+    instead (Pillow's ``qtables=`` and ``subsampling=``), as re-saving an edited photo does.
+    The model is called once to report ``success``/``pred``."""
+    if originals is not None and (quality != 90 or subsampling is not None):
+        raise InputError("reencode_jpeg: originals= brings its own tables and subsampling; do not pass quality= "
+                         "or subsampling= with it")
+    return _baseline("reencode", model, x_orig, x_adv, labels, quality, originals, targets, return_info,
+                     subsampling)
 
 
-def _baseline(kind, model, x_orig, x_adv, labels, quality, originals, targets, return_info):  # type: ignore[no-untyped-def]
+def _baseline(kind, model, x_orig, x_adv, labels, quality, originals, targets, return_info,  # type: ignore[no-untyped-def]
+              subsampling=None):
     _check_inputs(x_orig, x_adv)
     batch, device = x_adv.shape[0], x_adv.device
     labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
     if kind == "reencode":
         pixels = (x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0).round().to(torch.uint8)
-        blobs = jio.encode(pixels.cpu(), jio.check_quality(quality))
+        if originals is None:
+            blobs = jio.encode(pixels.cpu(), jio.check_quality(quality), subsampling)
+        else:
+            templates, _, _ = _originals(x_orig, None, originals)
+            blobs = [jio.encode_like(p, t) for p, t in zip(pixels.cpu(), templates, strict=True)]
     else:
-        templates, _ = _originals(x_orig, quality, originals)
+        templates, layout, _ = _originals(x_orig, quality, originals, subsampling)
         tables = _tables(templates).to(device)
-        y_adv = jio.forward_dct((x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0), tables)
+        y_adv = _pack_dct((x_adv.detach().to(torch.float64) * 255.0).clamp(0.0, 255.0), tables, layout)
         blobs = _write(templates, y_adv.round().clamp(-_COEF_LIMIT, _COEF_LIMIT))
     x_q = _decode_float(blobs, x_adv)
     if not return_info:
