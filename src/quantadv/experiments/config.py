@@ -72,7 +72,10 @@ TOP_LEVEL_KEYS = (
     "postprocess",
     "defense",
     "attack_misclassified",
+    "summary",
 )
+#: Keys of an ``attacks:`` entry.
+ATTACK_KEYS = ("name", "entry", "label", "params", "grid", "postprocess", "search", "repeat", "source")
 #: Targeting modes: untargeted, a uniformly random class other than the label, label + 1 mod K.
 TARGET_MODES = ("none", "random", "next", "least-likely")
 #: How an attack sees a defended model (:func:`quantadv.defenses.adaptive`): as is; with the
@@ -530,6 +533,7 @@ class AttackSpec:
     postprocess: tuple[str, ...] | None = None  # labels of the top-level list; None: all
     search: tuple | None = None  # (param, low, high, rounds): per-image bisection of a budget
     repeat: int = 1  # independent runs (other seeds) of every grid point
+    source: SourceSpec | None = None  # transfer attack: the model the attack differentiates
 
     @property
     def attack_name(self) -> str:
@@ -540,6 +544,8 @@ class AttackSpec:
         if self.search is not None:  # only then, so that other runs keep their ids
             param, low, high, rounds = self.search
             ident["search"] = {"param": param, "low": low, "high": high, "rounds": rounds}
+        if self.source is not None:  # likewise
+            ident["source"] = self.source.identity()
         return ident
 
     def points(self) -> list[dict]:
@@ -547,6 +553,30 @@ class AttackSpec:
         if not self.grid:
             return [dict(self.params)]
         return [{**self.params, **point} for point in self.grid]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """The model a transfer attack differentiates; success is judged on the run's model.
+
+    Either a model of its own (``model``), or the target's classifier without its defense
+    (``classifier``), optionally behind another defense (``defense``, e.g. a smooth surrogate).
+    """
+
+    model: ModelSpec | None = None
+    classifier: bool = False
+    defense: str | None = None
+
+    def identity(self) -> dict:
+        if self.model is not None:
+            return {"model": self.model.identity()}
+        return {"classifier": True, **({"defense": self.defense} if self.defense else {})}
+
+    @property
+    def text(self) -> str:
+        if self.model is not None:
+            return self.model.label
+        return "classifier" + (f" behind {self.defense}" if self.defense else "")
 
 
 @dataclass(frozen=True)
@@ -575,7 +605,9 @@ class RunSpec:
         parts = [", ".join(f"{k}={self.params[k]}" for k in self.attack.grid_keys)] if self.attack.grid else []
         if self.search_text:
             parts.append(self.search_text)
-        if self.model.adaptive:
+        if self.attack.source is not None:
+            parts.append(f"from {self.attack.source.text}")
+        elif self.model.adaptive:
             parts.append(f"adaptive={self.adaptive}")
         if self.attack.repeat > 1:
             parts.append(f"repeat {self.repeat + 1}/{self.attack.repeat}")
@@ -608,6 +640,10 @@ class ExperimentConfig:
     attacks: tuple[AttackSpec, ...]
     postprocess: tuple[PostprocessSpec, ...]
     attack_misclassified: bool = False
+    #: options of the robust-accuracy tables of the report (:mod:`quantadv.experiments.summary`):
+    #: ``carry`` (a grid parameter), ``steps`` (iteration counts), ``any`` (bool), ``compare``
+    #: (pairs of attack selectors); not part of any run id
+    summary: dict = field(default_factory=dict)
     source: str = ""
     base_dir: Path = Path(".")
     runs: tuple[RunSpec, ...] = ()
@@ -650,7 +686,8 @@ class ExperimentConfig:
 # Section parsers
 
 
-def _parse_models(value: object, base_dir: Path, default_defense: str | None = None) -> tuple[ModelSpec, ...]:
+def _parse_models(value: object, base_dir: Path, default_defense: str | None = None, where: str | None = None,
+                  defended_adaptive: bool = True) -> tuple[ModelSpec, ...]:
     if value is None:
         raise ConfigError(
             "missing key 'models': list the models to attack, e.g. models: [fmnist-cnn]"
@@ -662,8 +699,9 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
             f"models must be a non-empty list of zoo names or mappings, got {value!r}"
         )
     specs = []
+    source_where = where
     for i, item in enumerate(value):
-        where = f"models[{i}]"
+        where = source_where or f"models[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
@@ -720,18 +758,15 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
         defense = _parse_defense(item["defense"], f"{where}.defense") if "defense" in item else default_defense
         defended = defense is not None or (name is not None and _zoo_defended(name))
         if "adaptive" in item:
-            adaptive = _str_list(item["adaptive"], f"{where}.adaptive")
-            for mode in adaptive:
-                if mode not in ADAPTIVE_MODES:
-                    raise ConfigError(f"{where}.adaptive: unknown mode {mode!r}{_suggest(mode, ADAPTIVE_MODES)}; "
-                                      f"allowed: {_allowed(ADAPTIVE_MODES)}")
+            adaptive = tuple(_adaptive_mode(m, f"{where}.adaptive")
+                             for m in _str_list(item["adaptive"], f"{where}.adaptive"))
             if len(set(adaptive)) != len(adaptive) or not adaptive:
                 raise ConfigError(f"{where}.adaptive must list each mode once, e.g. [none, bpda, bpda+eot]")
             if not defended:
                 raise ConfigError(f"{where}.adaptive needs a defended model: add {where}.defense "
                                   "(e.g. defense: 'softq:levels=1,alpha=1000') or use a defended zoo model")
         else:
-            adaptive = ADAPTIVE_MODES if defended else ()
+            adaptive = ADAPTIVE_MODES if defended and defended_adaptive else ()
         eot = _int(item.get("eot", 10), f"{where}.eot", 1)
         specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs, defense, tuple(adaptive), eot))
     labels = [s.label for s in specs]
@@ -741,6 +776,40 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
             f"models: label {dup[0]!r} is used twice; give each model a distinct 'label'"
         )
     return tuple(specs)
+
+
+def _adaptive_mode(mode: str, where: str) -> str:
+    """A mode of the ``adaptive:`` axis, canonical: ``none``, ``bpda``, ``bpda+eot`` or ``bpda:SPEC``."""
+    from ..defenses import parse_adaptive
+    from ..errors import InputError
+
+    try:
+        base, backward = parse_adaptive(mode)
+    except InputError as exc:
+        hint = _suggest(mode.partition(":")[0], ADAPTIVE_MODES)
+        raise ConfigError(f"{where}: {exc}{hint}") from None
+    return base if backward is None else f"{base}:{backward}"
+
+
+def _parse_source(value: object, where: str, base_dir: Path) -> SourceSpec:
+    """``source:`` of an attack entry: the model the attack differentiates (transfer attack).
+
+    ``classifier`` (or ``{classifier: true, defense: SPEC}``): the target's own classifier
+    without its defense (or behind another one, e.g. a smooth surrogate of a soft quantizer);
+    otherwise a model entry as under ``models:`` (a zoo name, ``file``, ``arch`` + ``file``,
+    ``entry``, with an optional ``defense``).
+    """
+    if value == "classifier":
+        return SourceSpec(classifier=True)
+    if isinstance(value, dict) and "classifier" in value:
+        _check_keys(value, where, ("classifier", "defense"))
+        if value["classifier"] is not True:
+            raise ConfigError(f"{where}.classifier must be true, got {value['classifier']!r}")
+        return SourceSpec(classifier=True, defense=_parse_defense(value.get("defense"), f"{where}.defense"))
+    if isinstance(value, dict) and "adaptive" in value:
+        raise ConfigError(f"{where}.adaptive: a source model is attacked as is; put adaptive modes on models")
+    (model,) = _parse_models([value], base_dir, None, where=where, defended_adaptive=False)
+    return SourceSpec(model=model)
 
 
 def _check_zoo_name(name: str, where: str) -> None:
@@ -951,7 +1020,7 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess", "search", "repeat"))
+        _check_keys(item, where, ATTACK_KEYS)
         if ("name" in item) == ("entry" in item):
             raise ConfigError(
                 f"{where} must have exactly one of 'name' (one of {_allowed(sorted(registry))}) "
@@ -998,8 +1067,10 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         repeat = _int(item.get("repeat", 1), f"{where}.repeat", 1)
         if repeat > 1 and not (accepts_keyword(fn, "generator") or accepts_keyword(fn, "seed")):
             raise ConfigError(f"{where}.repeat: {what} takes no seed or generator, so its repeats would be identical")
+        source = _parse_source(item["source"], f"{where}.source", base_dir) if "source" in item else None
         specs.append(
-            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search, repeat)
+            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search, repeat,
+                       source)
         )
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -1118,6 +1189,45 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
     return tuple(specs)
 
 
+def _parse_summary(value: object, attacks: tuple[AttackSpec, ...]) -> dict:
+    """``summary: {carry: eps, steps: [10, 20], any: true, compare: [[pgd, "pqgd:b=200"]]}``."""
+    if value is None:
+        return {}
+    d = _mapping(value, "summary")
+    _check_keys(d, "summary", ("carry", "steps", "any", "compare"))
+    out: dict = {}
+    if "carry" in d:
+        out["carry"] = _str(d["carry"], "summary.carry")
+    if "steps" in d:
+        steps = d["steps"]
+        if not isinstance(steps, list) or not steps:
+            raise ConfigError(f"summary.steps must be a non-empty list of iteration counts, got {steps!r}")
+        out["steps"] = [_int(k, f"summary.steps[{i}]", 0) for i, k in enumerate(steps)]
+    if "any" in d:
+        if not isinstance(d["any"], bool):
+            raise ConfigError(f"summary.any must be true or false, got {d['any']!r}")
+        out["any"] = d["any"]
+    if "compare" in d:
+        pairs = d["compare"]
+        if not isinstance(pairs, list) or not pairs:
+            raise ConfigError(f"summary.compare must be a list of [a, b] pairs of attack labels, got {pairs!r}")
+        labels = [a.label for a in attacks]
+        out["compare"] = []
+        for i, pair in enumerate(pairs):
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, str) and x for x in pair)):
+                raise ConfigError(f"summary.compare[{i}] must be [a, b], two attack labels, got {pair!r}")
+            for x in pair:
+                label = x.partition(":")[0]
+                if label not in labels:
+                    raise ConfigError(
+                        f"summary.compare[{i}]: {label!r} is not an attack label{_suggest(label, labels)}; "
+                        f"labels: {_allowed(labels)}"
+                    )
+            out["compare"].append(list(pair))
+    return out
+
+
 def _parse_defense(value: object, where: str = "defense") -> str | None:
     """A defense spec string (``"softq:levels=1,alpha=1000"``), checked by building it once."""
     if value is None or value == "none":
@@ -1185,8 +1295,15 @@ def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
     for model, attack, params, mode, rep_i in (
         (m, a, p, mode, r)
         for m in cfg.models for a in cfg.attacks for p in a.points()
-        for mode in (m.adaptive or ("none",)) for r in range(a.repeat)
+        # a transfer attack sees its source, not the defended model: one run, no adaptive modes
+        for mode in (m.adaptive if m.adaptive and a.source is None else ("none",)) for r in range(a.repeat)
     ):
+        if attack.source is not None and attack.source.classifier and not model.defense and not (
+                model.name and _zoo_defended(model.name)):
+            raise ConfigError(
+                f"attacks[{attack.index}].source: 'classifier' is the undefended classifier of a defended "
+                f"model, but model {model.label!r} has no defense; name a source model instead"
+            )
         resolved = {
             "model": model.identity(),
             "data": cfg.data.identity(),
@@ -1201,9 +1318,9 @@ def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
         # them) has other run ids and is refused, not silently mixed.
         if not cfg.attack_misclassified:
             resolved["skip_misclassified"] = True
-        if model.adaptive:
+        if model.adaptive and attack.source is None:
             resolved["adaptive"] = mode
-            if mode == "bpda+eot":
+            if mode.startswith("bpda+eot"):
                 resolved["eot"] = model.eot
         if attack.repeat > 1:
             resolved["repeat"] = rep_i
@@ -1296,8 +1413,10 @@ def parse_config(
                     f"attacks[{a.index}].postprocess: {lab!r} is not in the top-level postprocess "
                     f"list{_suggest(lab, known)}; allowed: {_allowed(known)}"
                 )
+    summary = _parse_summary(top.get("summary"), attacks)
     cfg = ExperimentConfig(
         experiment=name,
+        summary=summary,
         description=description,
         seed=seed,
         device=device,
