@@ -72,7 +72,8 @@ def test_a_transfer_attack_differentiates_the_source_and_is_judged_on_the_target
     y = y[:20]
     ok = target(x).argmax(1) == y
     by_idx = {r["idx"]: r for r in rows}
-    assert by_idx[0]["info"] is None or "first_adv" not in by_idx[0]["info"]  # the source's iterates are not the target's
+    first_ok = int(ok.nonzero()[0])  # the source's iterates are not the target's: no first_adv stored
+    assert by_idx[first_ok]["info"] is None or "first_adv" not in by_idx[first_ok]["info"]
     for b0 in range(0, 20, cfg.batch_size):
         idx = [i for i in range(b0, min(b0 + cfg.batch_size, 20)) if ok[i]]
         seed = by_idx[idx[0]]["seed"]

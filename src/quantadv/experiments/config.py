@@ -55,29 +55,14 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .schema import TARGET_MODES as SCHEMA_TARGET_MODES
+from .schema import AttackEntry, Config, check_structure
 
-#: Keys accepted at the top level of a config.
-TOP_LEVEL_KEYS = (
-    "experiment",
-    "description",
-    "seed",
-    "device",
-    "batch_size",
-    "store",
-    "save_images",
-    "targets",
-    "models",
-    "data",
-    "attacks",
-    "postprocess",
-    "defense",
-    "attack_misclassified",
-    "summary",
-)
-#: Keys of an ``attacks:`` entry.
-ATTACK_KEYS = ("name", "entry", "label", "params", "grid", "postprocess", "search", "repeat", "source")
+#: Keys accepted at the top level of a config and in an ``attacks:`` entry (from schema.py).
+TOP_LEVEL_KEYS = tuple(Config.model_fields)
+ATTACK_KEYS = tuple(AttackEntry.model_fields)
 #: Targeting modes: untargeted, a uniformly random class other than the label, label + 1 mod K.
-TARGET_MODES = ("none", "random", "next", "least-likely")
+TARGET_MODES = SCHEMA_TARGET_MODES
 #: How an attack sees a defended model (:func:`quantadv.defenses.adaptive`): as is; with the
 #: preprocessing replaced by the identity in the backward pass (BPDA); BPDA plus EOT.
 ADAPTIVE_MODES = ("none", "bpda", "bpda+eot")
@@ -102,7 +87,6 @@ MAX_RUNS = 100_000
 #: Upper bound on list lengths inside parameters and grids.
 MAX_LIST = 10_000
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LABEL_RE = re.compile(r"^[^\x00-\x1f]{1,80}$")
 
 
@@ -705,7 +689,6 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "arch", "entry", "file", "kwargs", "label", "defense", "adaptive", "eot"))
         sources = [k for k in ("name", "arch", "entry") if k in item]
         if len(sources) > 1 or (not sources and "file" not in item):
             raise ConfigError(
@@ -767,7 +750,7 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
                                   "(e.g. defense: 'softq:levels=1,alpha=1000') or use a defended zoo model")
         else:
             adaptive = ADAPTIVE_MODES if defended and defended_adaptive else ()
-        eot = _int(item.get("eot", 10), f"{where}.eot", 1)
+        eot = item.get("eot", 10)
         specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs, defense, tuple(adaptive), eot))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -802,9 +785,6 @@ def _parse_source(value: object, where: str, base_dir: Path) -> SourceSpec:
     if value == "classifier":
         return SourceSpec(classifier=True)
     if isinstance(value, dict) and "classifier" in value:
-        _check_keys(value, where, ("classifier", "defense"))
-        if value["classifier"] is not True:
-            raise ConfigError(f"{where}.classifier must be true, got {value['classifier']!r}")
         return SourceSpec(classifier=True, defense=_parse_defense(value.get("defense"), f"{where}.defense"))
     if isinstance(value, dict) and "adaptive" in value:
         raise ConfigError(f"{where}.adaptive: a source model is attacked as is; put adaptive modes on models")
@@ -872,7 +852,6 @@ def _parse_data(value: object, base_dir: Path) -> DataSpec:
     if isinstance(value, str):
         value = {"name": value}
     d = _mapping(value, "data")
-    _check_keys(d, "data", ("name", "entry", "kwargs", "split", "subset"))
     if ("name" in d) == ("entry" in d):
         raise ConfigError(
             "data must have exactly one of 'name' (one of "
@@ -880,8 +859,6 @@ def _parse_data(value: object, base_dir: Path) -> DataSpec:
             "and labels)"
         )
     split = d.get("split", "test")
-    if split not in ("train", "test"):
-        raise ConfigError(f"data.split must be one of 'train', 'test', got {split!r}")
     name = entry = None
     kwargs: dict = {}
     if "name" in d:
@@ -906,11 +883,12 @@ def _parse_data(value: object, base_dir: Path) -> DataSpec:
 
 
 def _parse_subset(value: object) -> tuple:
+    """The subset (its types were checked by the schema): all, first N, a range or indices."""
     if value is None or value == "all":
         return ("all",)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return ("first", _int(value, "data.subset", 1))
-    s = _mapping(value, "data.subset")
+    if isinstance(value, int):
+        return ("first", value)
+    s = {k: v for k, v in value.items() if v is not None}  # type: ignore[union-attr]
     if len(s) != 1:
         raise ConfigError(
             "data.subset must have exactly one of 'first' (N), 'range' ([start, stop]) or "
@@ -918,28 +896,17 @@ def _parse_subset(value: object) -> tuple:
         )
     (kind, arg), = s.items()
     if kind == "first":
-        return ("first", _int(arg, "data.subset.first", 1))
+        return ("first", arg)
     if kind == "range":
-        if not isinstance(arg, list) or len(arg) != 2:
-            raise ConfigError(f"data.subset.range must be [start, stop], got {arg!r}")
-        start = _int(arg[0], "data.subset.range[0]", 0)
-        stop = _int(arg[1], "data.subset.range[1]", 0)
+        start, stop = arg
         if stop <= start:
             raise ConfigError(f"data.subset.range: stop ({stop}) must be > start ({start})")
         return ("range", start, stop)
-    if kind == "indices":
-        if not isinstance(arg, list) or not arg:
-            raise ConfigError(f"data.subset.indices must be a non-empty list, got {arg!r}")
-        if len(arg) > 10_000_000:
-            raise ConfigError("data.subset.indices is too long (at most 10,000,000 entries)")
-        idx = tuple(_int(v, f"data.subset.indices[{i}]", 0) for i, v in enumerate(arg))
-        if len(set(idx)) != len(idx):
-            raise ConfigError("data.subset.indices contains duplicates; list each image once")
-        return ("indices", idx)
-    raise ConfigError(
-        f"unknown key data.subset.{kind}{_suggest(kind, ('first', 'range', 'indices'))}; "
-        "allowed keys: first, range, indices"
-    )
+    if len(arg) > 10_000_000:
+        raise ConfigError("data.subset.indices is too long (at most 10,000,000 entries)")
+    if len(set(arg)) != len(arg):
+        raise ConfigError("data.subset.indices contains duplicates; list each image once")
+    return ("indices", tuple(arg))
 
 
 def _parse_grid(value: object, params: dict, where: str) -> tuple[tuple[str, ...], list[dict]]:
@@ -1020,7 +987,6 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ATTACK_KEYS)
         if ("name" in item) == ("entry" in item):
             raise ConfigError(
                 f"{where} must have exactly one of 'name' (one of {_allowed(sorted(registry))}) "
@@ -1064,7 +1030,7 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         chosen = None
         if "postprocess" in item:
             chosen = _str_list(item["postprocess"], f"{where}.postprocess")
-        repeat = _int(item.get("repeat", 1), f"{where}.repeat", 1)
+        repeat = item.get("repeat", 1)
         if repeat > 1 and not (accepts_keyword(fn, "generator") or accepts_keyword(fn, "seed")):
             raise ConfigError(f"{where}.repeat: {what} takes no seed or generator, so its repeats would be identical")
         source = _parse_source(item["source"], f"{where}.source", base_dir) if "source" in item else None
@@ -1160,7 +1126,6 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "label", "params"))
         name = _str(item.get("name"), f"{where}.name")
         if name not in registry:
             known = ["none", *POSTPROCESS_FUNCTIONS]
@@ -1193,30 +1158,13 @@ def _parse_summary(value: object, attacks: tuple[AttackSpec, ...]) -> dict:
     """``summary: {carry: eps, steps: [10, 20], any: true, compare: [[pgd, "pqgd:b=200"]]}``."""
     if value is None:
         return {}
-    d = _mapping(value, "summary")
-    _check_keys(d, "summary", ("carry", "steps", "any", "compare"))
-    out: dict = {}
-    if "carry" in d:
-        out["carry"] = _str(d["carry"], "summary.carry")
-    if "steps" in d:
-        steps = d["steps"]
-        if not isinstance(steps, list) or not steps:
-            raise ConfigError(f"summary.steps must be a non-empty list of iteration counts, got {steps!r}")
-        out["steps"] = [_int(k, f"summary.steps[{i}]", 0) for i, k in enumerate(steps)]
-    if "any" in d:
-        if not isinstance(d["any"], bool):
-            raise ConfigError(f"summary.any must be true or false, got {d['any']!r}")
-        out["any"] = d["any"]
+    d = {k: v for k, v in _mapping(value, "summary").items() if v is not None}  # types: schema.py
+    out: dict = {k: d[k] for k in ("carry", "steps", "any") if k in d}
     if "compare" in d:
         pairs = d["compare"]
-        if not isinstance(pairs, list) or not pairs:
-            raise ConfigError(f"summary.compare must be a list of [a, b] pairs of attack labels, got {pairs!r}")
         labels = [a.label for a in attacks]
         out["compare"] = []
         for i, pair in enumerate(pairs):
-            if (not isinstance(pair, list) or len(pair) != 2
-                    or not all(isinstance(x, str) and x for x in pair)):
-                raise ConfigError(f"summary.compare[{i}] must be [a, b], two attack labels, got {pair!r}")
             for x in pair:
                 label = x.partition(":")[0]
                 if label not in labels:
@@ -1364,43 +1312,14 @@ def parse_config(
     if raw is None:
         raise ConfigError(f"{source} is empty; a config needs experiment, models, data, attacks")
     top = _mapping(raw, "the config")
-    _check_keys(top, "", TOP_LEVEL_KEYS)
-    if "experiment" not in top:
-        raise ConfigError(
-            "missing key 'experiment': give the experiment a name (letters, digits, '-', '_', "
-            "'.'); it names the store results/<experiment>.db"
-        )
-    name = top["experiment"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(
-            f"experiment must be 1-64 letters, digits, '-', '_' or '.' (starting with a letter or "
-            f"digit), got {name!r}"
-        )
-    description = top.get("description", "") or ""
-    if not isinstance(description, str):
-        raise ConfigError(f"description must be a string, got {_type_name(description)}")
-    seed = _int(top.get("seed", 0), "seed", 0)
-    device = top.get("device", "cpu")
-    if not isinstance(device, str) or not re.match(r"^(cpu|cuda(:\d+)?|mps)$", device):
-        raise ConfigError(f"device must be one of 'cpu', 'cuda', 'cuda:N', 'mps', got {device!r}")
-    batch_size = _int(top.get("batch_size", 100), "batch_size", 1)
-    save_images = _int(top.get("save_images", 8), "save_images", 0)
-    targets = top.get("targets", "none")
-    if targets is None:
-        targets = "none"
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        if targets < 0:
-            raise ConfigError(f"targets: a class index must be >= 0, got {targets}")
-    elif targets not in TARGET_MODES:
-        raise ConfigError(f"targets must be one of {', '.join(TARGET_MODES)} or a class index, got {targets!r}")
-    store = top.get("store", f"results/{name}.db")
-    store = Path(_str(store, "store")).expanduser()
-    if store.suffix != ".db":
-        raise ConfigError(f"store must be a path ending in .db, got {str(store)!r}")
+    shape = check_structure(top)  # types, ranges and keys, from the one description (schema.py)
+    name = shape.experiment
+    description = shape.description or ""
+    seed, device, batch_size, save_images = shape.seed, shape.device, shape.batch_size, shape.save_images
+    targets = "none" if shape.targets is None else shape.targets
+    store = Path(shape.store or f"results/{name}.db").expanduser()
     default_defense = _parse_defense(top.get("defense"))
-    attack_misclassified = top.get("attack_misclassified", False)
-    if not isinstance(attack_misclassified, bool):
-        raise ConfigError(f"attack_misclassified must be true or false, got {attack_misclassified!r}")
+    attack_misclassified = shape.attack_misclassified
     models = _parse_models(top.get("models"), base, default_defense)
     data_spec = _parse_data(top.get("data"), base)
     attacks = _parse_attacks(top.get("attacks"), base)
