@@ -518,6 +518,7 @@ class AttackSpec:
     search: tuple | None = None  # (param, low, high, rounds): per-image bisection of a budget
     repeat: int = 1  # independent runs (other seeds) of every grid point
     source: SourceSpec | None = None  # transfer attack: the model the attack differentiates
+    models: tuple[str, ...] | None = None  # labels of the models it attacks; None: all
 
     @property
     def attack_name(self) -> str:
@@ -1036,7 +1037,7 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         source = _parse_source(item["source"], f"{where}.source", base_dir) if "source" in item else None
         specs.append(
             AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search, repeat,
-                       source)
+                       source, tuple(item["models"]) if item.get("models") else None)
         )
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -1245,6 +1246,7 @@ def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
         for m in cfg.models for a in cfg.attacks for p in a.points()
         # a transfer attack sees its source, not the defended model: one run, no adaptive modes
         for mode in (m.adaptive if m.adaptive and a.source is None else ("none",)) for r in range(a.repeat)
+        if a.models is None or m.label in a.models
     ):
         if attack.source is not None and attack.source.classifier and not model.defense and not (
                 model.name and _zoo_defended(model.name)):
@@ -1324,6 +1326,12 @@ def parse_config(
     data_spec = _parse_data(top.get("data"), base)
     attacks = _parse_attacks(top.get("attacks"), base)
     postprocess = _parse_postprocess(top.get("postprocess"))
+    model_labels = [m.label for m in models]
+    for a in attacks:
+        for lab in a.models or ():
+            if lab not in model_labels:
+                raise ConfigError(f"attacks[{a.index}].models: {lab!r} is not a model label"
+                                  f"{_suggest(lab, model_labels)}; labels: {_allowed(model_labels)}")
     known = [p.label for p in postprocess]
     for a in attacks:
         for lab in a.postprocess or ():

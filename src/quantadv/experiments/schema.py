@@ -93,6 +93,8 @@ class AttackEntry(_Strict):
     search: Annotated[dict[str, Annotated[int, Field(ge=1)] | list[int | float]], Field(
         description="{PARAM: [low, high], rounds: N}: a per-image bisection of one budget")] | None = None
     repeat: Annotated[int, Field(ge=1, description="an integer >= 1 (independent runs with other seeds)")] = 1
+    models: Annotated[list[str], Field(
+        min_length=1, description="labels of the models this entry attacks (default: every model)")] | None = None
     source: Annotated[Literal["classifier"] | str | ClassifierSource | ModelEntry, Field(
         description="the model the attack differentiates (transfer attack; success is judged on the target): "
                     "a zoo name, a model entry, 'classifier' or {classifier: true, defense: SPEC}")] | None = None
