@@ -166,16 +166,6 @@ def _mapping(value: object, where: str) -> dict:
     return value
 
 
-def _check_keys(d: dict, where: str, allowed: typing.Sequence[str]) -> None:
-    for key in d:
-        if key not in allowed:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(
-                f"unknown key {prefix}{key}{_suggest(key, allowed)}; allowed keys: "
-                f"{_allowed(allowed)}"
-            )
-
-
 def _int(value: object, where: str, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{where} must be an integer, got {value!r} ({_type_name(value)})")
