@@ -52,7 +52,9 @@ def _save(fig, name: str) -> None:
     print(f"wrote {path.relative_to(ROOT)}")
 
 
-def method_name(attack: str, b, step: float = 0.01) -> str:
+def method_name(attack: str, b, step: float = 0.01, loss: str | None = None) -> str:
+    if attack.endswith("apgd.py:apgd"):  # the APGD config entry (configs/entries/apgd.py)
+        return f"APGD-{(loss or 'ce').upper()}"
     if step is not None and not math.isclose(step, 0.01):
         return f"{method_name(attack, b)} (step {step:g})"
     if attack == "pgd":
@@ -82,7 +84,7 @@ def extract(name: str):
         "SELECT run_id, attack, attack_name, params, config FROM runs"
     ):
         p, c = json.loads(params), json.loads(config)
-        p.setdefault("attack", attack_name)  # the tracked entry names it in params, a registry run in attack_name
+        p.setdefault("attack", attack_name)  # the former tracked entry named it in params
         # runs of one attack from several entries are all independent runs: name them by entry and repeat
         runs[run_id] = dict(entry=label, repeat=f"{label}#{c.get('repeat', 0)}", **p)
     rows = []
@@ -94,11 +96,20 @@ def extract(name: str):
         skipped = inf.get("skipped") == "misclassified"
         att = inf.get("attack", {})
         attack = r["attack"]
-        row = dict(method=method_name(attack, r.get("b"), r.get("step")), attack=attack, b=r.get("b"), eps=r["eps"],
+        row = dict(method=method_name(attack, r.get("b"), r.get("step"), r.get("loss")), attack=attack,  # noqa: E501 b=r.get("b"), eps=r["eps"],
                    steps=r["steps"], restarts=r.get("restarts", 1), repeat=r["repeat"], idx=idx,
-                   skipped=skipped, success=bool(success), any=bool(att.get("adv_any", success)))
-        for k in range(10, r["steps"] + 1, 10):
-            row[f"at{k}"] = bool(success) if skipped else att.get(f"adv_at_{k}")
+                   skipped=skipped, success=bool(success))
+        first = att.get("first_adv")  # the engine's first adversarial iterate (-1: none)
+        if "adv_any" in att:  # a store of the former tracked entry (k-th iterate, kept readable)
+            row["any"] = bool(att["adv_any"])
+            for k in range(10, r["steps"] + 1, 10):
+                row[f"at{k}"] = bool(success) if skipped else att.get(f"adv_at_{k}")
+        elif first is None:  # APGD (its best iterate of all its iterations)
+            row["any"] = row[f"at{r['steps']}"] = bool(success)
+        else:  # broken after k steps: an iterate <= k was adversarial
+            row["any"] = bool(success) or first >= 0
+            for k in range(10, r["steps"] + 1, 10):
+                row[f"at{k}"] = bool(success) if skipped else 0 <= first <= k
         rows.append(row)
     con.close()
     apgd = RESULTS / "paper001" / f"apgd-paper001-{name}.json"

@@ -1,4 +1,4 @@
-"""Tables and Fig. 1 of docs/paper-004-binary-networks.md from scripts/paper004_experiments.py's JSON.
+"""Tables and Fig. 1 of docs/paper-004-binary-networks.md from the committed per-model JSON results.
 
     .venv/bin/python scripts/paper004_report.py --results results/paper004 --img docs/img/paper004
 

@@ -25,6 +25,12 @@ Options every gradient attack gets from here rather than implementing them itsel
   yet broken (paper 001 Sec. 4.1, "Practical issues").
 - ``pred``: the info dict of every attack holds the model's prediction at the returned image
   (from the forward pass that judged it, so callers need no extra pass).
+- ``first_adv``: the info dict of every attack run by :func:`iterate` holds, per image, the
+  first iterate that was judged adversarial (0 is the start point, ``k`` the point after ``k``
+  updates, counted across the calls of :func:`iterate` on one problem), or -1 when none was.
+  ``first_adv <= k`` is "an early-stopping ``k``-step attack would have broken the image", so
+  one long run gives the whole accuracy-vs-steps curve; ``first_adv >= 0`` is the
+  "any iterate" criterion of attacks that return their best iterate (APGD).
 """
 
 from __future__ import annotations
@@ -78,6 +84,15 @@ class Problem:
         self.grads = torch.zeros(n, dtype=torch.int64)
         #: argmax of the logits at the last point judged by :meth:`adversarial` (-1: none yet)
         self.pred = torch.full((n,), -1, dtype=torch.int64, device=self.x_orig.device)
+        #: first iterate judged adversarial per image (-1: none yet) and iterates judged so far
+        self.first_adv = torch.full((n,), -1, dtype=torch.int64, device=self.x_orig.device)
+        self.iterations = 0
+
+    def note_adversarial(self, idx: torch.Tensor, adv: torch.Tensor, iteration: int) -> None:
+        """Record ``iteration`` as the first adversarial iterate of the images ``idx[adv]``."""
+        rows = idx[adv]
+        fresh = rows[self.first_adv[rows] < 0]
+        self.first_adv[fresh] = iteration
 
     @property
     def size(self) -> int:
@@ -298,6 +313,7 @@ def iterate(
         sub = state if full else {k: v[idx] for k, v in state.items()}
         adv, new = step(problem, idx, sub, i)
         success[idx] = adv
+        problem.note_adversarial(idx, adv, problem.iterations + i)
         if tracker is not None:
             tracker.update(idx, sub["x"], adv, problem.pred[idx])
         if early_stop and bool(adv.any()):
@@ -316,9 +332,11 @@ def iterate(
         if idx.numel():
             adv = problem.adversarial(problem.logits(state["x"][idx], idx), idx)
             success[idx] = adv
+            problem.note_adversarial(idx, adv, problem.iterations + steps)
             if tracker is not None:
                 tracker.update(idx, state["x"][idx], adv, problem.pred[idx])
 
+    problem.iterations += steps
     if keep == "best":
         assert tracker is not None
         return Outcome(tracker.x.clone(), tracker.found.clone(), tracker.norm.clone(), tracker.pred.clone())
@@ -352,6 +370,7 @@ def info(problem: Problem, outcome: Outcome) -> dict[str, torch.Tensor]:
         "calls": problem.calls.clone(),
         "grads": problem.grads.clone(),
         "pred": pred,
+        "first_adv": problem.first_adv.clone(),
     }
 
 

@@ -16,7 +16,8 @@ import sys
 from ..errors import QuantadvError
 
 #: Subcommands in the order ``quantadv --help`` lists them; each is a module of this package.
-SUBCOMMANDS = ("data", "train", "zoo", "attack", "verify", "run", "report", "merge", "demo", "diagnose", "certify")
+SUBCOMMANDS = ("data", "train", "zoo", "attack", "verify", "run", "report", "merge", "demo", "diagnose", "certify",
+               "schema")
 
 
 def build_parser() -> argparse.ArgumentParser:

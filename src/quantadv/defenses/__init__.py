@@ -12,7 +12,7 @@
 - :mod:`.spec`: :func:`parse_defense` (``"softq:levels=1,alpha=1000"`` -> module).
 """
 
-from .base import ADAPTIVE_MODES, BPDA, Defended, adaptive, bpda, is_randomized
+from .base import ADAPTIVE_MODES, BPDA, Defended, adaptive, bpda, is_randomized, parse_adaptive
 from .certify import Certificate, certify
 from .soft_quantization import HardQuantization, SoftQuantization
 from .spec import format_spec, parse_defense
@@ -21,6 +21,6 @@ from .vector_quantization import PatchRandDisc, RandDisc, SlidingWindowRandDisc
 __all__ = ["PatchRandDisc", "RandDisc", "SlidingWindowRandDisc"]
 __all__ += ["Certificate", "certify"]
 __all__ += [
-    "ADAPTIVE_MODES", "BPDA", "Defended", "HardQuantization", "SoftQuantization", "adaptive", "bpda",
+    "ADAPTIVE_MODES", "BPDA", "Defended", "HardQuantization", "SoftQuantization", "adaptive", "bpda", "parse_adaptive",
     "format_spec", "is_randomized", "parse_defense",
 ]

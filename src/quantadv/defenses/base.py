@@ -31,10 +31,42 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["ADAPTIVE_MODES", "BPDA", "Defended", "adaptive", "bpda", "is_randomized"]
+__all__ = ["ADAPTIVE_MODES", "BPDA", "Defended", "adaptive", "bpda", "is_randomized", "parse_adaptive"]
 
-#: The evaluation modes of :func:`adaptive` (the runner's ``adaptive:`` axis).
+#: The evaluation modes of :func:`adaptive` (the runner's ``adaptive:`` axis). ``bpda`` and
+#: ``bpda+eot`` may name a backward pass: ``"bpda:softq:levels=1,alpha=20"`` (see
+#: :func:`parse_adaptive`).
 ADAPTIVE_MODES = ("none", "bpda", "bpda+eot")
+
+
+def parse_adaptive(mode: object) -> tuple[str, str | None]:
+    """Split an adaptive mode into (``none`` | ``bpda`` | ``bpda+eot``, backward spec or None).
+
+    ``"bpda"`` is BPDA with the identity backward; ``"bpda:SPEC"`` (and ``"bpda+eot:SPEC"``)
+    takes as backward pass the vector-Jacobian product of the defense spec ``SPEC``
+    (:func:`quantadv.defenses.parse_defense`), e.g. ``"bpda:softq:levels=1,alpha=20"``, a
+    smooth version of a steep soft quantizer (Athalye et al. 2018 Sec. 4.1; paper 002 Sec. 5).
+    The spec is built once here, so an unknown or malformed one raises
+    :class:`~quantadv.errors.InputError` at once.
+    """
+    if not isinstance(mode, str):
+        raise InputError(f"adaptive mode must be a string, got {type(mode).__name__}")
+    base, sep, spec = mode.strip().partition(":")
+    if base not in ADAPTIVE_MODES:
+        raise InputError(
+            f"unknown adaptive mode {mode!r}; allowed: {', '.join(ADAPTIVE_MODES)}, or bpda:SPEC / "
+            "bpda+eot:SPEC with a defense spec as backward pass (e.g. bpda:softq:levels=1,alpha=20)"
+        )
+    if not sep:
+        return base, None
+    if base == "none":
+        raise InputError(f"adaptive mode {mode!r}: 'none' takes no backward spec")
+    from .spec import format_spec
+
+    try:
+        return base, format_spec(spec)
+    except InputError as exc:
+        raise InputError(f"adaptive mode {mode!r}: backward {exc}") from None
 
 
 def _accepts_generator(module: nn.Module) -> bool:
@@ -204,6 +236,12 @@ def bpda(
     return BPDA(module, backward)
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def adaptive(model: nn.Module, mode: str, eot_samples: int = 10) -> tuple[nn.Module, int]:
     """The model an attack should see, and the ``eot`` it should use, for one evaluation mode.
 
@@ -212,10 +250,11 @@ def adaptive(model: nn.Module, mode: str, eot_samples: int = 10) -> tuple[nn.Mod
     model : nn.Module
         A :class:`Defended` model (or any other model: then every mode is a plain attack on it,
         ``eot = 1``, since there is no defense to approximate).
-    mode : ``"none"``, ``"bpda"`` or ``"bpda+eot"``
+    mode : ``"none"``, ``"bpda"``, ``"bpda+eot"`` (optionally ``:SPEC``, :func:`parse_adaptive`)
         ``none``: the defended model as is (the naive, non-adaptive attack; a randomized defense
         is still attacked with one draw per gradient). ``bpda``: the defense's preprocess
-        wrapped in :func:`bpda` (identity backward), ``eot = 1``. ``bpda+eot``: the same model,
+        wrapped in :func:`bpda` (identity backward, or the defense ``SPEC`` of
+        ``bpda:SPEC`` as backward), ``eot = 1``. ``bpda+eot``: the same model,
         with ``eot = eot_samples`` when the preprocess is randomized (:func:`is_randomized`),
         else ``1`` (EOT over a deterministic defense would repeat the same gradient).
     eot_samples : int
@@ -238,15 +277,20 @@ def adaptive(model: nn.Module, mode: str, eot_samples: int = 10) -> tuple[nn.Mod
                                       eot=eot, return_info=True)
             broken |= info["success"]          # headline: an image is broken by any mode
     """
-    if mode not in ADAPTIVE_MODES:
-        raise InputError(f"adaptive mode must be one of {', '.join(ADAPTIVE_MODES)}, got {mode!r}")
+    mode, backward = parse_adaptive(mode)
     if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
         raise InputError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(model, Defended) or mode == "none":
         return model, 1
-    preprocess = model.preprocess if isinstance(model.preprocess, BPDA) else bpda(model.preprocess)
+    if backward is not None:
+        from .spec import parse_defense
+
+        inner = model.preprocess.module if isinstance(model.preprocess, BPDA) else model.preprocess
+        preprocess = bpda(inner, backward=parse_defense(backward).to(_device_of(model)))
+    else:
+        preprocess = model.preprocess if isinstance(model.preprocess, BPDA) else bpda(model.preprocess)
     attacked = Defended(preprocess, model.classifier).train(model.training)
     eot = eot_samples if mode == "bpda+eot" and is_randomized(model.preprocess) else 1
     return attacked, eot

@@ -55,26 +55,14 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .schema import TARGET_MODES as SCHEMA_TARGET_MODES
+from .schema import AttackEntry, Config, check_structure
 
-#: Keys accepted at the top level of a config.
-TOP_LEVEL_KEYS = (
-    "experiment",
-    "description",
-    "seed",
-    "device",
-    "batch_size",
-    "store",
-    "save_images",
-    "targets",
-    "models",
-    "data",
-    "attacks",
-    "postprocess",
-    "defense",
-    "attack_misclassified",
-)
+#: Keys accepted at the top level of a config and in an ``attacks:`` entry (from schema.py).
+TOP_LEVEL_KEYS = tuple(Config.model_fields)
+ATTACK_KEYS = tuple(AttackEntry.model_fields)
 #: Targeting modes: untargeted, a uniformly random class other than the label, label + 1 mod K.
-TARGET_MODES = ("none", "random", "next", "least-likely")
+TARGET_MODES = SCHEMA_TARGET_MODES
 #: How an attack sees a defended model (:func:`quantadv.defenses.adaptive`): as is; with the
 #: preprocessing replaced by the identity in the backward pass (BPDA); BPDA plus EOT.
 ADAPTIVE_MODES = ("none", "bpda", "bpda+eot")
@@ -99,7 +87,6 @@ MAX_RUNS = 100_000
 #: Upper bound on list lengths inside parameters and grids.
 MAX_LIST = 10_000
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _LABEL_RE = re.compile(r"^[^\x00-\x1f]{1,80}$")
 
 
@@ -177,16 +164,6 @@ def _mapping(value: object, where: str) -> dict:
         if not isinstance(k, str):
             raise ConfigError(f"{where}: keys must be strings, got {k!r} ({_type_name(k)})")
     return value
-
-
-def _check_keys(d: dict, where: str, allowed: typing.Sequence[str]) -> None:
-    for key in d:
-        if key not in allowed:
-            prefix = f"{where}." if where else ""
-            raise ConfigError(
-                f"unknown key {prefix}{key}{_suggest(key, allowed)}; allowed keys: "
-                f"{_allowed(allowed)}"
-            )
 
 
 def _int(value: object, where: str, minimum: int | None = None) -> int:
@@ -530,6 +507,8 @@ class AttackSpec:
     postprocess: tuple[str, ...] | None = None  # labels of the top-level list; None: all
     search: tuple | None = None  # (param, low, high, rounds): per-image bisection of a budget
     repeat: int = 1  # independent runs (other seeds) of every grid point
+    source: SourceSpec | None = None  # transfer attack: the model the attack differentiates
+    models: tuple[str, ...] | None = None  # labels of the models it attacks; None: all
 
     @property
     def attack_name(self) -> str:
@@ -540,6 +519,8 @@ class AttackSpec:
         if self.search is not None:  # only then, so that other runs keep their ids
             param, low, high, rounds = self.search
             ident["search"] = {"param": param, "low": low, "high": high, "rounds": rounds}
+        if self.source is not None:  # likewise
+            ident["source"] = self.source.identity()
         return ident
 
     def points(self) -> list[dict]:
@@ -547,6 +528,30 @@ class AttackSpec:
         if not self.grid:
             return [dict(self.params)]
         return [{**self.params, **point} for point in self.grid]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """The model a transfer attack differentiates; success is judged on the run's model.
+
+    Either a model of its own (``model``), or the target's classifier without its defense
+    (``classifier``), optionally behind another defense (``defense``, e.g. a smooth surrogate).
+    """
+
+    model: ModelSpec | None = None
+    classifier: bool = False
+    defense: str | None = None
+
+    def identity(self) -> dict:
+        if self.model is not None:
+            return {"model": self.model.identity()}
+        return {"classifier": True, **({"defense": self.defense} if self.defense else {})}
+
+    @property
+    def text(self) -> str:
+        if self.model is not None:
+            return self.model.label
+        return "classifier" + (f" behind {self.defense}" if self.defense else "")
 
 
 @dataclass(frozen=True)
@@ -575,7 +580,9 @@ class RunSpec:
         parts = [", ".join(f"{k}={self.params[k]}" for k in self.attack.grid_keys)] if self.attack.grid else []
         if self.search_text:
             parts.append(self.search_text)
-        if self.model.adaptive:
+        if self.attack.source is not None:
+            parts.append(f"from {self.attack.source.text}")
+        elif self.model.adaptive:
             parts.append(f"adaptive={self.adaptive}")
         if self.attack.repeat > 1:
             parts.append(f"repeat {self.repeat + 1}/{self.attack.repeat}")
@@ -608,6 +615,10 @@ class ExperimentConfig:
     attacks: tuple[AttackSpec, ...]
     postprocess: tuple[PostprocessSpec, ...]
     attack_misclassified: bool = False
+    #: options of the robust-accuracy tables of the report (:mod:`quantadv.experiments.summary`):
+    #: ``carry`` (a grid parameter), ``steps`` (iteration counts), ``any`` (bool), ``compare``
+    #: (pairs of attack selectors); not part of any run id
+    summary: dict = field(default_factory=dict)
     source: str = ""
     base_dir: Path = Path(".")
     runs: tuple[RunSpec, ...] = ()
@@ -650,7 +661,8 @@ class ExperimentConfig:
 # Section parsers
 
 
-def _parse_models(value: object, base_dir: Path, default_defense: str | None = None) -> tuple[ModelSpec, ...]:
+def _parse_models(value: object, base_dir: Path, default_defense: str | None = None, where: str | None = None,
+                  defended_adaptive: bool = True) -> tuple[ModelSpec, ...]:
     if value is None:
         raise ConfigError(
             "missing key 'models': list the models to attack, e.g. models: [fmnist-cnn]"
@@ -662,12 +674,12 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
             f"models must be a non-empty list of zoo names or mappings, got {value!r}"
         )
     specs = []
+    source_where = where
     for i, item in enumerate(value):
-        where = f"models[{i}]"
+        where = source_where or f"models[{i}]"
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "arch", "entry", "file", "kwargs", "label", "defense", "adaptive", "eot"))
         sources = [k for k in ("name", "arch", "entry") if k in item]
         if len(sources) > 1 or (not sources and "file" not in item):
             raise ConfigError(
@@ -720,19 +732,16 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
         defense = _parse_defense(item["defense"], f"{where}.defense") if "defense" in item else default_defense
         defended = defense is not None or (name is not None and _zoo_defended(name))
         if "adaptive" in item:
-            adaptive = _str_list(item["adaptive"], f"{where}.adaptive")
-            for mode in adaptive:
-                if mode not in ADAPTIVE_MODES:
-                    raise ConfigError(f"{where}.adaptive: unknown mode {mode!r}{_suggest(mode, ADAPTIVE_MODES)}; "
-                                      f"allowed: {_allowed(ADAPTIVE_MODES)}")
+            adaptive = tuple(_adaptive_mode(m, f"{where}.adaptive")
+                             for m in _str_list(item["adaptive"], f"{where}.adaptive"))
             if len(set(adaptive)) != len(adaptive) or not adaptive:
                 raise ConfigError(f"{where}.adaptive must list each mode once, e.g. [none, bpda, bpda+eot]")
             if not defended:
                 raise ConfigError(f"{where}.adaptive needs a defended model: add {where}.defense "
                                   "(e.g. defense: 'softq:levels=1,alpha=1000') or use a defended zoo model")
         else:
-            adaptive = ADAPTIVE_MODES if defended else ()
-        eot = _int(item.get("eot", 10), f"{where}.eot", 1)
+            adaptive = ADAPTIVE_MODES if defended and defended_adaptive else ()
+        eot = item.get("eot", 10)
         specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs, defense, tuple(adaptive), eot))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -741,6 +750,37 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
             f"models: label {dup[0]!r} is used twice; give each model a distinct 'label'"
         )
     return tuple(specs)
+
+
+def _adaptive_mode(mode: str, where: str) -> str:
+    """A mode of the ``adaptive:`` axis, canonical: ``none``, ``bpda``, ``bpda+eot`` or ``bpda:SPEC``."""
+    from ..defenses import parse_adaptive
+    from ..errors import InputError
+
+    try:
+        base, backward = parse_adaptive(mode)
+    except InputError as exc:
+        hint = _suggest(mode.partition(":")[0], ADAPTIVE_MODES)
+        raise ConfigError(f"{where}: {exc}{hint}") from None
+    return base if backward is None else f"{base}:{backward}"
+
+
+def _parse_source(value: object, where: str, base_dir: Path) -> SourceSpec:
+    """``source:`` of an attack entry: the model the attack differentiates (transfer attack).
+
+    ``classifier`` (or ``{classifier: true, defense: SPEC}``): the target's own classifier
+    without its defense (or behind another one, e.g. a smooth surrogate of a soft quantizer);
+    otherwise a model entry as under ``models:`` (a zoo name, ``file``, ``arch`` + ``file``,
+    ``entry``, with an optional ``defense``).
+    """
+    if value == "classifier":
+        return SourceSpec(classifier=True)
+    if isinstance(value, dict) and "classifier" in value:
+        return SourceSpec(classifier=True, defense=_parse_defense(value.get("defense"), f"{where}.defense"))
+    if isinstance(value, dict) and "adaptive" in value:
+        raise ConfigError(f"{where}.adaptive: a source model is attacked as is; put adaptive modes on models")
+    (model,) = _parse_models([value], base_dir, None, where=where, defended_adaptive=False)
+    return SourceSpec(model=model)
 
 
 def _check_zoo_name(name: str, where: str) -> None:
@@ -803,7 +843,6 @@ def _parse_data(value: object, base_dir: Path) -> DataSpec:
     if isinstance(value, str):
         value = {"name": value}
     d = _mapping(value, "data")
-    _check_keys(d, "data", ("name", "entry", "kwargs", "split", "subset"))
     if ("name" in d) == ("entry" in d):
         raise ConfigError(
             "data must have exactly one of 'name' (one of "
@@ -811,8 +850,6 @@ def _parse_data(value: object, base_dir: Path) -> DataSpec:
             "and labels)"
         )
     split = d.get("split", "test")
-    if split not in ("train", "test"):
-        raise ConfigError(f"data.split must be one of 'train', 'test', got {split!r}")
     name = entry = None
     kwargs: dict = {}
     if "name" in d:
@@ -837,11 +874,12 @@ def _parse_data(value: object, base_dir: Path) -> DataSpec:
 
 
 def _parse_subset(value: object) -> tuple:
+    """The subset (its types were checked by the schema): all, first N, a range or indices."""
     if value is None or value == "all":
         return ("all",)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return ("first", _int(value, "data.subset", 1))
-    s = _mapping(value, "data.subset")
+    if isinstance(value, int):
+        return ("first", value)
+    s = {k: v for k, v in value.items() if v is not None}  # type: ignore[union-attr]
     if len(s) != 1:
         raise ConfigError(
             "data.subset must have exactly one of 'first' (N), 'range' ([start, stop]) or "
@@ -849,28 +887,17 @@ def _parse_subset(value: object) -> tuple:
         )
     (kind, arg), = s.items()
     if kind == "first":
-        return ("first", _int(arg, "data.subset.first", 1))
+        return ("first", arg)
     if kind == "range":
-        if not isinstance(arg, list) or len(arg) != 2:
-            raise ConfigError(f"data.subset.range must be [start, stop], got {arg!r}")
-        start = _int(arg[0], "data.subset.range[0]", 0)
-        stop = _int(arg[1], "data.subset.range[1]", 0)
+        start, stop = arg
         if stop <= start:
             raise ConfigError(f"data.subset.range: stop ({stop}) must be > start ({start})")
         return ("range", start, stop)
-    if kind == "indices":
-        if not isinstance(arg, list) or not arg:
-            raise ConfigError(f"data.subset.indices must be a non-empty list, got {arg!r}")
-        if len(arg) > 10_000_000:
-            raise ConfigError("data.subset.indices is too long (at most 10,000,000 entries)")
-        idx = tuple(_int(v, f"data.subset.indices[{i}]", 0) for i, v in enumerate(arg))
-        if len(set(idx)) != len(idx):
-            raise ConfigError("data.subset.indices contains duplicates; list each image once")
-        return ("indices", idx)
-    raise ConfigError(
-        f"unknown key data.subset.{kind}{_suggest(kind, ('first', 'range', 'indices'))}; "
-        "allowed keys: first, range, indices"
-    )
+    if len(arg) > 10_000_000:
+        raise ConfigError("data.subset.indices is too long (at most 10,000,000 entries)")
+    if len(set(arg)) != len(arg):
+        raise ConfigError("data.subset.indices contains duplicates; list each image once")
+    return ("indices", tuple(arg))
 
 
 def _parse_grid(value: object, params: dict, where: str) -> tuple[tuple[str, ...], list[dict]]:
@@ -951,7 +978,6 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "entry", "label", "params", "grid", "postprocess", "search", "repeat"))
         if ("name" in item) == ("entry" in item):
             raise ConfigError(
                 f"{where} must have exactly one of 'name' (one of {_allowed(sorted(registry))}) "
@@ -995,11 +1021,13 @@ def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:
         chosen = None
         if "postprocess" in item:
             chosen = _str_list(item["postprocess"], f"{where}.postprocess")
-        repeat = _int(item.get("repeat", 1), f"{where}.repeat", 1)
+        repeat = item.get("repeat", 1)
         if repeat > 1 and not (accepts_keyword(fn, "generator") or accepts_keyword(fn, "seed")):
             raise ConfigError(f"{where}.repeat: {what} takes no seed or generator, so its repeats would be identical")
+        source = _parse_source(item["source"], f"{where}.source", base_dir) if "source" in item else None
         specs.append(
-            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search, repeat)
+            AttackSpec(i, label, name, entry, params, tuple(checked_points), grid_keys, chosen, search, repeat,
+                       source, tuple(item["models"]) if item.get("models") else None)
         )
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -1089,7 +1117,6 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
         if isinstance(item, str):
             item = {"name": item}
         item = _mapping(item, where)
-        _check_keys(item, where, ("name", "label", "params"))
         name = _str(item.get("name"), f"{where}.name")
         if name not in registry:
             known = ["none", *POSTPROCESS_FUNCTIONS]
@@ -1116,6 +1143,28 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
             f"postprocess: label {dup[0]!r} appears twice; give each entry a distinct 'label'"
         )
     return tuple(specs)
+
+
+def _parse_summary(value: object, attacks: tuple[AttackSpec, ...]) -> dict:
+    """``summary: {carry: eps, steps: [10, 20], any: true, compare: [[pgd, "pqgd:b=200"]]}``."""
+    if value is None:
+        return {}
+    d = {k: v for k, v in _mapping(value, "summary").items() if v is not None}  # types: schema.py
+    out: dict = {k: d[k] for k in ("carry", "steps", "any") if k in d}
+    if "compare" in d:
+        pairs = d["compare"]
+        labels = [a.label for a in attacks]
+        out["compare"] = []
+        for i, pair in enumerate(pairs):
+            for x in pair:
+                label = x.partition(":")[0]
+                if label not in labels:
+                    raise ConfigError(
+                        f"summary.compare[{i}]: {label!r} is not an attack label{_suggest(label, labels)}; "
+                        f"labels: {_allowed(labels)}"
+                    )
+            out["compare"].append(list(pair))
+    return out
 
 
 def _parse_defense(value: object, where: str = "defense") -> str | None:
@@ -1185,8 +1234,16 @@ def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
     for model, attack, params, mode, rep_i in (
         (m, a, p, mode, r)
         for m in cfg.models for a in cfg.attacks for p in a.points()
-        for mode in (m.adaptive or ("none",)) for r in range(a.repeat)
+        # a transfer attack sees its source, not the defended model: one run, no adaptive modes
+        for mode in (m.adaptive if m.adaptive and a.source is None else ("none",)) for r in range(a.repeat)
+        if a.models is None or m.label in a.models
     ):
+        if attack.source is not None and attack.source.classifier and not model.defense and not (
+                model.name and _zoo_defended(model.name)):
+            raise ConfigError(
+                f"attacks[{attack.index}].source: 'classifier' is the undefended classifier of a defended "
+                f"model, but model {model.label!r} has no defense; name a source model instead"
+            )
         resolved = {
             "model": model.identity(),
             "data": cfg.data.identity(),
@@ -1201,9 +1258,9 @@ def _resolve_runs(cfg: ExperimentConfig) -> tuple[RunSpec, ...]:
         # them) has other run ids and is refused, not silently mixed.
         if not cfg.attack_misclassified:
             resolved["skip_misclassified"] = True
-        if model.adaptive:
+        if model.adaptive and attack.source is None:
             resolved["adaptive"] = mode
-            if mode == "bpda+eot":
+            if mode.startswith("bpda+eot"):
                 resolved["eot"] = model.eot
         if attack.repeat > 1:
             resolved["repeat"] = rep_i
@@ -1247,47 +1304,24 @@ def parse_config(
     if raw is None:
         raise ConfigError(f"{source} is empty; a config needs experiment, models, data, attacks")
     top = _mapping(raw, "the config")
-    _check_keys(top, "", TOP_LEVEL_KEYS)
-    if "experiment" not in top:
-        raise ConfigError(
-            "missing key 'experiment': give the experiment a name (letters, digits, '-', '_', "
-            "'.'); it names the store results/<experiment>.db"
-        )
-    name = top["experiment"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(
-            f"experiment must be 1-64 letters, digits, '-', '_' or '.' (starting with a letter or "
-            f"digit), got {name!r}"
-        )
-    description = top.get("description", "") or ""
-    if not isinstance(description, str):
-        raise ConfigError(f"description must be a string, got {_type_name(description)}")
-    seed = _int(top.get("seed", 0), "seed", 0)
-    device = top.get("device", "cpu")
-    if not isinstance(device, str) or not re.match(r"^(cpu|cuda(:\d+)?|mps)$", device):
-        raise ConfigError(f"device must be one of 'cpu', 'cuda', 'cuda:N', 'mps', got {device!r}")
-    batch_size = _int(top.get("batch_size", 100), "batch_size", 1)
-    save_images = _int(top.get("save_images", 8), "save_images", 0)
-    targets = top.get("targets", "none")
-    if targets is None:
-        targets = "none"
-    if isinstance(targets, int) and not isinstance(targets, bool):
-        if targets < 0:
-            raise ConfigError(f"targets: a class index must be >= 0, got {targets}")
-    elif targets not in TARGET_MODES:
-        raise ConfigError(f"targets must be one of {', '.join(TARGET_MODES)} or a class index, got {targets!r}")
-    store = top.get("store", f"results/{name}.db")
-    store = Path(_str(store, "store")).expanduser()
-    if store.suffix != ".db":
-        raise ConfigError(f"store must be a path ending in .db, got {str(store)!r}")
+    shape = check_structure(top)  # types, ranges and keys, from the one description (schema.py)
+    name = shape.experiment
+    description = shape.description or ""
+    seed, device, batch_size, save_images = shape.seed, shape.device, shape.batch_size, shape.save_images
+    targets = "none" if shape.targets is None else shape.targets
+    store = Path(shape.store or f"results/{name}.db").expanduser()
     default_defense = _parse_defense(top.get("defense"))
-    attack_misclassified = top.get("attack_misclassified", False)
-    if not isinstance(attack_misclassified, bool):
-        raise ConfigError(f"attack_misclassified must be true or false, got {attack_misclassified!r}")
+    attack_misclassified = shape.attack_misclassified
     models = _parse_models(top.get("models"), base, default_defense)
     data_spec = _parse_data(top.get("data"), base)
     attacks = _parse_attacks(top.get("attacks"), base)
     postprocess = _parse_postprocess(top.get("postprocess"))
+    model_labels = [m.label for m in models]
+    for a in attacks:
+        for lab in a.models or ():
+            if lab not in model_labels:
+                raise ConfigError(f"attacks[{a.index}].models: {lab!r} is not a model label"
+                                  f"{_suggest(lab, model_labels)}; labels: {_allowed(model_labels)}")
     known = [p.label for p in postprocess]
     for a in attacks:
         for lab in a.postprocess or ():
@@ -1296,8 +1330,10 @@ def parse_config(
                     f"attacks[{a.index}].postprocess: {lab!r} is not in the top-level postprocess "
                     f"list{_suggest(lab, known)}; allowed: {_allowed(known)}"
                 )
+    summary = _parse_summary(top.get("summary"), attacks)
     cfg = ExperimentConfig(
         experiment=name,
+        summary=summary,
         description=description,
         seed=seed,
         device=device,

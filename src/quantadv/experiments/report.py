@@ -30,6 +30,7 @@ import csv
 import html
 import io
 import json
+import logging
 import math
 import os
 import tempfile
@@ -43,6 +44,8 @@ import numpy as np
 from ..errors import DataError
 from ..eval.curves import best_effort, operating_characteristic, robust_accuracy
 from .store import open_store
+
+log = logging.getLogger("quantadv.experiments")
 
 #: Columns of ``runs.csv`` (one row per run and post-processing).
 RUN_TABLE = (
@@ -514,6 +517,53 @@ def _figure_html(plot: _Plot) -> str:
     )
 
 
+ROBUST_TABLE = [("model", "model", ""), ("attack", "attack", ""), ("params", "params", ""),
+                ("postprocess", "post-processing", ""), ("criterion", "criterion", ""),
+                ("images", "images", "d"), ("runs", "runs", "d"), ("mean", "average acc.", ".3f"),
+                ("std", "std", ".3f"), ("worst", "worst-case acc.", ".3f")]
+PAIRED_TABLE = [("model", "model", ""), ("postprocess", "post-processing", ""), ("a", "A", ""),
+                ("b", "B", ""), ("images", "images", "d"), ("diff", "acc. A - B", ".3f"),
+                ("low", "95% low", ".3f"), ("high", "95% high", ".3f"), ("a_only", "broken by A only", "d"),
+                ("b_only", "broken by B only", "d"), ("p", "McNemar p", ".3g")]
+
+
+def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict], list[dict]]:
+    """The robust-accuracy rows (worst / average / std over repeats and adaptive modes, per
+    criterion) and the paired comparisons a config's ``summary:`` options ask for
+    (:mod:`quantadv.experiments.summary`)."""
+    from .summary import compare, robust_summary
+
+    carry = options.get("carry")
+    criteria: list = ["final", *(["any"] if options.get("any") else []), *options.get("steps", [])]
+    robust: list[dict] = []
+    final_cells: list[dict] = []
+    for criterion in criteria:
+        try:
+            cells = robust_summary(store, criterion=criterion, carry=carry)
+        except DataError as exc:  # an attack without per-iterate records: the other tables still come
+            log.warning("summary criterion %r skipped: %s", criterion, exc)
+            continue
+        if criterion == "final":
+            final_cells = cells
+        text = {"final": "output", "any": "any iterate"}.get(criterion, f"iterate <= {criterion}")
+        if carry:
+            text += f", carried over {carry}"
+        robust += [{**{k: c[k] for k in ("model", "attack", "postprocess", "images", "runs", "mean", "std",
+                                          "worst")}, "params": _params_text(c["params"]), "criterion": text}
+                   for c in cells]
+    pairs = []
+    for a, b in options.get("compare", []):
+        for row in compare(final_cells, a, b):
+            pairs.append({**row, "a": _params_text_pair(row["a"]), "b": _params_text_pair(row["b"])})
+    return robust, pairs
+
+
+def _params_text_pair(text: str) -> str:
+    label, _, params = text.partition(" ")
+    shown = _params_text(params) if params else ""
+    return f"{label} ({shown})" if shown else label
+
+
 def write_report(
     store: str | os.PathLike,
     out: str | os.PathLike,
@@ -560,6 +610,17 @@ def write_report(
         raise DataError(f"--out {str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    options: dict = {}
+    with contextlib.suppress(Exception):  # a config without (or with an unreadable) summary: key
+        import yaml
+
+        stored = yaml.safe_load(meta.get("config_yaml", "") or "{}")
+        if isinstance(stored, dict) and isinstance(stored.get("summary"), dict):
+            options = stored["summary"]
+    robust, pairs = summary_tables(store_path, options)
+    _atomic_write(out_dir / "robust.csv", _csv_bytes(robust, [c for c, _, _ in ROBUST_TABLE]))
+    if pairs:
+        _atomic_write(out_dir / "paired.csv", _csv_bytes(pairs, [c for c, _, _ in PAIRED_TABLE]))
     table = run_table(rows)
     best = best_efforts(rows)
     btable = best_table(best)
@@ -616,6 +677,17 @@ def write_report(
         "is over all images.</p>",
         "<h2>Operating characteristics and robust accuracy</h2>",
         *(_figure_html(p) for p in plots),
+        "<h2>Robust accuracy over repeats and adaptive modes</h2>",
+        "<p class='note'>Per cell: average and sample std of the runs' accuracies (repeats, adaptive "
+        "modes), and the worst case (an image is robust only if no run broke it). Criterion: the "
+        "attack's output, any iterate, or an iterate at most k (an early-stopping k-step attack). "
+        "<a href='robust.csv'>CSV</a>.</p>",
+        _html_table(robust, ROBUST_TABLE),
+        *(["<h2>Paired comparisons</h2>",
+           "<p class='note'>On the images both cells share: difference of per-image average accuracy "
+           "with a 95% bootstrap interval (5,000 resamples of images), and McNemar's exact test on the "
+           "per-image worst case. <a href='paired.csv'>CSV</a>.</p>",
+           _html_table(pairs, PAIRED_TABLE)] if pairs else []),
         "<h2>Best effort per attack entry</h2>",
         "<p class='note'>Per image, the lowest distortion that succeeds over the entry's "
         "parameter grid (paper 000 Sec. 5.1.2). <a href='best_effort.csv'>CSV</a>.</p>",

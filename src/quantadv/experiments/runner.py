@@ -490,6 +490,7 @@ def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool
         cfg.store, ctx.rank, ctx.world_size, dev, code_version(),
     )
     images, labels, indices = load_data(cfg.data)
+    check_sources(cfg, dev, images, indices)
     run_rows = _run_rows(cfg)
 
     # Phase 1 (rank 0): validate / create the store, fold in shards a killed run left behind.
@@ -617,6 +618,7 @@ class Models:
         self.spec: ModelSpec | None = None
         self.model: nn.Module | None = None
         self.clean: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.sources: dict[tuple, nn.Module] = {}
 
     def get(self, spec: ModelSpec) -> nn.Module:
         if self.spec is not spec:
@@ -626,12 +628,45 @@ class Models:
 
                 model = Defended(parse_defense(spec.defense), model).eval().to(self.dev)
             self.model, self.spec, self.clean = model, spec, {}
+            self.sources.clear()
             log.info("model %s loaded%s", spec.label, f" behind {spec.defense}" if spec.defense else "")
         assert self.model is not None
         return self.model
 
+    def source(self, run: RunSpec) -> nn.Module:
+        """The model a transfer attack differentiates (:class:`SourceSpec`), built once per run's
+        model and source."""
+        src = run.attack.source
+        assert src is not None
+        key = (run.model.label, canonical_json(src.identity()))
+        if key not in self.sources:
+            self.sources.clear()  # keep one source at a time, as for the target
+            if src.model is not None:
+                model = load_model(src.model, self.dev)
+                if src.model.defense is not None:
+                    from ..defenses import Defended, parse_defense
+
+                    model = Defended(parse_defense(src.model.defense), model).eval().to(self.dev)
+            else:
+                from ..defenses import Defended, parse_defense
+
+                target = self.get(run.model)
+                if not isinstance(target, Defended):
+                    raise ConfigError(
+                        f"attacks[{run.attack.index}].source: 'classifier' needs a defended model, "
+                        f"but {run.model.label!r} is {type(target).__name__}"
+                    )
+                model = target.classifier
+                if src.defense is not None:
+                    model = Defended(parse_defense(src.defense), model).eval().to(self.dev)
+            self.sources[key] = model
+            log.info("source %s of model %s loaded", src.text, run.model.label)
+        return self.sources[key]
+
     def for_attack(self, run: RunSpec) -> tuple[nn.Module, int]:
         """(the model the attack differentiates, the EOT draws it must average; 1: none)."""
+        if run.attack.source is not None:
+            return self.source(run), 1
         model = self.get(run.model)
         if not run.model.adaptive:
             return model, 1
@@ -651,6 +686,36 @@ class Models:
                 )
             self.clean[b] = (logits.argmax(1).cpu(), int(logits.shape[1]), logits.detach())
         return self.clean[b]
+
+
+def check_sources(cfg: ExperimentConfig, dev: torch.device, images: torch.Tensor, indices: list[int]) -> None:
+    """Before any work: every transfer attack's source takes the data's images and has as many
+    classes as its target (one forward pass of one image each), else a one-line ConfigError."""
+    pairs = {}
+    for run in cfg.runs:
+        if run.attack.source is not None and indices:
+            pairs.setdefault((run.model.label, canonical_json(run.attack.source.identity())), run)
+    if not pairs:
+        return
+    models = Models(dev)
+    x = to_float(images[indices[:1]]).to(dev)
+    for run in pairs.values():
+        where = f"attacks[{run.attack.index}].source ({run.attack.source.text}) for model {run.model.label!r}"  # type: ignore[union-attr]
+        with torch.no_grad():
+            n_target = models.get(run.model)(x).shape[-1]
+            try:
+                out = models.source(run)(x)
+            except (RuntimeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(
+                    f"{where}: the source model cannot take the data's images of shape {tuple(x.shape[1:])}: "
+                    f"{first}; source and target must share the input shape"
+                ) from None
+        if out.dim() != 2 or out.shape[1] != n_target:
+            raise ConfigError(
+                f"{where}: the source returns {tuple(out.shape[1:])} logits per image but the target has "
+                f"{n_target} classes; source and target must classify the same classes"
+            )
 
 
 def load_batch(cfg: ExperimentConfig, work: Work, models: Models, images: torch.Tensor,
@@ -722,8 +787,11 @@ def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
         calls = None if a_calls is None else calls.index_put((rows,), a_calls.cpu())
         grads = None if a_grads is None else grads.index_put((rows,), a_grads.cpu())
         a_pred = a_extras.pop("pred", None)
+        if run.attack.source is not None:  # the attack judged its iterates on the source model
+            a_pred = None
+            a_extras.pop("first_adv", None)
         # The attack's own last forward pass judges its output, unless it averaged random draws
-        # (EOT) or it does not report one: then the runner's pass does.
+        # (EOT), attacked another model (transfer), or does not report one: then the runner's pass does.
         if a_pred is not None and eot == 1:
             pred[rows] = torch.tensor(a_pred, dtype=torch.int64)
         else:
@@ -749,6 +817,8 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
 
     run = work.run
     model = models.get(run.model)
+    # a transfer attack's quantizer sees the source too (the attacker has no other gradient)
+    attacker = models.source(run) if run.attack.source is not None else model
     n = batch.x.shape[0]
     t1 = time.perf_counter()
     rows_cpu = attack.attacked.nonzero().flatten()
@@ -761,13 +831,13 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
     if rows_cpu.numel():
         sub_targets = batch.targets[rows_dev] if batch.targets is not None else None
         out, c, g, sub_extras = apply_postprocess(
-            pp, pp_fn, model, batch.x[rows_dev], attack.x_adv[rows_dev], batch.y[rows_dev], sub_targets
+            pp, pp_fn, attacker, batch.x[rows_dev], attack.x_adv[rows_dev], batch.y[rows_dev], sub_targets
         )
         x_out[rows_dev] = out
         p_calls = None if c is None else p_calls.index_put((rows_cpu,), c.cpu())  # type: ignore[union-attr]
         p_grads = None if g is None else p_grads.index_put((rows_cpu,), g.cpu())  # type: ignore[union-attr]
         sub_pred = sub_extras.pop("pred", None)
-        if sub_pred is not None and all(v is not None for v in sub_pred):
+        if sub_pred is not None and run.attack.source is None and all(v is not None for v in sub_pred):
             pp_pred = batch.clean_pred.clone()  # unattacked images keep the original image
             pp_pred[rows_cpu] = torch.tensor(sub_pred, dtype=torch.int64)
         for key, values in sub_extras.items():
