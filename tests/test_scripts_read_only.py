@@ -21,6 +21,7 @@ FORBIDDEN_NAMES = {"quantadv": {"attacks", "defenses", "quantize", "diagnostics"
                    "quantadv.models": {"training", "binary", "train"}}
 #: scripts that still compute (follow-ups of issue 18), with what they run
 PENDING = {
+    "jpeg_colour.py": "the 4:4:4 vs 4:2:0 colour JPEG experiment (trains a tinted-FMNIST CNN, DDN)",
     "jpeg_ddn_integrated.py": "DDN + JPEG quantization (docs/jpeg.md)",
     "jpeg_examples.py": "JPEG quantizers for the example figure",
     "jpeg_experiments.py": "the JPEG attack tables",
