@@ -208,7 +208,6 @@ def check_case(raw: bytes, directory: str) -> str:
     and the coefficients written back decode to the same pixels, bit for bit). Anything else
     (another exception, a message without the file's name, a mismatch) is an escape.
     """
-    import os
     from pathlib import Path
 
     import torch

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DataError, InputError
 from ._folder import file_names, list_files, read_labels, write_folder
@@ -248,8 +248,8 @@ def _parse_frame(marker: int, body: bytes, name: str, max_pixels: int | None) ->
         raise DataError(f"{name} uses JPEG process SOF{marker - 0xC0} (lossless, hierarchical or arithmetic-coded); "
                         "only baseline and progressive Huffman JPEGs are supported: re-encode it")
     if len(body) < 6 or len(body) != 6 + 3 * body[5]:
-        raise DataError(f"{name} is corrupt: its frame header has {len(body) + 2} bytes for {body[5] if len(body) > 5 else '?'} "
-                        f"components; {_CORRUPT}")
+        raise DataError(f"{name} is corrupt: its frame header (SOF) has a wrong length ({len(body) + 2} bytes); "
+                        f"{_CORRUPT}")
     precision, height, width, count = body[0], *struct.unpack(">HH", body[1:5]), body[5]
     if precision != 8:
         raise DataError(f"{name} has {precision}-bit samples; only 8-bit JPEGs are supported: convert it to 8 bits")
