@@ -133,6 +133,8 @@ def _rewrite_frame(raw: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
 
 def _flip(raw: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     data = bytearray(raw)
+    if len(data) <= 2:
+        return raw + b"\x00", "1 byte appended (too short to flip bits)"
     count = int(rng.integers(1, 17))
     for _ in range(count):
         pos = int(rng.integers(2, len(data)))
@@ -144,11 +146,11 @@ def _mutate(raw: bytes, kind: str, rng: np.random.Generator) -> tuple[bytes, str
     if kind == "flip":
         return _flip(raw, rng)
     if kind == "truncate":
-        cut = int(rng.integers(0, len(raw)))
+        cut = int(rng.integers(0, max(len(raw), 1)))
         return raw[:cut], f"truncated to {cut} of {len(raw)} bytes"
     if kind in ("insert", "overwrite"):
         count = int(rng.integers(1, 65))
-        pos = int(rng.integers(0, len(raw)))
+        pos = int(rng.integers(0, max(len(raw), 1)))
         junk = rng.integers(0, 256, count, dtype=np.uint8).tobytes()
         if kind == "insert":
             return raw[:pos] + junk + raw[pos:], f"{count} bytes inserted at {pos}"
@@ -258,6 +260,7 @@ def check_case(raw: bytes, directory: str) -> str:
 
 def run_forked(raw: bytes, timeout: float = 20.0) -> str:
     """:func:`check_case` in a forked child: a crash or a hang becomes an ``"escape: ..."`` result."""
+    import faulthandler
     import os
     import pickle
     import select
@@ -270,6 +273,7 @@ def run_forked(raw: bytes, timeout: float = 20.0) -> str:
     if pid == 0:  # the child: run the case, send the verdict, exit without cleanup handlers
         code = 0
         try:
+            faulthandler.disable()  # a crash is reported by the parent, not dumped by the child
             os.close(read_end)
             shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             with tempfile.TemporaryDirectory(dir=shm) as directory:

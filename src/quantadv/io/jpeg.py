@@ -374,9 +374,26 @@ def _libjpeg_read(raw: bytes, name: str):  # type: ignore[no-untyped-def]
         os.unlink(tmp)
     if messages or failure is not None:
         detail = messages.splitlines()[0] if messages else str(failure).replace(tmp, "<file>")
-        state = "truncated" if "premature end" in detail.lower() else "corrupt"
+        state = "truncated" if "premature end of jpeg file" in detail.lower() else "corrupt"
         raise DataError(f"{name} is {state} (libjpeg: {detail}); it would be read only partly: {_CORRUPT}")
     return obj
+
+
+def _check_coefficient_range(obj, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Refuse coefficients no 8-bit JPEG encoder produces (libjpeg decodes them, but cannot write them).
+
+    An 8-bit DCT block has DC in -1024..1016 and AC within +-1023 (libjpeg's 10 coefficient
+    bits); a corrupt Huffman table decodes to larger values.
+    """
+    for plane in (obj.Y, obj.Cb, obj.Cr, getattr(obj, "K", None)):
+        if plane is None:
+            continue
+        values = np.asarray(plane)
+        dc = values[..., 0, 0]
+        ac = values.reshape(*values.shape[:-2], 64)[..., 1:]
+        if dc.size and (dc.min() < -1024 or dc.max() > 1023) or ac.size and np.abs(ac).max() > 1023:
+            raise DataError(f"{name} is corrupt: it decodes to DCT coefficients outside the 8-bit JPEG range "
+                            f"(DC -1024..1023, AC -1023..1023); {_CORRUPT}")
 
 
 def _pillow_open(raw: bytes, name: str) -> Image.Image:
@@ -428,6 +445,8 @@ def _read_checked(
         obj = _libjpeg_read(raw, name)
     except InputError:  # jpeglib is not installed: Pillow alone judges the data
         obj = None
+    else:
+        _check_coefficient_range(obj, name)
     picture = _pillow_open(raw, name)
     if (picture.height, picture.width) != (header.height, header.width):
         raise DataError(f"{name} decodes to {picture.width}x{picture.height} but its frame header declares "
