@@ -84,6 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q",
                    help="JPEG quality 1..100 of --quantize lagrangian-jpeg (default 90)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the same as --quiet here)")
     add_device_seed(p)
     return p
 
@@ -238,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(str(exc).replace("models[0].name", "--model").replace("attacks[0].params.", "-p ")
                              .replace("attacks[0].params", "-p").replace("targets", "--target")) from None
         try:
-            run_experiment(cfg, quiet=args.quiet)
+            run_experiment(cfg, quiet=args.quiet or args.no_progress)
         except ConfigError as exc:
             raise InputError(str(exc)) from None
         result, targets = read_store(store, "lagrangian_jpeg" if jpeg_mode else None)
