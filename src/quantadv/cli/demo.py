@@ -5,8 +5,9 @@ Runs the experiment ``configs/demo.yaml`` (the shipped Fashion-MNIST classifier
 adversarial image kept as is, rounded to 8 bits, and Lagrangian-quantized), prints the table of
 clean accuracy, success rate and median distortion d (paper 000 Eq. 31, pixel units) and under
 it, per attack, how many of the float successes rounding kept and how many Lagrangian
-quantization kept (paper 000's headline, measured), then writes the HTML report. It is exactly ``quantadv run configs/demo.yaml`` followed by
-``quantadv report results/demo.db --out report/demo``; like them it resumes a killed run.
+quantization kept (paper 000's headline, measured), then writes the HTML report. It is
+exactly ``quantadv run configs/demo.yaml`` followed by ``quantadv report results/demo.db --out
+report/demo``; like them it resumes a killed run.
 """
 
 from __future__ import annotations

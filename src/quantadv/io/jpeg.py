@@ -356,9 +356,12 @@ def _libjpeg_read(raw: bytes, name: str):  # type: ignore[no-untyped-def]
             fh.write(raw)
         with _CAPTURE_LOCK, tempfile.TemporaryFile(dir=folder) as sink:
             sys.stderr.flush()
-            saved = os.dup(2)
             try:
+                saved: int | None = os.dup(2)
                 os.dup2(sink.fileno(), 2)
+            except OSError:  # no usable file descriptor 2: libjpeg's warnings go nowhere we can see
+                saved = None
+            try:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                     warnings.simplefilter("ignore")
                     obj = jpeglib.read_dct(tmp)
@@ -366,8 +369,9 @@ def _libjpeg_read(raw: bytes, name: str):  # type: ignore[no-untyped-def]
             except (OSError, ValueError, RuntimeError, IndexError, TypeError, MemoryError) as exc:
                 failure = exc
             finally:
-                os.dup2(saved, 2)
-                os.close(saved)
+                if saved is not None:
+                    os.dup2(saved, 2)
+                    os.close(saved)
             sink.seek(0)
             messages = sink.read().decode("utf-8", "replace").strip()
     finally:
