@@ -23,6 +23,8 @@ import collections
 import sys
 import time
 
+from tqdm import tqdm
+
 from quantadv.io import _jpeg_fuzz as fuzz
 
 
@@ -31,13 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=10000, help="number of fuzz cases (default 10000)")
     parser.add_argument("--start", type=int, default=0, help="first case number (default 0)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a case counts as a hang")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     seeds = fuzz.seeds()
     outcomes: collections.Counter[str] = collections.Counter()
     by_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     escapes = []
     started = time.perf_counter()
-    for number in range(args.start, args.start + args.cases):
+    numbers = range(args.start, args.start + args.cases)
+    for number in tqdm(numbers, desc="jpeg fuzz", unit="case", disable=args.no_progress, file=sys.stderr):
         what, raw = fuzz.case(seeds, number)
         verdict = fuzz.run_forked(raw, timeout=args.timeout)
         outcome = "escape" if verdict.startswith("escape") else verdict
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         by_kind[fuzz.kind_of(number)][outcome] += 1
         if outcome == "escape":
             escapes.append((number, what, verdict))
-            print(f"case {number} ({what}): {verdict}", file=sys.stderr)
+            tqdm.write(f"case {number} ({what}): {verdict}", file=sys.stderr)
     seconds = time.perf_counter() - started
     print(f"{args.cases} cases (numbers {args.start}..{args.start + args.cases - 1}) over {len(seeds)} seed files "
           f"in {seconds:.0f} s: {outcomes['ok']} ok (accepted and consistent), {outcomes['refused']} refused with "
