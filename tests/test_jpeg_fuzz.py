@@ -70,6 +70,24 @@ def test_run_forked_reports_a_crash_and_a_hang(monkeypatch) -> None:  # type: ig
     assert fuzz.run_forked(SEED["gray-28x28-q90"], timeout=0.5).startswith("escape: hang")
 
 
+def test_streamed_children_pin_a_crash_and_a_hang_on_their_case(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+
+    def check(raw, directory):  # type: ignore[no-untyped-def]
+        if raw == b"crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if raw == b"hang":
+            time.sleep(5)
+        return "ok" if raw == b"good" else "refused"
+
+    monkeypatch.setattr(fuzz, "check_case", check)
+    verdicts = fuzz.run_stream_forked([b"good", b"bad", b"crash", b"good", b"hang", b"bad"], timeout=1.0)
+    assert verdicts[:2] == ["ok", "refused"] and verdicts[3] == "ok" and verdicts[5] == "refused"
+    assert verdicts[2] == f"escape: crash (signal {int(signal.SIGSEGV)})"
+    assert verdicts[4].startswith("escape: hang")
+
+
 def test_seed_files_read_as_documented(tmp_path) -> None:  # type: ignore[no-untyped-def]
     for name, raw in SEEDS:
         (tmp_path / name).mkdir()

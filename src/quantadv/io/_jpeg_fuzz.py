@@ -307,3 +307,75 @@ def run_forked(raw: bytes, timeout: float = 20.0) -> str:
     if not chunks:
         return f"escape: child exited with status {os.WEXITSTATUS(status)} and no verdict"
     return pickle.loads(b"".join(chunks))
+
+
+def run_stream_forked(raws: list[bytes], timeout: float = 30.0) -> list[str]:
+    """:func:`check_case` on each of ``raws``, in forked children that stream one verdict per case.
+
+    Cheaper than :func:`run_forked` per case (one fork for many cases) with the same safety:
+    the child reports each verdict as soon as it has it, so when it dies (a C-level crash) or
+    stops answering for ``timeout`` seconds (a hang), the case it was on is the one that
+    escaped; that case gets the ``"escape: crash ..."`` / ``"escape: hang ..."`` verdict and a
+    new child carries on with the next one.
+    """
+    import faulthandler
+    import os
+    import pickle
+    import select
+    import signal
+    import struct as _struct
+    import tempfile
+    import time
+
+    verdicts: list[str] = []
+    while len(verdicts) < len(raws):
+        todo = raws[len(verdicts):]
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                faulthandler.disable()
+                os.close(read_end)
+                shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+                for raw in todo:
+                    try:
+                        with tempfile.TemporaryDirectory(dir=shm) as directory:
+                            verdict = check_case(raw, directory)
+                    except Exception as exc:  # noqa: BLE001 - reported as the case's verdict
+                        verdict = f"escape: harness error {type(exc).__name__}: {exc}"
+                    data = pickle.dumps(verdict)
+                    os.write(write_end, _struct.pack(">I", len(data)) + data)
+            except BaseException:  # noqa: BLE001 - the parent sees the missing verdicts
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        buffer = b""
+        died = None
+        try:
+            deadline = time.monotonic() + timeout
+            while len(verdicts) < len(raws):
+                ready, _, _ = select.select([read_end], [], [], max(deadline - time.monotonic(), 0))
+                if not ready:
+                    os.kill(pid, signal.SIGKILL)
+                    died = f"escape: hang (no verdict in {timeout:.0f} s)"
+                    break
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                while len(buffer) >= 4 and len(buffer) >= 4 + _struct.unpack(">I", buffer[:4])[0]:
+                    size = _struct.unpack(">I", buffer[:4])[0]
+                    verdicts.append(pickle.loads(buffer[4: 4 + size]))
+                    buffer = buffer[4 + size:]
+                    deadline = time.monotonic() + timeout
+        finally:
+            os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        if len(verdicts) < len(raws):
+            if died is None:
+                died = (f"escape: crash (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status)
+                        else f"escape: child exited with status {os.WEXITSTATUS(status)} and no verdict")
+            verdicts.append(died)
+    return verdicts
