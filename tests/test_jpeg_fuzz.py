@@ -45,7 +45,6 @@ def _pillow_accepts(raw: bytes) -> bool:
 
 def test_fuzz_cases_never_escape() -> None:
     """225 mutated files (25 per seed), each read in a forked child: no escape, no crash, no hang."""
-    started = time.perf_counter()
     verdicts = collections.Counter()
     escapes = []
     for number in range(225):
@@ -57,7 +56,6 @@ def test_fuzz_cases_never_escape() -> None:
     assert escapes == []
     # the cases exercise both outcomes: files refused, and mutated files still read consistently
     assert verdicts["refused"] > 100 and verdicts["ok"] > 20, verdicts
-    assert time.perf_counter() - started < 60
 
 
 def test_run_forked_reports_a_crash_and_a_hang(monkeypatch) -> None:  # type: ignore[no-untyped-def]
