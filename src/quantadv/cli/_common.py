@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -39,3 +43,52 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """``--no-progress``: every long command shows a tqdm bar on stderr unless this (or ``--quiet``) is given."""
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (--quiet implies it); the output is otherwise the same")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether a progress bar is wanted: neither ``--quiet`` nor ``--no-progress``."""
+    return not (getattr(args, "quiet", False) or getattr(args, "no_progress", False))
+
+
+@contextlib.contextmanager
+def network_progress(
+    modules: Sequence[torch.nn.Module | None], *, desc: str, enabled: bool, total: int | None = None
+) -> Iterator[Any]:
+    """A tqdm bar on stderr counting the images that pass through the forward of ``modules``.
+
+    A forward hook on each module advances the bar by the batch size, so any computation
+    (attacks, Jacobians, sampling) shows its progress without being changed; ``total`` is
+    the expected image count when known (else the bar counts and shows the rate). Lines to
+    print while it runs go through ``bar.write`` (to stdout) so they do not garble it.
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, disable=not enabled, file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
+
+    def advance(_module: torch.nn.Module, inputs: tuple[Any, ...], _output: Any) -> None:
+        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() > 0:
+            bar.update(int(inputs[0].shape[0]))
+
+    hooks = [m.register_forward_hook(advance) for m in modules if m is not None] if enabled else []
+    try:
+        yield bar
+    finally:
+        for hook in hooks:
+            hook.remove()
+        bar.close()
+
+
+def write_line(bar: Any, line: str) -> None:
+    """Print ``line`` to stdout above a progress bar (or plainly when the bar is disabled)."""
+    if getattr(bar, "disable", True):
+        print(line, flush=True)
+    else:
+        bar.write(line, file=sys.stdout)
+        sys.stdout.flush()

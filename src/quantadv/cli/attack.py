@@ -87,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="chroma subsampling of colour JPEG files (default 4:2:0, what Pillow writes; grayscale "
                         "data have no chroma)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the same as --quiet here)")
     add_device_seed(p)
     return p
 
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(str(exc).replace("models[0].name", "--model").replace("attacks[0].params.", "-p ")
                              .replace("attacks[0].params", "-p").replace("targets", "--target")) from None
         try:
-            run_experiment(cfg, quiet=args.quiet)
+            run_experiment(cfg, quiet=args.quiet or args.no_progress)
         except ConfigError as exc:
             raise InputError(str(exc)) from None
         result, targets = read_store(store, "lagrangian_jpeg" if jpeg_mode else None)

@@ -11,7 +11,16 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ._common import add_device_seed, format_table, load_model, resolve_device
+from ._common import (
+    add_device_seed,
+    add_progress,
+    format_table,
+    load_model,
+    network_progress,
+    resolve_device,
+    show_progress,
+    write_line,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -50,7 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="use a Hoeffding lower bound at level 1-alpha on the margin instead of the estimate")
     p.add_argument("--out", default="certify-out", help="output folder (certificate.json, certified.png)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="print only the table")
+    p.add_argument("--quiet", action="store_true", help="print only the table (no progress lines or bar)")
+    add_progress(p)
     add_device_seed(p)
     return p
 
@@ -97,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)  # the attack's EOT draws use torch's global generator
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    say = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     t0 = time.perf_counter()
-    cert = certify(
-        (preprocess, classifier), x, y, eps, samples=args.samples, kl=args.kl, attack=attack,
-        codebooks=args.codebooks, gmm_components=args.gmm_components, mc_samples=args.mc_samples,
-        alpha=args.alpha, generator=generator, seed=args.seed, progress=say,
-    )
+    with network_progress([classifier], desc="certify: images through the classifier",
+                          enabled=show_progress(args)) as bar:
+        say = (lambda _m: None) if args.quiet else (lambda m: write_line(bar, m))
+        cert = certify(
+            (preprocess, classifier), x, y, eps, samples=args.samples, kl=args.kl, attack=attack,
+            codebooks=args.codebooks, gmm_components=args.gmm_components, mc_samples=args.mc_samples,
+            alpha=args.alpha, generator=generator, seed=args.seed, progress=say,
+        )
     seconds = time.perf_counter() - t0
     if args.kl == "paper":
         cert.settings["attack"] = f"PGD-{args.attack_steps} step eps/20, BPDA + EOT m={args.eot}"

@@ -19,7 +19,15 @@ import argparse
 import torch
 
 from ..errors import InputError
-from ._common import add_device_seed, load_model, resolve_device
+from ._common import (
+    add_device_seed,
+    add_progress,
+    load_model,
+    network_progress,
+    resolve_device,
+    show_progress,
+    write_line,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -39,6 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="float model for the transfer check (default: the manifest's --init model, if any)")
     p.add_argument("--tol", type=float, default=0.02, help="tolerance in accuracy (default: 0.02)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-attack accuracy lines")
+    add_progress(p)
     add_device_seed(p)
     return p
 
@@ -78,13 +88,16 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"model {args.model} on the first {x.shape[0]} {data_name} test images; {args.norm} eps={args.eps:g}, "
           f"{args.steps} steps", flush=True)
-    print("\nsignal propagation (paper 004, Tables 1 / 7; correctly classified images):", flush=True)
-    for row in signal_report(model, x, y):
-        print("  " + row.row(), flush=True)
-    print("\ngradient-masking checks (paper 004, Sec. 3.1):", flush=True)
-    checks = masking_checks(model, x, y, eps=args.eps, norm=args.norm, step=args.step, steps=args.steps,
-                            surrogate=surrogate, tol=args.tol, seed=args.seed,
-                            log=lambda line: print(line, flush=True))
+    with network_progress([model, surrogate], desc="diagnose: signal propagation", enabled=show_progress(args)) as bar:
+        report = signal_report(model, x, y)
+        write_line(bar, "\nsignal propagation (paper 004, Tables 1 / 7; correctly classified images):")
+        for row in report:
+            write_line(bar, "  " + row.row())
+        write_line(bar, "\ngradient-masking checks (paper 004, Sec. 3.1):")
+        bar.set_description_str("diagnose: masking checks")
+        say = (lambda _line: None) if args.quiet else (lambda line: write_line(bar, line))
+        checks = masking_checks(model, x, y, eps=args.eps, norm=args.norm, step=args.step, steps=args.steps,
+                                surrogate=surrogate, tol=args.tol, seed=args.seed, log=say)
     if surrogate is None:
         print("  (transfer check skipped: no --surrogate and no float --init model in the manifest)")
     print()

@@ -29,6 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    "results/<experiment>.db)")
     p.add_argument("--device", help="override the config's device (cpu, cuda, cuda:N)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar on stderr (--quiet implies it); the output is otherwise the same")
     p.add_argument("--extend", action="store_true",
                    help="write into a store made by an earlier version of this config that had a subset of "
                         "its runs (same post-processing): only the new runs are computed")
@@ -84,6 +86,43 @@ def summary_table(store_path, limit: int = 40) -> str:
     return format_table(out, header) + extra
 
 
+def effect_lines(store_path) -> list[str]:
+    """Paper 000's headline, measured on this store: what rounding and Lagrangian quantization keep.
+
+    One line per attack (its runs pooled) that has the unquantized output (``none``) and
+    ``round_nearest``: of the ``Y`` successes of the float output on correctly classified
+    images, how many the rounded image keeps (``X``), and how many the ``lagrangian``
+    (Q-lambda*) image keeps (``W``) when that post-processing was run.
+    """
+    from ..experiments.store import open_store
+
+    with open_store(store_path) as store:
+        runs = store.runs()
+        outcome: dict[tuple[str, str, int], bool] = {}
+        correct: dict[tuple[str, int], bool] = {}
+        for row in store.results():
+            outcome[(row["run_id"], row["postprocess"], row["idx"])] = bool(row["success"])
+            correct[(row["run_id"], row["idx"])] = row["clean_pred"] == row["label"]
+    lines = []
+    attacks: dict[tuple[str, str], list[str]] = {}
+    for r in runs:
+        attacks.setdefault((r["model"], r["attack"]), []).append(r["run_id"])
+    for (model, attack), run_ids in attacks.items():
+        floats = [(rid, idx) for (rid, pp, idx), ok in outcome.items()
+                  if pp == "none" and ok and rid in run_ids and correct[(rid, idx)]]
+        if not floats or not any((rid, "round_nearest", idx) in outcome for rid, idx in floats):
+            continue
+        total = len(floats)
+        rounded = sum(outcome.get((rid, "round_nearest", idx), False) for rid, idx in floats)
+        line = (f"{model} {attack}{f' ({len(run_ids)} runs)' if len(run_ids) > 1 else ''}: rounding to 8 bits kept "
+                f"{rounded} of {total} successes ({rounded / total:.1%})")
+        if any((rid, "lagrangian", idx) in outcome for rid, idx in floats):
+            kept = sum(outcome.get((rid, "lagrangian", idx), False) for rid, idx in floats)
+            line += f"; Lagrangian quantization (Q-lambda*) kept {kept} of {total} ({kept / total:.1%})"
+        lines.append(line)
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiments import load_config, run_experiment
 
@@ -96,12 +135,14 @@ def run(args: argparse.Namespace) -> int:
         for r in cfg.runs:
             print(f"  {r.run_id}  {r.description}")
         return 0
-    summary = run_experiment(cfg, device=args.device, quiet=args.quiet, extend=args.extend)
+    summary = run_experiment(cfg, device=args.device, quiet=args.quiet or args.no_progress, extend=args.extend)
     if summary.rank != 0:
         return 0
     if not args.quiet:
         print(summary_table(cfg.store))
         print("success: over the correctly classified images; d: paper 000 Eq. 31 (pixel units)")
+        for line in effect_lines(cfg.store):
+            print(line)
     rate = summary.images_per_second
     print(f"{summary.rows_written} outcomes written, {summary.rows_skipped} already stored "
           f"({summary.images_attacked} images attacked"

@@ -19,7 +19,7 @@ import torch
 from ..digital import to_float
 from ..errors import InputError
 from ..eval import adversarial_from_logits
-from ._common import resolve_device
+from ._common import add_progress, network_progress, resolve_device, show_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, default=500, help="images per forward pass (default 500)"
     )
-    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line (no progress bar)")
+    add_progress(p)
     return p
 
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         model_name = Path(args.model_file).name
 
     predictions = []
-    with torch.no_grad():
+    with torch.no_grad(), network_progress([model], desc="verify", total=images.shape[0],
+                                           enabled=show_progress(args)):
         for start in range(0, images.shape[0], args.batch_size):
             chunk = to_float(images[start : start + args.batch_size]).to(device)
             try:

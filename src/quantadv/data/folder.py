@@ -24,6 +24,7 @@ size and the same number of channels.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -98,7 +99,14 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 def _read_image(path: Path) -> np.ndarray:
     """One image as uint8 (H, W, C) after the mode rules of this module."""
     try:
-        with Image.open(path) as im:
+        raw = path.read_bytes()
+        if raw[:2] == b"\xff\xd8":  # JPEG: the hardened reader (headers, size limit, corrupt data)
+            from ..io.jpeg import _read_checked
+
+            picture = _read_checked(raw, str(path), strict_mode=False, sequential=False)[0]
+        else:
+            picture = Image.open(io.BytesIO(raw))
+        with picture as im:
             im.load()
             mode = im.mode
             if mode in _TO_GRAY:

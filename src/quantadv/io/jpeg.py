@@ -28,17 +28,22 @@ pixels); :class:`BlockLayout` packs them into one ``(B, N, 8, 8)`` tensor.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import struct
+import sys
 import tempfile
+import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import DataError, InputError
 from ._folder import file_names, list_files, read_labels, write_folder
@@ -139,8 +144,13 @@ class JpegCoefficients:
         fd, tmp = tempfile.mkstemp(suffix=".jpg", dir=folder)
         os.close(fd)
         try:
-            obj.write_dct(tmp)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                obj.write_dct(tmp)
             return Path(tmp).read_bytes()
+        except (OSError, ValueError, TypeError, IndexError) as exc:
+            raise DataError(f"libjpeg cannot write these coefficients as a JPEG ({str(exc).replace(tmp, '<file>')}); "
+                            "check the tables (steps 1..65535) and the coefficient shapes") from None
         finally:
             os.unlink(tmp)
 
@@ -248,81 +258,386 @@ def _as_bytes(source: str | os.PathLike[str] | bytes, what: str = "source") -> t
     raise InputError(f"{what} must be a file path or bytes, got {type(source).__name__}")
 
 
-def _check_jpeg(raw: bytes, name: str) -> Image.Image:
-    """Open ``raw`` with Pillow and refuse what the coefficient tools cannot handle."""
+#: Default of ``max_pixels`` (8192 x 8192): larger frames are refused before decoding.
+MAX_PIXELS = 8192 * 8192
+#: Start-of-frame markers: SOF0 baseline, SOF1 extended and SOF2 progressive (Huffman) are
+#: decodable here; the others (lossless, hierarchical, arithmetic coding) are refused.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SOF_SUPPORTED = {0xC0: "baseline", 0xC1: "extended sequential", 0xC2: "progressive"}
+_CORRUPT = "re-download it or re-encode it from a good copy"
+#: Pillow raises these (and only these, in our fuzzing) on hostile data.
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, EOFError, struct.error,
+                  ZeroDivisionError, OverflowError, MemoryError, Image.DecompressionBombError)
+_CAPTURE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """What a JPEG's frame header (SOFn) declares, read without decoding (:func:`frame_header`).
+
+    ``components`` holds ``(id, horizontal sampling, vertical sampling, table)`` per component.
+    """
+
+    process: str
+    precision: int
+    height: int
+    width: int
+    components: tuple[tuple[int, int, int, int], ...]
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+def check_max_pixels(max_pixels: object) -> int | None:
+    """``max_pixels``: a positive integer, or None for no limit."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int | np.integer) or int(max_pixels) < 1:
+        raise InputError(f"max_pixels must be a positive integer (or None for no limit), got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def frame_header(source: str | os.PathLike[str] | bytes, *, max_pixels: int | None = MAX_PIXELS) -> FrameHeader:
+    """Read and check a JPEG's marker segments up to its first scan, without decoding anything.
+
+    Raises :class:`~quantadv.errors.DataError` (naming the file and the problem) when the
+    headers are malformed: no start-of-image marker, stray bytes between segments, a segment
+    running past the end, no frame header or two of them, an unsupported process (lossless,
+    hierarchical, arithmetic), a precision other than 8 bits, a 0-pixel side, bad sampling
+    factors, a scan naming unknown components or undefined tables, a zero quantization step,
+    a frame of more than ``max_pixels`` pixels (None: no limit), or fewer bytes of image data
+    than the declared size needs (every 8x8 block costs at least one bit).
+    """
+    raw, name = _as_bytes(source)
+    return _frame_header(raw, name, check_max_pixels(max_pixels))
+
+
+def _frame_header(raw: bytes, name: str, max_pixels: int | None) -> FrameHeader:
     if raw[:2] != b"\xff\xd8":
         kind = "a PNG file" if raw[:8] == b"\x89PNG\r\n\x1a\n" else "not a JPEG file"
         raise DataError(f"{name} is {kind} (no JPEG start-of-image marker); give a .jpg file")
+    n = len(raw)
+    pos = 2
+    frame: FrameHeader | None = None
+    quant: set[int] = set()
+    huffman: set[tuple[int, int]] = set()
+    while True:
+        if pos >= n:
+            raise DataError(f"{name} is truncated: it ends at byte {n} before its first scan; {_CORRUPT}")
+        if raw[pos] != 0xFF:
+            raise DataError(f"{name} is corrupt: byte {pos} should start a marker but is {raw[pos]:#04x}; {_CORRUPT}")
+        while pos < n and raw[pos] == 0xFF:
+            pos += 1
+        if pos + 3 > n:
+            raise DataError(f"{name} is truncated: it ends at byte {n} inside a marker; {_CORRUPT}")
+        marker, start = raw[pos], pos - 1
+        pos += 1
+        if marker == 0xD9:
+            raise DataError(f"{name} has no image data (end-of-image marker at byte {start} before any scan)")
+        if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            raise DataError(f"{name} is corrupt: unexpected marker 0xff{marker:02x} at byte {start} in its "
+                            f"headers; {_CORRUPT}")
+        (length,) = struct.unpack(">H", raw[pos: pos + 2])
+        if length < 2 or pos + length > n:
+            raise DataError(f"{name} is {'corrupt' if length < 2 else 'truncated'}: marker segment 0xff{marker:02x} "
+                            f"at byte {start} declares {length} bytes, the file has {n - pos} left; {_CORRUPT}")
+        body = raw[pos + 2: pos + length]
+        pos += length
+        if marker in _SOF_MARKERS:
+            if frame is not None:
+                raise DataError(f"{name} is corrupt: a second frame header (SOF) at byte {start}; {_CORRUPT}")
+            frame = _parse_frame(marker, body, name, max_pixels)
+        elif marker == 0xDB:
+            quant |= _parse_quant(body, name)
+        elif marker == 0xC4:
+            huffman |= _parse_huffman(body, name)
+        elif marker == 0xDA:
+            if frame is None:
+                raise DataError(f"{name} is corrupt: its first scan (byte {start}) comes before any frame header "
+                                f"(SOF); {_CORRUPT}")
+            _check_scan(frame, body, quant, huffman, name)
+            break
+    blocks = _min_blocks(frame)
+    if (n - pos) * 8 < blocks:
+        raise DataError(
+            f"{name} declares a {frame.width}x{frame.height} image ({blocks:,} blocks of 8x8, at least one bit each) "
+            f"but holds only {n - pos} bytes of image data: it is truncated or its frame header is corrupt; {_CORRUPT}"
+        )
+    return frame
+
+
+def _parse_frame(marker: int, body: bytes, name: str, max_pixels: int | None) -> FrameHeader:
+    if marker not in _SOF_SUPPORTED:
+        raise DataError(f"{name} uses JPEG process SOF{marker - 0xC0} (lossless, hierarchical or arithmetic-coded); "
+                        "only baseline and progressive Huffman JPEGs are supported: re-encode it")
+    if len(body) < 6 or len(body) != 6 + 3 * body[5]:
+        raise DataError(f"{name} is corrupt: its frame header (SOF) has a wrong length ({len(body) + 2} bytes); "
+                        f"{_CORRUPT}")
+    precision, height, width, count = body[0], *struct.unpack(">HH", body[1:5]), body[5]
+    if precision != 8:
+        raise DataError(f"{name} has {precision}-bit samples; only 8-bit JPEGs are supported: convert it to 8 bits")
+    if height == 0 or width == 0:
+        raise DataError(f"{name} declares a {width}x{height} image (a side of 0 pixels); it is corrupt or uses a DNL "
+                        "marker, which is not supported")
+    if max_pixels is not None and height * width > max_pixels:
+        raise DataError(f"{name} declares a {width}x{height} image ({height * width:,} pixels), more than "
+                        f"max_pixels={max_pixels:,}; refused before decoding: pass a larger max_pixels= if you "
+                        "trust the file")
+    if count not in (1, 3, 4):
+        raise DataError(f"{name} has {count} colour components; only 1 (grayscale), 3 (YCbCr) or 4 (CMYK) exist")
+    components = []
+    for i in range(count):
+        ident, sampling, table = body[6 + 3 * i: 9 + 3 * i]
+        h, v = sampling >> 4, sampling & 15
+        if not (1 <= h <= 4 and 1 <= v <= 4) or table > 3:
+            raise DataError(f"{name} is corrupt: component {ident} has sampling factors {h}x{v} (1..4) and table "
+                            f"{table} (0..3); {_CORRUPT}")
+        components.append((ident, h, v, table))
+    if len({c[0] for c in components}) != count:
+        raise DataError(f"{name} is corrupt: two components share an id in its frame header; {_CORRUPT}")
+    return FrameHeader(_SOF_SUPPORTED[marker], precision, height, width, tuple(components))
+
+
+def _parse_quant(body: bytes, name: str) -> set[int]:
+    tables, pos = set(), 0
+    while pos < len(body):
+        precision, index = body[pos] >> 4, body[pos] & 15
+        size = 128 if precision else 64
+        values = body[pos + 1: pos + 1 + size]
+        if precision > 1 or index > 3 or len(values) != size:
+            raise DataError(f"{name} is corrupt: a malformed quantization table (DQT); {_CORRUPT}")
+        steps = np.frombuffer(values, dtype=">u2" if precision else np.uint8)
+        if not steps.all():
+            raise DataError(f"{name} is corrupt: quantization table {index} has a step of 0; {_CORRUPT}")
+        tables.add(index)
+        pos += 1 + size
+    return tables
+
+
+def _parse_huffman(body: bytes, name: str) -> set[tuple[int, int]]:
+    tables, pos = set(), 0
+    while pos < len(body):
+        kind, index = body[pos] >> 4, body[pos] & 15
+        counts = body[pos + 1: pos + 17]
+        if kind > 1 or index > 3 or len(counts) != 16 or pos + 17 + sum(counts) > len(body) or sum(counts) > 256:
+            raise DataError(f"{name} is corrupt: a malformed Huffman table (DHT); {_CORRUPT}")
+        tables.add((kind, index))
+        pos += 17 + sum(counts)
+    return tables
+
+
+def _check_scan(frame: FrameHeader, body: bytes, quant: set[int], huffman: set[tuple[int, int]], name: str) -> None:
+    count = body[0] if body else 0
+    if not 1 <= count <= 4 or len(body) != 4 + 2 * count:
+        raise DataError(f"{name} is corrupt: a malformed scan header (SOS); {_CORRUPT}")
+    known = {c[0]: c for c in frame.components}
+    progressive = frame.process == "progressive"
+    spectral_start = body[1 + 2 * count]
+    for i in range(count):
+        ident, tables = body[1 + 2 * i], body[2 + 2 * i]
+        if ident not in known:
+            raise DataError(f"{name} is corrupt: its first scan names component {ident}, which the frame header "
+                            f"does not declare; {_CORRUPT}")
+        if known[ident][3] not in quant:
+            raise DataError(f"{name} is corrupt: quantization table {known[ident][3]} is used but never defined; "
+                            f"{_CORRUPT}")
+        if not progressive:
+            needed = [(0, tables >> 4), (1, tables & 15)]
+        elif spectral_start == 0:  # a DC scan: the first one codes with a DC table, refinements need none
+            needed = [(0, tables >> 4)] if body[-1] >> 4 == 0 else []
+        else:
+            needed = [(1, tables & 15)]
+        for kind, index in needed:
+            if (kind, index) not in huffman:
+                raise DataError(f"{name} is corrupt: Huffman table {'DC' if kind == 0 else 'AC'} {index} is used "
+                                f"but never defined; {_CORRUPT}")
+
+
+def _min_blocks(frame: FrameHeader) -> int:
+    """A lower bound on the 8x8 blocks the file must code (each costs at least one bit)."""
+    hmax = max(c[1] for c in frame.components)
+    vmax = max(c[2] for c in frame.components)
+    return sum(math.ceil(math.ceil(frame.width * h / hmax) / 8) * math.ceil(math.ceil(frame.height * v / vmax) / 8)
+               for _, h, v, _ in frame.components)
+
+
+def _libjpeg_read(raw: bytes, name: str):  # type: ignore[no-untyped-def]
+    """Read the coefficients with libjpeg (jpeglib); any libjpeg warning or error is a DataError.
+
+    libjpeg reports corrupt data ("Corrupt JPEG data: premature end of data segment", ...) as a
+    *warning* on standard error and carries on, filling what it could not read with zeros; a
+    file read that way would be half-read. The warnings are captured (file descriptor 2 is
+    redirected for the duration of the call, under a lock) and turned into errors.
+    """
+    jpeglib = _jpeglib()
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, tmp = tempfile.mkstemp(suffix=".jpg", dir=folder)
+    failure: BaseException | None = None
+    obj = None
     try:
-        picture = Image.open(io.BytesIO(raw))
-        picture.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{name} is not a readable JPEG file ({exc}); is it truncated or corrupt?") from None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        with _CAPTURE_LOCK, tempfile.TemporaryFile(dir=folder) as sink:
+            sys.stderr.flush()
+            try:
+                saved: int | None = os.dup(2)
+                os.dup2(sink.fileno(), 2)
+            except OSError:  # no usable file descriptor 2: libjpeg's warnings go nowhere we can see
+                saved = None
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    obj = jpeglib.read_dct(tmp)
+                    obj.load()
+            except (OSError, ValueError, RuntimeError, IndexError, TypeError, MemoryError) as exc:
+                failure = exc
+            finally:
+                if saved is not None:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+            sink.seek(0)
+            messages = sink.read().decode("utf-8", "replace").strip()
+    finally:
+        os.unlink(tmp)
+    if messages or failure is not None:
+        detail = messages.splitlines()[0] if messages else str(failure).replace(tmp, "<file>")
+        state = "truncated" if "premature end of jpeg file" in detail.lower() else "corrupt"
+        raise DataError(f"{name} is {state} (libjpeg: {detail}); it would be read only partly: {_CORRUPT}")
+    return obj
+
+
+def _check_coefficient_range(obj, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Refuse coefficients no 8-bit JPEG encoder produces (libjpeg decodes them, but cannot write them).
+
+    An 8-bit DCT block has DC in -1024..1016 and AC within +-1023 (libjpeg's 10 coefficient
+    bits); a corrupt Huffman table decodes to larger values.
+    """
+    for plane in (obj.Y, obj.Cb, obj.Cr, getattr(obj, "K", None)):
+        if plane is None:
+            continue
+        values = np.asarray(plane)
+        dc = values[..., 0, 0]
+        ac = values.reshape(*values.shape[:-2], 64)[..., 1:]
+        if dc.size and (dc.min() < -1024 or dc.max() > 1023) or ac.size and np.abs(ac).max() > 1023:
+            raise DataError(f"{name} is corrupt: it decodes to DCT coefficients outside the 8-bit JPEG range "
+                            f"(DC -1024..1023, AC -1023..1023); {_CORRUPT}")
+
+
+def _pillow_open(raw: bytes, name: str) -> Image.Image:
+    """Decode with Pillow; its warnings (other than the pixel-count one, checked before) are errors."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            picture = Image.open(io.BytesIO(raw), formats=["JPEG"])
+            picture.load()
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"{name} is larger than Pillow's own limit ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                            "as well as max_pixels= if you trust the file") from None
+        except _PILLOW_ERRORS as exc:
+            raise DataError(f"{name} is not a readable JPEG file ({type(exc).__name__}: {exc}); is it truncated or "
+                            "corrupt?") from None
+    problems = [w for w in caught if not issubclass(w.category, Image.DecompressionBombWarning)]
+    if problems:
+        raise DataError(f"{name} is corrupt (Pillow warns: {problems[0].message}); {_CORRUPT}")
+    return picture
+
+
+def _read_checked(
+    raw: bytes, name: str, max_pixels: int | None = MAX_PIXELS, *, strict_mode: bool = True,
+    sequential: bool = True,
+) -> tuple[Image.Image, object]:
+    """Check ``raw`` every way and decode it: ``(Pillow image, jpeglib object or None)``.
+
+    The headers are checked first (:func:`frame_header`: size limits before any decoding),
+    then libjpeg reads the coefficients with its warnings as errors (when jpeglib is
+    installed), then Pillow decodes with its warnings as errors. ``strict_mode`` refuses
+    what the coefficient tools cannot handle (modes other than L / RGB); ``sequential``
+    refuses progressive files.
+    """
+    header = _frame_header(raw, name, check_max_pixels(max_pixels))
+    if sequential and header.process == "progressive":
+        raise DataError(
+            f"{name} is a progressive JPEG; only baseline (sequential) JPEGs are supported: re-encode it "
+            "without progressive=True (e.g. PIL's Image.save(..., progressive=False))"
+        )
+    if strict_mode and len(header.components) == 4:
+        raise DataError(f"{name} has JPEG mode 'CMYK'; only grayscale ('L') and YCbCr/RGB JPEGs are supported "
+                        "(CMYK and other colour spaces are not): convert it to RGB first")
     # The end-of-image marker must follow the last scan (0xFF 0xD9 cannot occur inside entropy-coded
     # data; an EXIF thumbnail's own markers come before the main scan). Trailing bytes are allowed.
     if raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda"):
         raise DataError(f"{name} is truncated (no JPEG end-of-image marker after its scan); re-download or "
                         "re-encode it")
-    if picture.format != "JPEG":
-        raise DataError(f"{name} is a {picture.format} file, not a JPEG")
-    if picture.info.get("progressive") or picture.info.get("progression"):
-        raise DataError(
-            f"{name} is a progressive JPEG; only baseline (sequential) JPEGs are supported: re-encode it "
-            "without progressive=True (e.g. PIL's Image.save(..., progressive=False))"
-        )
-    if picture.mode not in ("L", "RGB"):
+    try:
+        obj = _libjpeg_read(raw, name)
+    except InputError:  # jpeglib is not installed: Pillow alone judges the data
+        obj = None
+    else:
+        _check_coefficient_range(obj, name)
+    picture = _pillow_open(raw, name)
+    if (picture.height, picture.width) != (header.height, header.width):
+        raise DataError(f"{name} decodes to {picture.width}x{picture.height} but its frame header declares "
+                        f"{header.width}x{header.height}; {_CORRUPT}")
+    if strict_mode and picture.mode not in ("L", "RGB"):
         raise DataError(
             f"{name} has JPEG mode {picture.mode!r}; only grayscale ('L') and YCbCr/RGB JPEGs are "
             "supported (CMYK and other colour spaces are not): convert it to RGB first"
         )
-    return picture
+    return picture, obj
 
 
-def read_coefficients(source: str | os.PathLike[str] | bytes) -> JpegCoefficients:
+def _check_jpeg(raw: bytes, name: str, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Open ``raw`` with Pillow and refuse what the coefficient tools cannot handle."""
+    return _read_checked(raw, name, max_pixels)[0]
+
+
+def read_coefficients(
+    source: str | os.PathLike[str] | bytes, *, max_pixels: int | None = MAX_PIXELS
+) -> JpegCoefficients:
     """Read the DCT coefficients and quantization tables of a baseline JPEG (path or bytes).
 
-    Raises :class:`~quantadv.errors.DataError` for a file that is not a JPEG (e.g. a PNG), a
-    truncated file, a progressive JPEG, or a colour space other than grayscale/YCbCr (CMYK).
+    Raises :class:`~quantadv.errors.DataError`, naming the file and the problem, for a file
+    that is not a JPEG (e.g. a PNG), malformed headers, a frame larger than ``max_pixels``
+    (refused before decoding; None for no limit), corrupt or truncated data (libjpeg's and
+    Pillow's warnings count as errors: a file is read whole or not at all), a progressive
+    JPEG, or a colour space other than grayscale/YCbCr (CMYK). See docs/jpeg.md.
     """
     raw, name = _as_bytes(source)
-    picture = _check_jpeg(raw, name)
-    jpeglib = _jpeglib()
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, tmp = tempfile.mkstemp(suffix=".jpg", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        obj = jpeglib.read_dct(tmp)
-        comps = [np.array(obj.Y, dtype=np.int16)]
-        if picture.mode == "RGB":
-            comps += [np.array(obj.Cb, dtype=np.int16), np.array(obj.Cr, dtype=np.int16)]
-        tables = np.array(obj.qt, dtype=np.uint16)
-        index = [int(i) for i in np.asarray(obj.quant_tbl_no).tolist()][: len(comps)]
-        height, width = int(obj.height), int(obj.width)
-        # jpeglib stores (vertical, horizontal) per component.
-        sampling = tuple((int(h), int(v)) for v, h in np.asarray(obj.samp_factor).reshape(-1, 2).tolist())
-    finally:
-        os.unlink(tmp)
+    _jpeglib()
+    picture, obj = _read_checked(raw, name, max_pixels)
+    comps = [np.array(obj.Y, dtype=np.int16)]
+    if picture.mode == "RGB":
+        comps += [np.array(obj.Cb, dtype=np.int16), np.array(obj.Cr, dtype=np.int16)]
+    tables = np.array(obj.qt, dtype=np.uint16)
+    index = [int(i) for i in np.asarray(obj.quant_tbl_no).tolist()][: len(comps)]
+    height, width = int(obj.height), int(obj.width)
+    # jpeglib stores (vertical, horizontal) per component.
+    sampling = tuple((int(h), int(v)) for v, h in np.asarray(obj.samp_factor).reshape(-1, 2).tolist())
     if picture.mode == "L":
         sampling = ((1, 1),)
     return JpegCoefficients(comps, tables, index, height, width, picture.mode, sampling[: len(comps)])
 
 
-def decode(sources: Sequence[JpegCoefficients | bytes] | JpegCoefficients | bytes) -> torch.Tensor:
+def decode(
+    sources: Sequence[JpegCoefficients | bytes] | JpegCoefficients | bytes, *, max_pixels: int | None = MAX_PIXELS
+) -> torch.Tensor:
     """Decode JPEGs with the standard decoder (libjpeg through Pillow) into ``uint8`` NCHW.
 
     Accepts bytes, :class:`JpegCoefficients` (written with jpeglib first), or a sequence of
-    them of equal size and mode.
+    them of equal size and mode (grayscale or RGB; progressive files are decoded too). Bytes
+    are checked as :func:`read_coefficients` checks them: malformed, corrupt or truncated
+    data, or a frame over ``max_pixels`` pixels, raise :class:`~quantadv.errors.DataError`.
     """
-    if isinstance(sources, JpegCoefficients | bytes | bytearray):
+    single = isinstance(sources, JpegCoefficients | bytes | bytearray)
+    if single:
         sources = [sources]  # type: ignore[list-item]
     arrays = []
-    for src in sources:
+    for i, src in enumerate(sources):
         raw = src.to_bytes() if isinstance(src, JpegCoefficients) else bytes(src)
-        with Image.open(io.BytesIO(raw)) as picture:
-            if picture.mode not in ("L", "RGB"):
-                raise DataError(f"a JPEG has mode {picture.mode!r}; only 'L' and 'RGB' are supported")
-            array = np.asarray(picture, dtype=np.uint8)
+        name = "the JPEG data" if single else f"JPEG {i} of the sequence"
+        picture, _ = _read_checked(raw, name, max_pixels, sequential=False)
+        array = np.asarray(picture, dtype=np.uint8)
         arrays.append(array[:, :, None] if array.ndim == 2 else array)
     if not arrays:
         raise InputError("nothing to decode: the sequence of JPEGs is empty")
@@ -705,18 +1020,18 @@ def jpeg_files(directory: str | os.PathLike[str]) -> list[Path]:
     return list_files(directory, JPEG_SUFFIXES, "load_jpeg")
 
 
-def load_jpeg(directory: str | os.PathLike[str]) -> torch.Tensor:
+def load_jpeg(directory: str | os.PathLike[str], *, max_pixels: int | None = MAX_PIXELS) -> torch.Tensor:
     """Decode every ``.jpg`` of ``directory`` (sorted by name) with libjpeg (Pillow): ``uint8`` NCHW.
 
-    Each file is checked as :func:`read_coefficients` checks it (a PNG renamed .jpg, a
-    truncated, progressive or CMYK file raise :class:`~quantadv.errors.DataError`); all must
-    share size and mode.
+    Each file is checked as :func:`read_coefficients` checks it (a PNG renamed .jpg, malformed
+    headers, a frame over ``max_pixels`` pixels, corrupt, truncated, progressive or CMYK data
+    raise :class:`~quantadv.errors.DataError` naming the file); all must share size and mode.
     """
     files = jpeg_files(directory)
     arrays = []
     first: tuple[str, tuple[int, int]] | None = None
     for path in files:
-        picture = _check_jpeg(path.read_bytes(), str(path))
+        picture = _check_jpeg(path.read_bytes(), str(path), max_pixels)
         array = np.asarray(picture, dtype=np.uint8)
         if first is None:
             first = (picture.mode, picture.size)

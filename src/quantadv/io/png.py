@@ -117,7 +117,7 @@ def load_png(directory: str | os.PathLike[str]) -> torch.Tensor:
                         "images are supported (convert it, e.g. with PIL's Image.convert)"
                     )
                 array = np.asarray(picture, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"{path} is not a readable PNG file ({exc})") from None
         if first is None:
             first = (mode, size)
