@@ -168,3 +168,25 @@ def test_layers_that_cannot_be_quantized_are_named():
     convs = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(ModelError, match="no nn.Linear layer"):
         deploy(convs, "int8-dynamic")
+
+
+ATTACK_PARAMS = {
+    "fgsm": {"eps": 0.3}, "ifgsm": {"eps": 0.3, "steps": 3}, "pgd": {"eps": 0.3, "step": 0.1, "steps": 3},
+    "cw": {"steps": 3, "search_steps": 1}, "ddn": {"steps": 5}, "pqgd": {"eps": 0.3, "step": 0.1, "steps": 3, "b": 50},
+    "daa_blob": {"eps": 0.3, "step": 0.1, "steps": 3}, "pgd_pp": {"eps": 0.3, "step": 0.1, "steps": 3, "samples": 8},
+    "fgsm_pp": {"eps": 0.3, "samples": 8, "grid": 8},
+}
+
+
+def test_every_attack_runs_on_a_deployed_model(trained, deployed):
+    from quantadv.attacks import REGISTRY
+
+    assert set(ATTACK_PARAMS) == set(REGISTRY)  # a new attack must be added here
+    _, _, xt, yt = trained
+    d = deployed["int8-dynamic"]
+    x, y = xt[:16], yt[:16]
+    for name, attack in REGISTRY.items():
+        adv, info = attack(d, x, y, return_info=True, **ATTACK_PARAMS[name])
+        with torch.no_grad():
+            pred_q = d.quantized(adv).argmax(1)
+        assert torch.equal(info["success"], pred_q != y), name
