@@ -10,7 +10,8 @@ and runs the gradient-masking checks (accuracy vs iterations, vs radius up to an
 must reach 0%, transfer from a float surrogate vs white box, one-step vs iterative, PGD vs
 PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
 (:func:`quantadv.models.deploy`) and the float model is the transfer surrogate. Each check
-prints PASS or FLAG with its evidence; the exit code is 1 when any check flags (0 otherwise; 2 for a usage error), so the command can gate a CI job.
+prints PASS or FLAG with its evidence; the exit code is 1 when any check flags (0 otherwise;
+2 for a usage error), so the command can gate a CI job.
 """
 
 from __future__ import annotations
