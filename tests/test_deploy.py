@@ -190,3 +190,12 @@ def test_every_attack_runs_on_a_deployed_model(trained, deployed):
         with torch.no_grad():
             pred_q = d.quantized(adv).argmax(1)
         assert torch.equal(info["success"], pred_q != y), name
+
+
+@pytest.mark.slow
+def test_cli_diagnose_deploy_bad_scheme(capsys):
+    from quantadv.cli import main
+
+    assert main(["diagnose", "--model", "mnist-cnn", "--images", "4", "--deploy", "int3"]) == 2
+    err = capsys.readouterr().err
+    assert "scheme" in err and "int8-dynamic" in err and len(err.strip().splitlines()) == 1
