@@ -52,6 +52,7 @@ zoo's SmallCNN the linear layers hold 98.4% of the parameters.
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -72,12 +73,22 @@ _CALIBRATION_BATCH = 256
 
 
 def _torchao() -> Any:
+    # torchao warns at import about its CUDA-only extensions (mxfp8, cutlass) that cannot load on a
+    # CPU build of torch, and torch about an Enum torchao registers with pytree; neither concerns
+    # what is used here, so that one import is kept quiet
+    logs = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
     try:
         import torchao
     except ImportError:
         raise InputError(
             "deployed quantized models need the optional dependency torchao: pip install 'quantadv[deploy]'"
         ) from None
+    finally:
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
     return torchao
 
 
