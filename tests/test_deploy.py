@@ -199,3 +199,15 @@ def test_cli_diagnose_deploy_bad_scheme(capsys):
     assert main(["diagnose", "--model", "mnist-cnn", "--images", "4", "--deploy", "int3"]) == 2
     err = capsys.readouterr().err
     assert "scheme" in err and "int8-dynamic" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("strategy", ["backward", "vmap"])
+def test_jacobian_is_float_models_under_torch_func(trained, deployed, strategy):
+    from quantadv.diagnostics import input_jacobian
+
+    model, _, xt, _ = trained
+    d = deployed["int8-static"]
+    jac, logits = input_jacobian(d, xt[:4], strategy=strategy)
+    jac_f, _ = input_jacobian(model, xt[:4], strategy="backward")
+    torch.testing.assert_close(jac, jac_f, rtol=1e-5, atol=1e-7)
+    assert torch.equal(logits, d(xt[:4]))

@@ -93,15 +93,27 @@ def _torchao() -> Any:
 
 
 class _Substitute(torch.autograd.Function):
-    """Forward: the quantized output ``q`` as is; backward: the gradient flows to ``f``."""
+    """Forward: ``quantized(x)``; backward: the gradient flows to ``f`` (the float model's output).
+
+    The quantized model runs inside the Function's forward, where autograd (and ``torch.func``'s
+    grad transforms) do not record, so torchao's own autograd Functions never see a transform.
+    Written with ``setup_context`` and a generated vmap rule so that ``torch.func.vjp`` + ``vmap``
+    (:func:`quantadv.diagnostics.input_jacobian` off the CPU) work too.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, f, q):  # type: ignore[override]
-        return q.clone()
+    def forward(f, x, quantized):  # type: ignore[override]
+        return quantized(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        pass
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        return grad_out, None
+        return grad_out, None, None
 
 
 class Deployed(nn.Module):
@@ -147,12 +159,11 @@ class Deployed(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            q = self.quantized(x.detach())
         if not (torch.is_grad_enabled() and x.requires_grad):
-            return q
+            with torch.no_grad():
+                return self.quantized(x)
         f = self.float_model(x)
-        return _Substitute.apply(f, q)
+        return _Substitute.apply(f, x.detach(), self.quantized)
 
     def extra_repr(self) -> str:
         return f"scheme={self.scheme!r}, quantized_layers={list(self.quantized_layers)}"
