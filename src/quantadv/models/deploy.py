@@ -3,10 +3,10 @@
 :func:`deploy` turns a float model into what a user would ship: its weights (and, depending on
 the scheme, its activations) quantized to integers with `torchao <https://github.com/pytorch/ao>`_
 (PyPI ``torchao``, ``pip install 'quantadv[deploy]'``; not ``torch.ao.quantization``, which is
-deprecated). The integer operations have no useful gradient: dynamic int8 and PT2E static int8
-raise or return nothing in backward, and int8 weight-only passes a gradient through a model
-whose decisions are piecewise constant in its weights only. So :func:`deploy` returns a
-:class:`Deployed` module whose
+deprecated). Not every quantized model has a gradient: with dynamic int8 and PT2E static int8
+the output of torchao's model has no ``grad_fn`` (a gradient attack stops with "element 0 of
+tensors does not require grad"), while the weight-only schemes are differentiable in the input
+through their dequantized weights. So :func:`deploy` returns a :class:`Deployed` module whose
 
 * **forward** is the quantized model, bit for bit (every prediction, every success check of an
   attack, is the deployed model's), and whose
