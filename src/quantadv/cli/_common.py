@@ -37,6 +37,27 @@ def load_model(spec: str, device: torch.device):
     return models.load(spec, device=device)
 
 
+#: training images that calibrate ``--deploy`` (they fix int8-static's activation scales)
+DEPLOY_CALIBRATION = 500
+
+
+def add_deploy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--deploy", default=None, metavar="SCHEME",
+                   help="quantize the model with torchao first (int8-weight, int8-dynamic, int8-static, "
+                        "int4-weight; pip install 'quantadv[deploy]'): predictions are the quantized model's, "
+                        "gradients the float model's (see docs/deployed-quantization.md)")
+
+
+def deploy_model(model, scheme: str, data_name: str, device: torch.device):
+    """``--deploy SCHEME``: ``model`` quantized by :func:`quantadv.models.deploy`, calibrated on the
+    first :data:`DEPLOY_CALIBRATION` training images of ``data_name``."""
+    from .. import data, models, to_float
+
+    images, _ = data.load(data_name, "train")
+    calibration = to_float(images[:DEPLOY_CALIBRATION]).to(device)
+    return models.deploy(model, scheme, calibration=calibration)
+
+
 def format_table(rows: list[list[str]], header: list[str]) -> str:
     """A left-aligned plain-text table with a rule under the header (used by every subcommand)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -8,8 +8,10 @@ prints the signal-propagation statistics of Tables 1 / 7 (Jacobian singular valu
 signal, input-gradient norms, fraction of exactly-zero gradients, for beta = 1, NJS and HNS)
 and runs the gradient-masking checks (accuracy vs iterations, vs radius up to an eps that
 must reach 0%, transfer from a float surrogate vs white box, one-step vs iterative, PGD vs
-PGD++). Each check prints PASS or FLAG with its evidence; the exit code is 1 when any check
-flags (0 otherwise; 2 for a usage error), so the command can gate a CI job.
+PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
+(:func:`quantadv.models.deploy`) and the float model is the transfer surrogate. Each check
+prints PASS or FLAG with its evidence; the exit code is 1 when any check flags (0 otherwise;
+2 for a usage error), so the command can gate a CI job.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import torch
 
 from ..errors import InputError
 from ._common import (
+    add_deploy,
     add_device_seed,
     add_progress,
+    deploy_model,
     load_model,
     network_progress,
     resolve_device,
@@ -45,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--steps", type=int, default=20, help="PGD iterations (default: 20)")
     p.add_argument("--surrogate", default=None,
                    help="float model for the transfer check (default: the manifest's --init model, if any)")
+    add_deploy(p)
     p.add_argument("--tol", type=float, default=0.02, help="tolerance in accuracy (default: 0.02)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-attack accuracy lines")
@@ -79,14 +84,21 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, device).eval()
     meta = _manifest(args.model)
+    data_name = args.data or meta.get("data") or "fashion-mnist"
     surrogate_name = args.surrogate or ((meta.get("init") or {}).get("source") if meta.get("binary") else None)
     surrogate = load_model(surrogate_name, device).eval() if surrogate_name else None
-    data_name = args.data or meta.get("data") or "fashion-mnist"
+    if args.deploy is not None:
+        float_model = model
+        model = deploy_model(model, args.deploy, data_name, device)
+        print(f"deployed {args.model} as {args.deploy} (torchao; quantized layers: "
+              f"{', '.join(model.quantized_layers)}); gradients are the float model's", flush=True)
+        surrogate = surrogate or float_model
     images, labels = data.load(data_name, "test")
     x = to_float(images[: args.images]).to(device)
     y = labels[: args.images].to(device)
 
-    print(f"model {args.model} on the first {x.shape[0]} {data_name} test images; {args.norm} eps={args.eps:g}, "
+    shown = args.model if args.deploy is None else f"{args.model} ({args.deploy})"
+    print(f"model {shown} on the first {x.shape[0]} {data_name} test images; {args.norm} eps={args.eps:g}, "
           f"{args.steps} steps", flush=True)
     with network_progress([model, surrogate], desc="diagnose: signal propagation", enabled=show_progress(args)) as bar:
         report = signal_report(model, x, y)

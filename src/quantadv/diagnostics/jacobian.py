@@ -88,10 +88,27 @@ def jacobian_singular_values(
     return torch.linalg.svdvals(jac)
 
 
+def _plain_tensors(name: str, t: torch.Tensor):  # type: ignore[no-untyped-def]
+    """``(name, tensor)`` pairs of plain tensors: a tensor subclass (e.g. torchao's int8 weights of
+    a :class:`~quantadv.models.Deployed` model) is hashed through the tensors it is made of."""
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        inner, meta = t.__tensor_flatten__()
+        yield f"{name}|{type(t).__name__}|{meta!r}", None
+        for part in inner:
+            if getattr(t, part) is not None:
+                yield from _plain_tensors(f"{name}.{part}", getattr(t, part))
+    else:
+        yield name, t
+
+
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over the model's ``state_dict`` (names, dtypes, shapes and bytes), for caches."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    tensors = (pair for name, t in sorted(model.state_dict().items()) for pair in _plain_tensors(name, t))
+    for name, t in tensors:
+        if t is None:  # the description of a tensor subclass
+            h.update(f"{name}|".encode())
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
