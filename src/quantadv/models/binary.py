@@ -23,7 +23,8 @@ with ``sign(w)`` (``+1`` for ``w >= 0``) only.
 ``pmf`` -- Proximal Mean-Field (Ajanthan, Dokania, Hartley, Torr, ICCV 2019)
     Each weight has one logit per level of ``{-1, +1}`` (``weight`` holds ``u(+1)``,
     ``weight_neg`` holds ``u(-1)``); training uses the mean of the level distribution
-    ``p = softmax(beta * u)`` (temperature ``1 / beta``), i.e. ``p(+1) - p(-1)``, with the
+    ``p = softmax(beta * u)`` (temperature ``1 / beta``), i.e. ``p(+1) - p(-1)`` (computed as
+    ``tanh(beta * (u(+1) - u(-1)) / 2)``, the same function for two levels), with the
     exact softmax derivative (the paper's; the reference code substitutes ``I - p p^T`` for
     ``diag(p) - p p^T``, we do not). At test the argmax level: ``sign(u(+1) - u(-1))``.
 ``pq`` -- ProxQuant (Bai, Wang, Liberty, ICLR 2019)
