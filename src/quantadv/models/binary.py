@@ -249,9 +249,10 @@ class _BinaryMixin:
             return w + (torch.tanh(beta * w) - w).detach()
         if self.method == "gdtanh":  # plain gradient through tanh(beta w)
             return torch.tanh(beta * w)
-        if self.method == "pmf":  # mean of softmax(beta * u) over the levels (+1, -1)
-            p = torch.softmax(beta * torch.stack((w, self.weight_neg), dim=-1), dim=-1)
-            return p[..., 0] - p[..., 1]
+        if self.method == "pmf":  # mean of softmax(beta * u) over the levels (+1, -1):
+            # p(+1) - p(-1) = tanh(beta * (u(+1) - u(-1)) / 2) exactly, with the same exact
+            # derivative (2 beta p(+1) p(-1) w.r.t. u(+1)), without a stacked softmax
+            return torch.tanh(0.5 * beta * (w - self.weight_neg))
         if self.method == "pq":  # float weights in training; the prox step follows each update
             return w
         with torch.no_grad():
