@@ -190,8 +190,9 @@ def anneal_schedule(method: str, beta_growth: float | None = None,
         raise InputError(f"--beta-growth for pq is the increase of lambda per optimizer step and must be a "
                          f"finite number > 0, got {growth!r}")
     if not (math.isfinite(cap) and 0.0 < cap <= BETA_LIMIT) or (shape == "geometric" and cap < 1.0):
-        raise InputError(f"--beta-max must be a finite number in [{'1' if shape == 'geometric' else '0'}, "
-                         f"{BETA_LIMIT:g}] (larger overflows beta * w in float32), got {cap!r}")
+        low = "[1" if shape == "geometric" else "(0"
+        raise InputError(f"--beta-max for {method} must be a finite number in {low}, {BETA_LIMIT:g}] (larger "
+                         f"overflows beta * w in float32), got {cap!r}")
     return shape, growth, cap
 
 
