@@ -38,8 +38,11 @@ def test_skipping_misclassified_keeps_the_rows_of_the_others(tmp_path):
     for k, r in a.items():
         other = b[k]
         if r["clean_pred"] == r["label"]:
-            for col in ("adv_pred", "success", "d", "l2", "linf", "calls", "grads", "info", "clean_pred"):
+            for col in ("adv_pred", "success", "calls", "grads", "info", "clean_pred"):
                 assert r[col] == other[col], (k, col)
+            # distortions: batches of other compositions may change the last float32 bits of a conv
+            for col in ("d", "l2", "linf"):
+                assert r[col] == pytest.approx(other[col], rel=1e-5, abs=1e-6), (k, col)
         else:
             misclassified += 1
             assert json.loads(r["info"]) == {"skipped": "misclassified"}

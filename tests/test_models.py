@@ -106,9 +106,10 @@ def test_normalize_rejects_bad_arguments():
 # training
 
 
-def run_train(method="natural", eps=0.0, seed=0, epochs=3, model_seed=0, **kw):
+def run_train(method="natural", eps=0.0, seed=0, epochs=3, model_seed=0, config_kw=None, **kw):
     x, y = synthetic()
-    config = qm.TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=32, lr=0.01, seed=seed)
+    config = qm.TrainConfig(method=method, eps=eps, epochs=epochs, batch_size=32, lr=0.01, seed=seed,
+                            **(config_kw or {}))
     return qm.train(tiny_model(model_seed), x, y, config, progress=False, log=lambda s: None, **kw)
 
 
@@ -141,19 +142,121 @@ def _kill_after(epoch: int):
     return hook
 
 
-@pytest.mark.parametrize(("method", "eps"), [("natural", 0.0), ("noisy", 0.2), ("pgd-linf", 0.1)])
-def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, method, eps):
-    full = run_train(method, eps, checkpoint_dir=tmp_path / "full").model
+@pytest.mark.parametrize(
+    ("method", "eps", "config_kw"),
+    [
+        ("natural", 0.0, {}),
+        ("noisy", 0.2, {}),
+        ("pgd-linf", 0.1, {}),
+        ("trades", 0.1, {"attack_steps": 2, "beta": 3.0}),
+        ("fast-at", 0.1, {"val": 32, "eps_warmup": 2}),
+    ],
+)
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, method, eps, config_kw):
+    full = run_train(method, eps, checkpoint_dir=tmp_path / "full", config_kw=config_kw)
     with pytest.raises(Killed):
-        run_train(method, eps, checkpoint_dir=tmp_path / "ckpt", on_epoch_end=_kill_after(1))
+        run_train(method, eps, checkpoint_dir=tmp_path / "ckpt", on_epoch_end=_kill_after(1),
+                  config_kw=config_kw)
     state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
     assert state["epoch"] == 1
     assert [p.name for p in (tmp_path / "ckpt").glob("*.safetensors")] == ["epoch-0001.safetensors"]
     # a fresh process would build the model from scratch: use a different initialisation
-    resumed = run_train(method, eps, model_seed=99, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    resumed = run_train(method, eps, model_seed=99, checkpoint_dir=tmp_path / "ckpt", resume=True,
+                        config_kw=config_kw)
     assert resumed.resumed_from_epoch == 1
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
-    assert same_weights(full, resumed.model)
+    assert resumed.best_epoch == full.best_epoch
+    assert [h.val_robust for h in resumed.history] == [h.val_robust for h in full.history]
+    assert same_weights(full.model, resumed.model)
+
+
+_KILL9_CHILD = """
+import os, sys, time, torch
+sys.path.insert(0, {tests!r})
+from test_models import run_train
+
+def hook(stats):
+    if stats.epoch == 1 and {kill}:
+        open({flag!r}, "w").close()
+        time.sleep(60)  # the parent sends SIGKILL now, between epochs 1 and 2
+
+result = run_train("trades", 0.1, checkpoint_dir={ckpt!r}, resume=True, on_epoch_end=hook,
+                   config_kw={{"attack_steps": 2, "val": 32}})
+torch.save({{k: v for k, v in result.model.state_dict().items()}}, {out!r})
+"""
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    """A real SIGKILL of a training process, then a resume in a new process (issue 16)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def child(kill: bool, ckpt: Path, out: Path) -> subprocess.Popen:
+        code = _KILL9_CHILD.format(tests=tests, kill=kill, flag=str(tmp_path / "flag"), ckpt=str(ckpt),
+                                   out=str(out))
+        return subprocess.Popen([sys.executable, "-c", code], env=env)
+
+    proc = child(True, tmp_path / "ckpt", tmp_path / "never.pt")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "flag").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the child did not reach epoch 1"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert child(False, tmp_path / "ckpt", tmp_path / "resumed.pt").wait() == 0
+    assert child(False, tmp_path / "full", tmp_path / "full.pt").wait() == 0
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    full = torch.load(tmp_path / "full.pt", weights_only=True)
+    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+
+
+def test_trades_adversary_stays_in_the_ball_and_raises_the_kl():
+    from quantadv.models.training import _trades_adversary
+
+    model = tiny_model(0).eval()
+    x = synthetic()[0][:16].float() / 255
+    config = qm.TrainConfig(method="trades", eps=0.05, attack_steps=5)
+    x_adv = _trades_adversary(model, x, 0.05, config, torch.Generator().manual_seed(0))
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)
+        kl = torch.nn.functional.kl_div(torch.log_softmax(model(x_adv), 1), p, reduction="sum")
+        noise = (x + 0.05 * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) - 1))
+        kl_rand = torch.nn.functional.kl_div(torch.log_softmax(model(noise.clamp(0, 1)), 1), p,
+                                             reduction="sum")
+    assert kl > kl_rand > 0
+
+
+def test_validation_keeps_the_best_robust_epoch():
+    x, y = synthetic()
+    config = qm.TrainConfig(method="fast-at", eps=0.1, epochs=4, batch_size=32, lr=0.05, val=48,
+                            seed=1)
+    result = qm.train(tiny_model(0), x, y, config, progress=False, log=lambda s: None)
+    robust = [h.val_robust for h in result.history]
+    assert all(r is not None and 0 <= r <= 1 for r in robust)
+    best = max(robust)
+    assert result.best_epoch == max(i + 1 for i, r in enumerate(robust) if r == best)
+    # the returned weights are that epoch's: their clean accuracy on the held-out images matches
+    from quantadv.models.training import _split_validation
+
+    _, val_idx = _split_validation(x.shape[0], config)
+    assert val_idx.numel() == 48
+    chosen = result.history[result.best_epoch - 1]
+    assert qm.accuracy(result.model, x[val_idx], y[val_idx]) == pytest.approx(chosen.val_clean)
+
+
+def test_eps_warmup_ramps_the_radius():
+    config = qm.TrainConfig(method="pgd-linf", eps=0.3, epochs=5, eps_warmup=3)
+    assert [config.eps_at(e) for e in (0, 1.5, 3, 4.5)] == pytest.approx([0.0, 0.15, 0.3, 0.3])
+    result = run_train("pgd-linf", 0.2, config_kw={"eps_warmup": 2})
+    assert [h.eps for h in result.history] == pytest.approx([0.1, 0.2, 0.2])
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
@@ -178,8 +281,15 @@ def test_train_config_checks_its_arguments():
     with pytest.raises(InputError, match="natural training uses no eps"):
         qm.TrainConfig(eps=0.1)
     with pytest.raises(InputError, match="method must be one of"):
-        qm.TrainConfig(method="trades", eps=0.1)
+        qm.TrainConfig(method="madry", eps=0.1)
+    with pytest.raises(InputError, match="beta must be > 0"):
+        qm.TrainConfig(method="trades", eps=0.1, beta=0.0)
+    with pytest.raises(InputError, match="eps_warmup"):
+        qm.TrainConfig(method="trades", eps=0.1, epochs=2, eps_warmup=3)
+    with pytest.raises(InputError, match="holds out every training image"):
+        run_train(config_kw={"val": 192})
     assert qm.TrainConfig(method="pgd-linf", eps=0.1, attack_steps=5).step_size == pytest.approx(0.05)
+    assert qm.TrainConfig(method="fast-at", eps=0.1).step_size == pytest.approx(0.125)
     cosine = qm.TrainConfig(epochs=4, lr=0.1, schedule="cosine")
     assert cosine.lr_at(0) == pytest.approx(0.1) and cosine.lr_at(2) == pytest.approx(0.05)
     x, y = synthetic()
@@ -246,12 +356,50 @@ def test_cli_train_writes_a_verifiable_model(tmp_path, fake_data, capsys):
     assert m2["arch_kwargs"] == m["arch_kwargs"] and m2["attack_step"] == pytest.approx(0.625)
     assert "--train-size 40 --init" in m2["command"] and "--eps 0.5" in m2["command"]
 
+    # TRADES with a held-out validation set: the manifest records the recipe and the choice
+    argv3 = ["train", "--arch", "small-cnn", "--data", "synthetic", "--method", "trades", "--eps",
+             "0.1", "--beta", "3", "--attack-steps", "2", "--val", "16", "--val-steps", "2",
+             "--epochs", "2", "--out", "toy-trades", "--out-dir", str(tmp_path), "--no-progress"]
+    assert main(argv3) == 0
+    m3 = json.loads((tmp_path / "toy-trades.json").read_text())
+    assert "--beta 3.0" in m3["command"] and "--val 16 --val-steps 2" in m3["command"]
+    assert m3["epochs_run"] == 2 and m3["chosen_epoch"] in (1, 2) and "16 held-out" in m3["selection"]
+    assert all("val_robust" in h for h in m3["history"])
+    lines = (tmp_path / "toy-trades.train.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert main(["train", "--arch", "small-cnn", "--data", "synthetic", "--beta", "3", "--out", "x",
+                 "--out-dir", str(tmp_path)]) == 2
+    assert "--beta is TRADES' weight" in capsys.readouterr().err
+
     # flipping one byte of the weights is caught by the sha256 check
     data = bytearray((tmp_path / "toy.safetensors").read_bytes())
     data[len(data) // 2] ^= 0x01
     (tmp_path / "toy.safetensors").write_bytes(bytes(data))
     with pytest.raises(ModelError, match="does not match its manifest"):
         qm.load_file(tmp_path / "toy.safetensors")
+
+
+def test_zoo_ship_stores_float16_only_when_every_prediction_is_kept(tmp_path, fake_data, capsys):
+    from quantadv.models.ship import prediction_digest, predictions
+
+    argv = ["train", "--arch", "small-cnn", "--data", "synthetic", "--epochs", "1", "--batch-size",
+            "32", "--out", "toy", "--out-dir", str(tmp_path / "trained"), "--no-progress"]
+    assert main(argv) == 0
+    zoo = tmp_path / "zoo"
+    assert main(["zoo", "ship", str(tmp_path / "trained" / "toy.safetensors"), "--zoo-dir", str(zoo)]) == 0
+    meta = json.loads((zoo / "toy.json").read_text())
+    shipped, original = qm.load_file(zoo / "toy.safetensors"), qm.load_file(tmp_path / "trained" / "toy.safetensors")
+    x, _ = synthetic(n=48, size=28, seed=1)
+    assert meta["weights_dtype"] in ("float16", "float32")
+    if meta["weights_dtype"] == "float16":
+        assert meta["size_bytes"] < 0.6 * meta["float16_check"]["float32_size_bytes"]
+        assert torch.equal(predictions(shipped, x), predictions(original, x))
+        assert prediction_digest(predictions(shipped, x)) == meta["float16_check"]["float32_predictions_sha256"]
+        weights = shipped.state_dict()
+        assert weights["normalize.mean"].dtype == torch.float32  # buffers were not rounded
+    else:
+        assert meta["float16_check"]["predictions_differing"] > 0
+    assert (zoo / "toy.train.jsonl").is_file()
 
 
 def test_cli_train_refuses_to_clobber_a_checkpoint_without_resume(tmp_path, fake_data, capsys):

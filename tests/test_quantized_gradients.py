@@ -274,30 +274,3 @@ attacks:
     assert [a.name for a in cfg.attacks] == ["pqgd", "daa_blob"]
 
 
-@pytest.mark.slow
-def test_mnist_cnn_at_linf_float16_keeps_every_float32_prediction():
-    """The zoo stores mnist-cnn-at-linf in float16 only because no test prediction changed
-    (DESIGN.md section 5): the float32 model's prediction vector on the whole mnist-5k test
-    split was hashed into the manifest by scripts/paper001_zoo.py; the shipped model must match."""
-    import hashlib
-    import json
-
-    from quantadv import data, models, to_float
-    from quantadv.models.zoo import ZOO_DIR
-
-    if "mnist-cnn-at-linf" not in models.list():
-        pytest.skip("mnist-cnn-at-linf is not in the zoo yet")
-    meta = models.manifest("mnist-cnn-at-linf")
-    check = meta["float16"]
-    assert check["identical_predictions"] is True
-    raw = (ZOO_DIR / "mnist-cnn-at-linf.safetensors").read_bytes()
-    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    dtypes = {k: v["dtype"] for k, v in header.items() if k != "__metadata__"}
-    assert dtypes["classifier.1.weight"] == "F16" and dtypes["normalize.mean"] == "F32"
-    model = models.load("mnist-cnn-at-linf")
-    images, labels = data.load("mnist-5k", split="test")
-    assert images.shape[0] == check["images"]
-    with torch.no_grad():
-        pred = torch.cat([model(to_float(images[i : i + 250])).argmax(1) for i in range(0, len(images), 250)])
-    assert hashlib.sha256(pred.to(torch.int64).numpy().tobytes()).hexdigest() == check["float32_predictions_sha256"]
-    assert abs(float((pred == labels).float().mean()) - meta["clean_accuracy"]) < 1e-9

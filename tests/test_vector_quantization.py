@@ -292,23 +292,12 @@ def test_codebook_is_the_one_forward_uses():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist-cnn-swrd", "fmnist-cnn-swrd"])
 def test_t_swrd_zoo_models(name):
-    """t-swRD zoo models load as Defended(swRD) and their float16 weights keep every prediction (seeded draws)."""
-    import hashlib
-
-    import quantadv
-    from quantadv import data, models
+    """t-swRD zoo models load as Defended(swRD) (their float16 check: tests/test_zoo_budget.py)."""
+    from quantadv import models
     from quantadv.defenses import Defended
 
     if name not in models.list():
         pytest.skip(f"{name} is not in the zoo yet")
     model = models.load(name)
     assert isinstance(model, Defended) and isinstance(model.preprocess, SlidingWindowRandDisc)
-    meta = models.manifest(name)
-    if meta.get("weights_dtype") != "float16":
-        pytest.skip(f"{name} is stored in float32")
-    check = meta["float16_check"]
-    images, _ = data.load(meta["data"], "test")
-    torch.manual_seed(check["torch_seed"])
-    with torch.no_grad():
-        pred = torch.cat([model(quantadv.to_float(images[i:i + 1000])).argmax(1) for i in range(0, len(images), 1000)])
-    assert hashlib.sha256(pred.to(torch.int64).numpy().tobytes()).hexdigest() == check["float32_predictions_sha256"]
+    assert not model.training

@@ -11,7 +11,11 @@ weights, clean accuracy on the full test split, sha256, torch version, training 
 While training, a checkpoint is kept in ``<out-dir>/<NAME>.checkpoint/`` after every epoch;
 after a crash or kill, rerun the same command with ``--resume`` to continue from the last
 finished epoch (the result is identical to an uninterrupted run on the CPU). The checkpoint
-directory is removed once the model is written.
+directory is removed once the model is written. One line per epoch is printed and also kept,
+as JSON, in ``<out-dir>/<NAME>.train.jsonl`` (rewritten after every epoch, so it always matches
+the checkpoint): loss, training accuracy, radius, learning rate, seconds and, with ``--val N``,
+the clean and PGD-10 robust accuracy on N held-out training images. With ``--val`` the weights
+written are those of the epoch with the best robust validation accuracy (Rice et al. 2020).
 
 ``--out-dir`` defaults to the package's zoo directory (``src/quantadv/zoo``) when the
 command is run from the root of a quantadv source checkout, and to the current directory
@@ -57,7 +61,7 @@ from ..models.binary import (
     check_binary_arch,
     packed_state,
 )
-from ..models.training import OPTIMIZERS, SCHEDULES
+from ..models.training import ADVERSARIAL, OPTIMIZERS, SCHEDULES, TRADES_DEFAULT_BETA
 from ._common import add_device_seed, resolve_device
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -66,7 +70,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train",
-        help="train a model (natural, noisy, PGD adversarial) and write weights + manifest",
+        help="train a model (natural, noisy, PGD/TRADES/Fast-AT adversarial, binary) and write "
+        "weights + manifest",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES), help="architecture")
@@ -79,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--method", default="natural", choices=METHODS + BINARY_METHODS,
                    help="training method; bc, mdtanh, waq, pq, pmf, gdtanh train a binary SmallCNN "
                    "(paper 004)")
-    p.add_argument("--adv", default=None, choices=("pgd-linf", "pgd-l2"),
+    p.add_argument("--adv", default=None, choices=ADVERSARIAL,
                    help="with a binary --method: adversarial training (uses --eps, --attack-steps)")
     p.add_argument("--beta-growth", type=float, default=None,
                    help="binary mdtanh/gdtanh/pmf: factor on beta per optimizer step; pq: increase of "
@@ -91,7 +96,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--noise",
         type=float,
         default=0.0,
-        help="noise amplitude (noisy) or attack radius (pgd-*) in [0, 1] units",
+        help="noise amplitude (noisy) or attack radius (pgd-*, trades, fast-at) in [0, 1] units",
+    )
+    p.add_argument(
+        "--eps-warmup",
+        type=int,
+        default=0,
+        metavar="E",
+        help="grow the attack radius linearly from 0 to --eps over the first E epochs (default: 0)",
+    )
+    p.add_argument(
+        "--beta",
+        type=float,
+        default=TRADES_DEFAULT_BETA,
+        help=f"TRADES' weight of the KL term (default: {TRADES_DEFAULT_BETA:g})",
+    )
+    p.add_argument(
+        "--val",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold out N training images; after each epoch measure clean and PGD robust accuracy "
+        "on them and keep the best-robust epoch's weights (default: 0, keep the last epoch)",
+    )
+    p.add_argument(
+        "--val-steps", type=int, default=10, help="PGD steps of the --val evaluation (default: 10)"
     )
     p.add_argument("--epochs", type=int, default=5, help="number of epochs (default: 5)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
@@ -103,13 +132,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--schedule", default="constant", choices=SCHEDULES, help="learning-rate schedule"
     )
     p.add_argument(
-        "--attack-steps", type=int, default=7, help="PGD steps for pgd-* training (default: 7)"
+        "--attack-steps", type=int, default=7,
+        help="PGD steps for pgd-* and trades training (default: 7; fast-at takes one)"
     )
     p.add_argument(
         "--attack-step",
         type=float,
         default=None,
-        help="PGD step size in [0, 1] units (default: 2.5 * eps / attack-steps)",
+        help="attack step size in [0, 1] units (default: 2.5 * eps / attack-steps; 1.25 * eps "
+        "for fast-at)",
     )
     p.add_argument(
         "--init",
@@ -187,10 +218,16 @@ def canonical_command(args: argparse.Namespace, config: TrainConfig) -> str:
     if config.weight_decay:
         parts += ["--weight-decay", repr(float(config.weight_decay))]
     parts += ["--schedule", config.schedule]
-    if config.method.startswith("pgd"):
+    if config.method in ("pgd-linf", "pgd-l2", "trades"):
         parts += ["--attack-steps", str(config.attack_steps)]
-        if config.attack_step is not None:
-            parts += ["--attack-step", repr(float(config.attack_step))]
+    if config.method in ADVERSARIAL and config.attack_step is not None:
+        parts += ["--attack-step", repr(float(config.attack_step))]
+    if config.method == "trades":
+        parts += ["--beta", repr(float(config.beta))]
+    if config.eps_warmup:
+        parts += ["--eps-warmup", str(config.eps_warmup)]
+    if config.val:
+        parts += ["--val", str(config.val), "--val-steps", str(config.val_steps)]
     if args.train_size is not None:
         parts += ["--train-size", str(args.train_size)]
     if args.init:
@@ -199,6 +236,17 @@ def canonical_command(args: argparse.Namespace, config: TrainConfig) -> str:
         parts += ["--defense", args.defense]
     parts += ["--out", args.out, "--seed", str(config.seed), "--device", args.device]
     return shlex.join(parts)
+
+
+def _history_entry(h: Any) -> dict[str, Any]:
+    entry = {"epoch": h.epoch, "loss": round(h.loss, 6), "train_accuracy": round(h.accuracy, 6)}
+    if h.eps is not None:
+        entry["eps"] = round(h.eps, 6)
+    if h.val_clean is not None:
+        entry["val_clean"] = round(h.val_clean, 6)
+    if h.val_robust is not None:
+        entry["val_robust"] = round(h.val_robust, 6)
+    return entry
 
 
 def _load_data(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -270,6 +318,8 @@ def run(args: argparse.Namespace) -> int:
             f"--out {args.out!r} is not a valid model name; use letters, digits, '.', '_' and "
             "'-' (e.g. fmnist-cnn)"
         )
+    if args.method != "trades" and args.beta != TRADES_DEFAULT_BETA:
+        raise InputError(f"--beta is TRADES' weight; it needs --method trades (got --method {args.method})")
     if getattr(args, "adv", None) and args.method not in BINARY_METHODS:
         raise InputError(f"--adv goes with a binary --method ({', '.join(BINARY_METHODS)}); for a float "
                          f"model use --method {args.adv}")
@@ -292,6 +342,10 @@ def run(args: argparse.Namespace) -> int:
         attack_steps=args.attack_steps,
         attack_step=args.attack_step,
         seed=args.seed,
+        beta=args.beta,
+        eps_warmup=args.eps_warmup,
+        val=args.val,
+        val_steps=args.val_steps,
     )
     device = resolve_device(args.device)
     if args.threads is not None:
@@ -344,6 +398,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.defense:
         meta["defense"] = args.defense
+    log_path = out_dir / f"{args.out}.train.jsonl"
     result = train(
         model,
         train_x,
@@ -355,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
         meta=meta,
         progress=not args.no_progress,
         log=lambda line: print(line, flush=True),
+        log_file=log_path,
     )
     clean = accuracy(result.model, test_x, test_y, device=device)
     print(f"clean accuracy on the {test_x.shape[0]} test images: {clean:.4f}", flush=True)
@@ -385,10 +441,14 @@ def run(args: argparse.Namespace) -> int:
         "init": init,
         "command": command,
         "clean_accuracy": round(clean, 6),
-        "history": [
-            {"epoch": h.epoch, "loss": round(h.loss, 6), "train_accuracy": round(h.accuracy, 6)}
-            for h in result.history
-        ],
+        "history": [_history_entry(h) for h in result.history],
+        "epochs_run": len(result.history),
+        "chosen_epoch": result.best_epoch,
+        "selection": (
+            f"best {'robust' if config.eps > 0 else 'clean'} accuracy on {config.val} held-out "
+            f"training images (PGD-{config.val_steps})" if config.val else "last epoch"
+        ),
+        "train_log": log_path.name,
         "sha256": sha256_bytes(data),
         "size_bytes": len(data),
         "torch_version": torch.__version__,

@@ -7,6 +7,9 @@
   that reproduces it. ``NAME`` may also be the path of your own ``.safetensors``/``.json``.
 * ``quantadv zoo verify [NAME ...]`` checks the sha256 of every (or the named) weight file
   against its manifest; the exit code is 1 if any fails.
+* ``quantadv zoo ship PATH [...]`` puts models written by ``quantadv train --out-dir`` into the
+  zoo directory, in float16 when no prediction on the full test split changes
+  (:mod:`quantadv.models.ship`; DESIGN.md section 5).
 """
 
 from __future__ import annotations
@@ -27,12 +30,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="list, show and verify the shipped models",
         description="List, show and verify the models shipped with quantadv.",
     )
-    sub = p.add_subparsers(dest="zoo_command", metavar="{list,show,verify}")
+    sub = p.add_subparsers(dest="zoo_command", metavar="{list,show,verify,ship}")
     sub.add_parser("list", help="table of the shipped models")
     show = sub.add_parser("show", help="print one model's manifest")
     show.add_argument("name", help="zoo name, or path of a .safetensors/.json pair")
     ver = sub.add_parser("verify", help="check the sha256 of the weight files")
     ver.add_argument("names", nargs="*", help="models to check (default: all)")
+    ship = sub.add_parser(
+        "ship", help="put trained models into the zoo (float16 when every test prediction stays the same)"
+    )
+    ship.add_argument("paths", nargs="+", help="X.safetensors files with their X.json manifests")
+    ship.add_argument("--zoo-dir", default=None, help="target directory (default: the package's zoo)")
+    ship.add_argument("--no-float16", action="store_true", help="ship the weights as they are")
     return p
 
 
@@ -73,6 +82,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             m = manifest(name)
         print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    if cmd == "ship":
+        from ..models.ship import ship
+        from ..models.zoo import ZOO_DIR
+
+        for path in args.paths:
+            ship(path, args.zoo_dir or ZOO_DIR, float16=not args.no_float16)
         return 0
     results = {}
     for name in args.names or [None]:

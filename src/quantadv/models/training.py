@@ -1,4 +1,4 @@
-"""Training: natural, noisy and PGD adversarial training, with exact checkpoint/resume.
+"""Training: natural, noisy, PGD, TRADES and Fast adversarial training, with exact checkpoint/resume.
 
 :func:`train` trains any ``nn.Module`` on uint8 image tensors. It is what ``quantadv train``
 runs, and it takes tensors (not dataset names) so it can be used and tested on any data.
@@ -18,6 +18,31 @@ Methods (``TrainConfig.method``):
     Following standard practice the model is put in **eval mode while the attack is
     generated** (so batch-norm statistics and dropout do not react to the attack iterates)
     and back in train mode for the weight update.
+``trades``
+    TRADES (Zhang et al. 2019, "Theoretically principled trade-off between robustness and
+    accuracy", Eq. 5 / Algorithm 1): the loss is ``CE(f(x), y) + beta * KL(f(x) || f(x'))``
+    where ``x'`` maximises the KL term inside the L-inf ball of radius ``eps``. As in the
+    paper's algorithm ``x'`` starts at ``x + 0.001 * N(0, 1)`` and takes ``attack_steps``
+    signed-gradient ascent steps of the KL divergence (step ``attack_step``, default
+    ``2.5 * eps / attack_steps``), with the model in eval mode. ``beta`` defaults to 6.
+``fast-at``
+    "Fast is better than free" (Wong, Rice, Kolter 2020, Algorithm 3): one FGSM step of size
+    ``1.25 * eps`` (``attack_step`` overrides it) from a uniform random start in the L-inf
+    ball, made with :func:`quantadv.attacks.pgd` (one step, random start).
+
+Options shared by every method:
+
+``eps_warmup`` (epochs)
+    The radius grows linearly from 0 to ``eps`` over the first ``eps_warmup`` epochs (per
+    batch), the warm-up large radii need (DESIGN.md section 4: MNIST at eps 0.3 does not
+    leave loss 2.30 without it).
+``val`` (images)
+    ``val`` training images (a seeded random choice) are held out. After each epoch the model
+    is evaluated on them: clean accuracy and robust accuracy under PGD-``val_steps`` (step
+    ``2.5 * eps / val_steps``, random start; L-inf except for ``pgd-l2``). The weights of the
+    epoch with the best robust accuracy (ties: the later epoch) are kept and returned: robust
+    overfitting makes the last epoch a poor choice (Rice, Wong, Kolter 2020). With ``eps=0``
+    the choice is by clean accuracy.
 
 Randomness comes only from two explicit generators seeded with ``TrainConfig.seed``: one
 (on the CPU) shuffles the data, one (on the training device) draws noise and PGD random
@@ -29,7 +54,8 @@ are written to ``epoch-NNNN.safetensors``, and a small ``state.json`` records th
 configuration, the loss/accuracy history, the non-tensor optimizer state and the sha256 of
 that file. Both files are written atomically, ``state.json`` last, so a run killed at any
 moment resumes (``resume=True``) from the last finished epoch and ends with the same weights
-as a run that was never interrupted. Nothing is pickled.
+as a run that was never interrupted. Nothing is pickled. With ``val`` the best weights so far
+and the validation history are part of the checkpoint, so a resumed run chooses the same epoch.
 """
 
 from __future__ import annotations
@@ -58,6 +84,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "EpochStats",
+    "TRADES_DEFAULT_BETA",
     "TrainConfig",
     "TrainResult",
     "accuracy",
@@ -65,11 +92,14 @@ __all__ = [
     "train",
 ]
 
-METHODS = ("natural", "noisy", "pgd-linf", "pgd-l2")
+METHODS = ("natural", "noisy", "pgd-linf", "pgd-l2", "trades", "fast-at")
+#: the adversarial methods (they need ``eps > 0`` and make an attack per batch)
+ADVERSARIAL = ("pgd-linf", "pgd-l2", "trades", "fast-at")
+TRADES_DEFAULT_BETA = 6.0
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 
-_CHECKPOINT_FORMAT = 1
+_CHECKPOINT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,10 @@ class TrainConfig:
     attack_steps: int = 7
     attack_step: float | None = None
     seed: int = 0
+    beta: float = TRADES_DEFAULT_BETA
+    eps_warmup: int = 0
+    val: int = 0
+    val_steps: int = 10
 
     def __post_init__(self) -> None:
         check_choice(self.method, "method", METHODS)
@@ -118,15 +152,34 @@ class TrainConfig:
                 f"--method {self.method} needs a radius: pass --eps > 0 (in [0, 1] units, "
                 "e.g. 0.1 for L-inf on MNIST, 1.5 for L2)"
             )
+        if self.method == "noisy" and self.eps_warmup:
+            raise InputError("--eps-warmup ramps an attack radius; noisy training has none")
         if self.attack_step is not None:
             check_positive(self.attack_step, "attack_step")
+        check_positive(self.beta, "beta")
+        check_int(self.eps_warmup, "eps_warmup", minimum=0)
+        check_int(self.val, "val", minimum=0)
+        check_int(self.val_steps, "val_steps")
+        if self.eps_warmup > self.epochs:
+            raise InputError(
+                f"eps_warmup ({self.eps_warmup} epochs) is longer than the run ({self.epochs} "
+                "epochs); lower --eps-warmup or raise --epochs"
+            )
 
     @property
     def step_size(self) -> float:
         """The PGD step size actually used (Madry's ``2.5 * eps / steps`` by default)."""
         if self.attack_step is not None:
             return float(self.attack_step)
+        if self.method == "fast-at":
+            return 1.25 * float(self.eps)
         return 2.5 * float(self.eps) / self.attack_steps
+
+    def eps_at(self, epoch: float) -> float:
+        """The radius used at (fractional, 0-based) ``epoch`` under the linear warm-up."""
+        if self.eps_warmup == 0:
+            return float(self.eps)
+        return float(self.eps) * min(1.0, epoch / self.eps_warmup)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of (0-based) ``epoch`` under the configured schedule."""
@@ -140,13 +193,20 @@ class TrainConfig:
 
 @dataclass
 class EpochStats:
-    """Loss and accuracy on the training inputs actually used (noisy / adversarial ones)."""
+    """Loss and accuracy on the training inputs actually used (noisy / adversarial ones).
+
+    With ``val`` held-out images, ``val_clean`` and ``val_robust`` are their clean and
+    PGD-``val_steps`` accuracy after the epoch (``None`` without validation).
+    """
 
     epoch: int
     loss: float
     accuracy: float
     lr: float
     seconds: float
+    eps: float | None = None
+    val_clean: float | None = None
+    val_robust: float | None = None
 
 
 @dataclass
@@ -157,6 +217,8 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     train_seconds: float = 0.0
     resumed_from_epoch: int = 0
+    #: the epoch whose weights were returned (the best-robust one with ``val``, else the last)
+    best_epoch: int = 0
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -227,6 +289,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    log_file: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` on uint8 NCHW ``images`` with int64 ``labels`` as ``config`` says.
 
@@ -255,6 +318,9 @@ def train(
     on_epoch_end:
         Called with the :class:`EpochStats` after each epoch's checkpoint has been written;
         an exception raised there stops training (the checkpoint stays valid).
+    log_file:
+        If given, a JSON-lines file rewritten (atomically) after every epoch with one
+        :class:`EpochStats` per line, so after a resume it still matches the checkpoint.
     """
     _check_uint8_images(images, "images")
     if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
@@ -279,17 +345,22 @@ def train(
     if dev.type != "cpu":
         noise_gen.manual_seed(config.seed + 1)
 
+    train_idx, val_idx = _split_validation(n_total := images.shape[0], config)
+    val_x, val_y = images[val_idx], labels[val_idx]
+    images, labels = images[train_idx], labels[train_idx]
+    del n_total
+
     result = TrainResult(model=model)
+    best: dict[str, Any] = {"state": None, "score": None}
     start_epoch = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt is not None and resume and (ckpt / "state.json").exists():
-        start_epoch, result.history, result.train_seconds = _load_checkpoint(
+        start_epoch, result.history, result.train_seconds, best = _load_checkpoint(
             ckpt, model, optimizer, shuffle_gen, noise_gen, config, meta
         )
         result.resumed_from_epoch = start_epoch
         log(f"resuming from the checkpoint of epoch {start_epoch}/{config.epochs} in {ckpt}")
 
-    attack = _attack_fn(config) if config.method.startswith("pgd") else None
     n = images.shape[0]
     num_batches = math.ceil(n / config.batch_size)
     for epoch in range(start_epoch, config.epochs):
@@ -313,9 +384,8 @@ def train(
                 idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
                 x = _to_float(images[idx])
                 y = labels[idx]
-                x = _training_inputs(model, x, y, config, noise_gen, attack)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                eps = config.eps_at(epoch + b / num_batches)
+                loss, logits = _batch_loss(model, x, y, config, eps, noise_gen)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -328,23 +398,46 @@ def train(
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
         finally:
             bar.close()
-        seconds = time.perf_counter() - t0
         if not math.isfinite(loss_sum):
             raise InputError(
                 f"training diverged in epoch {epoch + 1} (loss is {loss_sum}); lower --lr"
             )
-        stats = EpochStats(epoch + 1, loss_sum / seen, correct / seen, lr, seconds)
-        result.history.append(stats)
-        result.train_seconds += seconds
-        log(
-            f"epoch {stats.epoch}/{config.epochs}: loss {stats.loss:.4f}, "
-            f"train accuracy {stats.accuracy:.4f} ({config.method}), lr {lr:.3g}, "
-            f"{seconds:.1f} s"
+        stats = EpochStats(
+            epoch + 1, loss_sum / seen, correct / seen, lr, 0.0, eps=config.eps_at(epoch + 1)
         )
+        if val_idx.numel():
+            stats.val_clean, stats.val_robust = _validate(model, val_x, val_y, config, noise_gen)
+            score = stats.val_robust if config.eps > 0 else stats.val_clean
+            if best["score"] is None or score >= best["score"]:
+                best = {
+                    "score": score,
+                    "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                }
+        stats.seconds = time.perf_counter() - t0
+        result.history.append(stats)
+        result.train_seconds += stats.seconds
+        log(_epoch_line(stats, config, result.history, start_epoch))
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, shuffle_gen, noise_gen, config, meta, result)
+            _save_checkpoint(
+                ckpt, model, optimizer, shuffle_gen, noise_gen, config, meta, result, best
+            )
+        if log_file is not None:
+            atomic_write_bytes(
+                Path(log_file),
+                "".join(json.dumps(asdict(h)) + "\n" for h in result.history).encode(),
+            )
         if on_epoch_end is not None:
             on_epoch_end(stats)
+    result.best_epoch = result.history[-1].epoch if result.history else 0
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+        result.best_epoch = int(best["epoch"])
+        if result.best_epoch != config.epochs:
+            log(
+                f"keeping the weights of epoch {result.best_epoch} (best validation "
+                f"{'robust' if config.eps > 0 else 'clean'} accuracy {best['score']:.4f})"
+            )
     model.eval()
     return result
 
@@ -388,45 +481,148 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _attack_fn(config: TrainConfig) -> Callable[..., torch.Tensor]:
+def _pgd():
     try:
         from ..attacks import pgd
     except ImportError as exc:  # pragma: no cover - only while the package is incomplete
         raise ModelError(
             f"adversarial training needs quantadv.attacks.pgd, which cannot be imported ({exc})"
         ) from None
-    norm = "linf" if config.method == "pgd-linf" else "l2"
-    eps, step, steps = float(config.eps), config.step_size, config.attack_steps
+    return pgd
 
-    def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator):
-        return pgd(
-            model, x, y, norm=norm, eps=eps, step=step, steps=steps, random_start=True,
-            generator=gen,
+
+def _split_validation(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the training and the held-out validation images (a seeded random choice)."""
+    if config.val == 0:
+        return torch.arange(n), torch.arange(0)
+    if config.val >= n:
+        raise InputError(
+            f"--val {config.val} holds out every training image (the training set has {n}); "
+            f"choose --val below {n}, e.g. {max(1, n // 10)}"
         )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 7919))
+    return perm[config.val :].sort().values, perm[: config.val].sort().values
 
-    return attack
+
+def _in_eval_mode(model: nn.Module, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run ``fn`` (an attack) with the model in eval mode, then back in train mode."""
+    model.eval()
+    try:
+        return fn().detach()
+    finally:
+        model.train()
 
 
-def _training_inputs(
+def _trades_adversary(
+    model: nn.Module, x: torch.Tensor, eps: float, config: TrainConfig, gen: torch.Generator
+) -> torch.Tensor:
+    """TRADES' inner maximisation (Zhang et al. 2019, Algorithm 1, the loop over K steps).
+
+    ``x'`` starts at ``x + 0.001 * N(0, 1)`` and ascends ``KL(f(x) || f(x'))`` with signed
+    gradient steps, projected onto the L-inf ball and [0, 1]. The objective is a divergence
+    from the clean prediction rather than a classification loss of the labels, which is why
+    this loop is not one of :mod:`quantadv.attacks` (whose losses are ``L_A`` of the labels).
+    """
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), dim=1)
+    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    x_adv = (x + 0.001 * noise).clamp(0.0, 1.0)
+    step = config.step_size if config.attack_step is not None else 2.5 * eps / config.attack_steps
+    for _ in range(config.attack_steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+        x_adv = x_adv.detach() + step * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+    return x_adv
+
+
+def _batch_loss(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     config: TrainConfig,
+    eps: float,
     gen: torch.Generator,
-    attack: Callable[..., torch.Tensor] | None,
-) -> torch.Tensor:
-    """The inputs of one training step: clean, noisy, or PGD-adversarial."""
-    if config.method == "noisy":
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of one training step and the logits its accuracy is counted on."""
+    method = config.method
+    if method == "noisy":
         u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        return (x + (2.0 * u - 1.0) * float(config.eps)).clamp(0.0, 1.0)
-    if attack is not None:
-        model.eval()
-        try:
-            x_adv = attack(model, x, y, gen).detach()
-        finally:
-            model.train()
-        return x_adv
-    return x
+        x = (x + (2.0 * u - 1.0) * eps).clamp(0.0, 1.0)
+    elif method == "trades":
+        x_adv = x if eps == 0 else _in_eval_mode(
+            model, lambda: _trades_adversary(model, x, eps, config, gen)
+        )
+        logits = model(x)
+        kl = F.kl_div(
+            F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean"
+        )
+        return F.cross_entropy(logits, y) + config.beta * kl, logits
+    elif method in ADVERSARIAL and eps > 0:
+        norm = "l2" if method == "pgd-l2" else "linf"
+        steps = 1 if method == "fast-at" else config.attack_steps
+        if config.attack_step is not None:
+            step = config.step_size
+        else:  # the default rules scale with the (warmed-up) radius
+            step = 1.25 * eps if method == "fast-at" else 2.5 * eps / steps
+        pgd = _pgd()
+        x = _in_eval_mode(
+            model,
+            lambda: pgd(model, x, y, norm=norm, eps=eps, step=step, steps=steps,
+                        random_start=True, generator=gen),
+        )
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def _validate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, gen: torch.Generator
+) -> tuple[float, float | None]:
+    """Clean and PGD-``val_steps`` robust accuracy on the held-out images (eval mode)."""
+    clean = accuracy(model, x, y)
+    if config.eps == 0:
+        return clean, None
+    pgd = _pgd()
+    norm = "l2" if config.method == "pgd-l2" else "linf"
+    eps = float(config.eps)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for i in range(0, x.shape[0], 500):
+            xb, yb = _to_float(x[i : i + 500]), y[i : i + 500]
+            x_adv = pgd(model, xb, yb, norm=norm, eps=eps, step=2.5 * eps / config.val_steps,
+                        steps=config.val_steps, random_start=True, generator=gen)
+            with torch.no_grad():
+                correct += int((model(x_adv).argmax(dim=1) == yb).sum())
+    finally:
+        model.train(was_training)
+    return clean, correct / x.shape[0]
+
+
+def _epoch_line(
+    stats: EpochStats, config: TrainConfig, history: list[EpochStats], start_epoch: int
+) -> str:
+    """One log line per epoch, with the validation numbers and the time left for the run."""
+    line = (
+        f"epoch {stats.epoch}/{config.epochs}: loss {stats.loss:.4f}, "
+        f"train accuracy {stats.accuracy:.4f} ({config.method}"
+        + (f", eps {stats.eps:.4g}" if config.eps else "")
+        + f"), lr {stats.lr:.3g}"
+    )
+    if stats.val_clean is not None:
+        line += f", val clean {stats.val_clean:.4f}"
+    if stats.val_robust is not None:
+        line += f", val robust {stats.val_robust:.4f} (PGD-{config.val_steps})"
+    done_here = history[start_epoch:]
+    left = config.epochs - stats.epoch
+    eta = sum(h.seconds for h in done_here) / len(done_here) * left
+    line += f", {stats.seconds:.1f} s"
+    if left:
+        line += f", about {eta / 60:.1f} min left for {left} epoch{'s' if left > 1 else ''}"
+    return line
 
 
 # --------------------------------------------------------------------------------------
@@ -470,6 +666,7 @@ def _save_checkpoint(
     config: TrainConfig,
     meta: dict[str, Any],
     result: TrainResult,
+    best: dict[str, Any],
 ) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     epoch = len(result.history) and result.history[-1].epoch
@@ -478,6 +675,8 @@ def _save_checkpoint(
     }
     opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
+    if best["state"] is not None:
+        tensors.update({f"best.{k}": v.detach().contiguous().cpu() for k, v in best["state"].items()})
     tensors["rng.shuffle"] = shuffle_gen.get_state()
     if noise_gen is not shuffle_gen:
         tensors["rng.noise"] = noise_gen.get_state().cpu()
@@ -496,6 +695,8 @@ def _save_checkpoint(
             "optimizer": opt_plain,
             "history": [asdict(h) for h in result.history],
             "train_seconds": result.train_seconds,
+            "best": None if best["state"] is None
+            else {"epoch": best["epoch"], "score": best["score"]},
         },
     )
     for old in ckpt.glob("epoch-*.safetensors"):
@@ -511,7 +712,7 @@ def _load_checkpoint(
     noise_gen: torch.Generator,
     config: TrainConfig,
     meta: dict[str, Any],
-) -> tuple[int, list[EpochStats], float]:
+) -> tuple[int, list[EpochStats], float, dict[str, Any]]:
     try:
         state = json.loads((ckpt / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -563,4 +764,10 @@ def _load_checkpoint(
             f"checkpoint in {ckpt} was written on a GPU; resume it on the same kind of device"
         )
     history = [EpochStats(**h) for h in state["history"]]
-    return int(state["epoch"]), history, float(state["train_seconds"])
+    best: dict[str, Any] = {"state": None, "score": None}
+    if state.get("best") is not None:
+        best = {
+            **state["best"],
+            "state": {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")},
+        }
+    return int(state["epoch"]), history, float(state["train_seconds"]), best
