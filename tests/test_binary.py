@@ -1,26 +1,34 @@
-"""Binary networks of paper 004: BinaryConnect, MD-tanh-S, BNN-WAQ (quantadv.models.binary)."""
+"""Binary networks of paper 004: BC, MD-tanh-S, GD-tanh, PMF, ProxQuant, BNN-WAQ (quantadv.models.binary)."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import save as st_save
 
+import quantadv.data
 from quantadv import models
+from quantadv.cli import main
+from quantadv.errors import InputError
 from quantadv.models._files import sha256_bytes
 from quantadv.models.binary import (
+    ANNEALING,
     BINARY_METHODS,
     BinaryLinear,
     BinarySmallCNN,
+    anneal_schedule,
     binary_layers,
     binary_manifest,
     deployed_weights,
     load_packed,
     packed_state,
+    prox_binary,
     sign_ste,
 )
+from quantadv.models.training import TrainConfig, train
 
 KW = {"in_channels": 1, "num_classes": 10, "mean": [0.3], "std": [0.35]}
 
@@ -43,6 +51,7 @@ def _trained(method: str, steps: int = 2, seed: int = 0) -> BinarySmallCNN:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        model.after_optimizer_step(0.5)
     _CACHE[method, steps] = model.eval()
     return model
 
@@ -79,22 +88,189 @@ def test_bc_ste_gradient_and_clipping():
     assert torch.equal(layer.weight.grad, x.expand(3, 4))
 
 
-def test_mdtanh_training_surrogate_and_beta_annealing():
-    layer = BinaryLinear(4, 2, method="mdtanh", bias=False, beta_growth=2.0, beta_max=8.0)
+def test_mdtanh_is_tanh_forward_with_straight_through_gradient():
+    """MD-tanh-S: forward tanh(beta w), the gradient w.r.t. tanh(beta w) applied to w unchanged."""
+    layer = BinaryLinear(4, 2, method="mdtanh", bias=False)
     layer.train()
-    x = torch.ones(1, 4)
+    with torch.no_grad():
+        layer.beta.fill_(3.0)
+    x = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
     w = layer.weight.detach().clone()
     out = layer(x)
-    assert torch.allclose(out, x @ torch.tanh(w).T)  # beta = 1 at the first step
+    assert torch.allclose(out, x @ torch.tanh(3.0 * w).T)
     out.sum().backward()
-    assert torch.allclose(layer.weight.grad, (1 - torch.tanh(w) ** 2) * x)  # d tanh(beta w)/dw, beta = 1
-    for _ in range(5):
-        layer(x)
-    assert float(layer.beta) == 8.0  # annealed upward, capped
+    assert torch.equal(layer.weight.grad, x.expand(2, 4))  # straight through: dL/dw = dL/dtanh
     layer.eval()
-    before = float(layer.beta)
     assert torch.equal(layer(x), x @ torch.where(w >= 0, 1.0, -1.0).T)  # sign at test time
-    assert float(layer.beta) == before
+
+
+def test_gdtanh_is_plain_gradient_through_tanh():
+    layer = BinaryLinear(4, 2, method="gdtanh", bias=False)
+    layer.train()
+    with torch.no_grad():
+        layer.beta.fill_(3.0)
+    x = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    w = layer.weight.detach().clone()
+    out = layer(x)
+    assert torch.allclose(out, x @ torch.tanh(3.0 * w).T)
+    out.sum().backward()
+    expected = 3.0 * (1 - torch.tanh(3.0 * w) ** 2) * x  # d tanh(beta w)/dw = beta (1 - tanh^2)
+    assert torch.allclose(layer.weight.grad, expected, atol=1e-6)
+    layer.eval()
+    assert torch.equal(layer(x), x @ torch.where(w >= 0, 1.0, -1.0).T)
+
+
+@pytest.mark.parametrize("method", ["mdtanh", "gdtanh", "pmf", "pq"])
+def test_beta_anneals_once_per_optimizer_step_as_specified(method):
+    shape, growth, _ = ANNEALING[method]
+    cap = 1.5 if shape == "linear" else 1.5 ** 3
+    layer = BinaryLinear(3, 2, method=method, beta_growth=1.5 if shape == "geometric" else 0.4, beta_max=cap)
+    layer.train()
+    x = torch.ones(1, 3)
+    for _ in range(3):
+        layer(x)  # forward passes alone (e.g. TRADES' two per step) do not anneal
+    beta0 = float(layer.beta)
+    assert beta0 == (0.0 if method == "pq" else 1.0)
+    seen = [beta0]
+    for _ in range(5):
+        layer.after_optimizer_step(lr=1e-3)
+        seen.append(float(layer.beta))
+    if shape == "geometric":  # beta_k = min(1.5^k, cap)
+        assert seen == pytest.approx([min(1.5**k, cap) for k in range(6)])
+    else:  # ProxQuant: lambda_k = min(0.4 k, cap), linear
+        assert seen == pytest.approx([min(0.4 * k, cap) for k in range(6)])
+    assert all(b <= a for a, b in zip(seen[1:], seen[:-1], strict=True))  # non-decreasing
+
+
+def test_prox_step_moves_toward_the_sign_by_the_closed_form_amount():
+    w = torch.tensor([0.3, -0.9, -0.05, 0.0, 0.95, -1.0, 0.7, -0.2])
+    # soft thresholding toward s = sign(w) (+1 at 0): |w - s| shrinks by min(a, |w - s|)
+    assert torch.allclose(prox_binary(w, 0.2), torch.tensor([0.5, -1.0, -0.25, 0.2, 1.0, -1.0, 0.9, -0.4]))
+    assert torch.equal(prox_binary(w, 0.0), w)
+    assert torch.equal(prox_binary(w, 1.0), torch.where(w >= 0, 1.0, -1.0))  # a >= 1: the sign itself
+    with pytest.raises(InputError):
+        prox_binary(w, -0.1)
+
+    # the layer's per-step update: prox with amount lr * lambda_t, then clip to [-1, 1]
+    layer = BinaryLinear(4, 2, method="pq", bias=False, beta_growth=0.5)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.3, -0.6, 1.4, 0.0], [-0.1, 0.99, -1.3, 0.5]]))
+        layer.beta.fill_(20.0)  # lambda_t
+    w = layer.weight.detach().clone()
+    layer.after_optimizer_step(lr=0.01)  # amount 0.2
+    expected = torch.tensor([[0.5, -0.8, 1.0, 0.2], [-0.3, 1.0, -1.0, 0.7]])
+    assert torch.allclose(layer.weight.detach(), expected)
+    s = torch.where(w >= 0, 1.0, -1.0)
+    assert bool(((layer.weight.detach() - s).abs() <= (w - s).abs()).all())  # never away from the sign
+    assert float(layer.beta) == pytest.approx(20.5)  # lambda grows linearly after the prox step
+    layer.train()
+    assert torch.equal(layer(torch.eye(4)), layer.weight.detach().T)  # PQ trains on the float weights
+
+
+def test_pmf_soft_weights_are_the_level_mean_and_tend_to_the_sign():
+    layer = BinaryLinear(50, 40, method="pmf", bias=False)
+    layer.train()
+    u_pos, u_neg = layer.weight.detach().clone(), layer.weight_neg.detach().clone()
+    d = u_pos - u_neg
+    sign = torch.where(d >= 0, 1.0, -1.0)
+    gaps = []
+    for beta in (1.0, 10.0, 100.0, 1e3, 1e4):
+        with torch.no_grad():
+            layer.beta.fill_(beta)
+        soft = layer.binary_weight().detach()
+        p = torch.softmax(beta * torch.stack((u_pos, u_neg), -1), -1)  # over the levels (+1, -1)
+        assert torch.allclose(soft, p[..., 0] - p[..., 1], atol=1e-4)
+        assert torch.equal(soft.sign(), torch.where(soft == 0, 0.0, sign))
+        gaps.append(float((soft - sign).abs().mean()))
+    assert all(b < a for a, b in zip(gaps[:-1], gaps[1:], strict=True))  # strictly closer to the sign as beta grows
+    assert gaps[-1] < 1e-2 and gaps[0] > 0.5
+    # the exact softmax derivative: d(p+ - p-)/du+ = 2 beta p+ p-, d/du- = -2 beta p+ p-
+    with torch.no_grad():
+        layer.beta.fill_(2.0)
+    layer.zero_grad()
+    layer.binary_weight().sum().backward()
+    p = torch.softmax(2.0 * torch.stack((u_pos, u_neg), -1), -1)
+    assert torch.allclose(layer.weight.grad, 4.0 * p[..., 0] * p[..., 1], atol=1e-6)
+    assert torch.allclose(layer.weight_neg.grad, -4.0 * p[..., 0] * p[..., 1], atol=1e-6)
+    layer.eval()  # deployed: the argmax level, sign(u+ - u-), not sign(u+)
+    assert torch.equal(layer.binary_weight(), sign)
+
+
+@pytest.mark.parametrize("method", ["pq", "pmf", "gdtanh"])
+def test_new_methods_train_from_scratch_and_deploy_plus_minus_one(method):
+    """A few steps of quantadv.models.train (which calls the per-step hook) on synthetic data."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (24, 1, 28, 28), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (24,), generator=g)
+    model = BinarySmallCNN(method=method, **KW, beta_growth=1.5 if method != "pq" else 2.0)
+    latent = {n: m.latent_sign().detach().clone() for n, m in binary_layers(model).items()}
+    result = train(model, images, labels, TrainConfig(epochs=1, batch_size=8, lr=0.05), progress=False,
+                   log=lambda line: None)
+    assert math.isfinite(result.history[0].loss)
+    steps = 3
+    for name, layer in binary_layers(model).items():
+        expected = 2.0 * steps if method == "pq" else 1.5**steps
+        assert float(layer.beta) == pytest.approx(expected)  # annealed once per optimizer step
+        assert not torch.equal(layer.latent_sign().detach(), latent[name])  # it trained
+        if method == "pq":  # prox and clip keep the latent weights in [-1, 1]
+            assert float(layer.weight.detach().abs().max()) <= 1.0
+    assert not model.training
+    for name, w in deployed_weights(model).items():
+        assert set(w.unique().tolist()) == {-1.0, 1.0}, name
+        assert torch.equal(w, torch.where(binary_layers(model)[name[:-7]].latent_sign() >= 0, 1.0, -1.0))
+
+
+def test_schedule_and_arch_errors_are_one_line():
+    for bad in (0.0, -2.0, 1.0, 0.5, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="--beta-growth") as err:
+            anneal_schedule("pmf", beta_growth=bad)
+        assert "\n" not in str(err.value)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="--beta-growth"):
+            anneal_schedule("pq", beta_growth=bad)
+    for bad in (float("inf"), 1e9, 0.5, -3.0):
+        with pytest.raises(InputError, match="--beta-max"):
+            anneal_schedule("gdtanh", beta_max=bad)
+    with pytest.raises(InputError, match="does not have"):
+        anneal_schedule("bc", beta_growth=1.1)
+    assert anneal_schedule("waq") is None
+    assert anneal_schedule("pq") == ("linear", 1e-4, 1e4)
+    with pytest.raises(InputError, match="unknown binarisation method"):
+        BinarySmallCNN(method="pmf2")
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    def load(name, split="test"):
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        n = 24 if split == "train" else 16
+        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(n) % 4
+
+    monkeypatch.setattr(quantadv.data, "load", load)
+
+
+def test_cli_train_pq_and_bad_input(tmp_path, fake_data, capsys):
+    base = ["train", "--data", "synthetic", "--epochs", "1", "--batch-size", "8", "--out-dir", str(tmp_path),
+            "--no-progress"]
+    for argv, msg in (
+        (["--arch", "resnet18", "--method", "pq", "--out", "x"], "exists for --arch small-cnn only"),
+        (["--arch", "small-cnn", "--method", "pmf", "--beta-growth", "0", "--out", "x"], "division by zero"),
+        (["--arch", "small-cnn", "--method", "gdtanh", "--beta-max", "inf", "--out", "x"], "overflows"),
+        (["--arch", "small-cnn", "--method", "natural", "--beta-growth", "1.1", "--out", "x"], "binary --method"),
+    ):
+        assert main([*base, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err and "Traceback" not in err
+    assert main([*base, "--arch", "small-cnn", "--method", "pq", "--beta-growth", "0.5", "--out", "toy-pq"]) == 0
+    m = json.loads((tmp_path / "toy-pq.json").read_text())
+    assert "--method pq --beta-growth 0.5 --beta-max 10000.0" in m["command"]
+    assert m["binary"]["method"] == "pq" and m["binary"]["annealing"]["shape"] == "linear"
+    assert m["binary"]["annealing"]["final_beta"] == pytest.approx(1.5)  # 3 steps x 0.5
+    loaded = models.load_file(tmp_path / "toy-pq.safetensors")
+    assert isinstance(loaded, BinarySmallCNN) and loaded.method == "pq"
+    for w in deployed_weights(loaded).values():
+        assert set(w.unique().tolist()) <= {-1.0, 1.0}
 
 
 def test_waq_activation_gradient_is_hardtanh_ste():

@@ -53,7 +53,14 @@ from ..models import (
 )
 from ..models import load as load_zoo
 from ..models._files import atomic_write_bytes, atomic_write_json, sha256_bytes
-from ..models.binary import BINARY_METHODS, binary_manifest, binary_training_model, packed_state
+from ..models.binary import (
+    BINARY_METHODS,
+    anneal_schedule,
+    binary_manifest,
+    binary_training_model,
+    check_binary_arch,
+    packed_state,
+)
 from ..models.training import ADVERSARIAL, OPTIMIZERS, SCHEDULES, TRADES_DEFAULT_BETA
 from ._common import add_device_seed, resolve_device
 
@@ -75,9 +82,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "cifar10, folder:<path>",
     )
     p.add_argument("--method", default="natural", choices=METHODS + BINARY_METHODS,
-                   help="training method; bc, mdtanh, waq train a binary SmallCNN (paper 004)")
+                   help="training method; bc, mdtanh, waq, pq, pmf, gdtanh train a binary SmallCNN "
+                   "(paper 004)")
     p.add_argument("--adv", default=None, choices=ADVERSARIAL,
                    help="with a binary --method: adversarial training (uses --eps, --attack-steps)")
+    p.add_argument("--beta-growth", type=float, default=None,
+                   help="binary mdtanh/gdtanh/pmf: factor on beta per optimizer step; pq: increase of "
+                   "lambda per step (defaults: quantadv.models.binary.ANNEALING)")
+    p.add_argument("--beta-max", type=float, default=None,
+                   help="binary mdtanh/gdtanh/pmf/pq: cap on beta (lambda for pq); default 1e4")
     p.add_argument(
         "--eps",
         "--noise",
@@ -188,6 +201,10 @@ def canonical_command(args: argparse.Namespace, config: TrainConfig) -> str:
     ]
     if getattr(args, "method", None) in BINARY_METHODS and config.method != "natural":
         parts += ["--adv", config.method]
+    schedule = anneal_schedule(args.method, getattr(args, "beta_growth", None), getattr(args, "beta_max", None)) \
+        if getattr(args, "method", None) in BINARY_METHODS else None
+    if schedule is not None:
+        parts += ["--beta-growth", repr(schedule[1]), "--beta-max", repr(schedule[2])]
     if config.method != "natural":
         parts += ["--eps", repr(float(config.eps))]
     parts += [
@@ -304,8 +321,14 @@ def run(args: argparse.Namespace) -> int:
     if args.method != "trades" and args.beta != TRADES_DEFAULT_BETA:
         raise InputError(f"--beta is TRADES' weight; it needs --method trades (got --method {args.method})")
     if getattr(args, "adv", None) and args.method not in BINARY_METHODS:
-        raise InputError(f"--adv goes with a binary --method (bc, mdtanh, waq); for a float model use "
-                         f"--method {args.adv}")
+        raise InputError(f"--adv goes with a binary --method ({', '.join(BINARY_METHODS)}); for a float "
+                         f"model use --method {args.adv}")
+    if args.method in BINARY_METHODS:  # bad arch or schedule: fail before loading any data
+        check_binary_arch(args.method, args.arch)
+        anneal_schedule(args.method, getattr(args, "beta_growth", None), getattr(args, "beta_max", None))
+    elif getattr(args, "beta_growth", None) is not None or getattr(args, "beta_max", None) is not None:
+        raise InputError(f"--beta-growth/--beta-max go with a binary --method (mdtanh, gdtanh, pmf, pq), "
+                         f"not {args.method}")
     config = TrainConfig(
         method=(args.adv or "natural") if args.method in BINARY_METHODS else args.method,
         eps=args.eps,
@@ -356,7 +379,8 @@ def run(args: argparse.Namespace) -> int:
     model, kwargs, init = _initial_model(args, kwargs, device)
     model = _defended_model(args, model)
     if args.method in BINARY_METHODS:  # paper 004: binary SmallCNN, from scratch or from --init
-        model = binary_training_model(model if init else None, args.method, args.arch, kwargs).to(device)
+        model = binary_training_model(model if init else None, args.method, args.arch, kwargs,
+                                      getattr(args, "beta_growth", None), getattr(args, "beta_max", None)).to(device)
     command = canonical_command(args, config)
     print(f"training {args.out}: {command}", flush=True)
     print(

@@ -389,6 +389,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if hasattr(model, "after_optimizer_step"):  # binary nets: PQ prox, beta annealing
+                    model.after_optimizer_step(optimizer.param_groups[0]["lr"])
                 loss_sum += float(loss.detach()) * y.shape[0]
                 correct += int((logits.detach().argmax(dim=1) == y).sum())
                 seen += y.shape[0]
