@@ -29,6 +29,8 @@ Options every gradient attack gets from here rather than implementing them itsel
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from torch import nn
 from .._validate import (
     check_choice,
     check_images,
+    check_int,
     check_label_range,
     check_labels,
 )
@@ -365,6 +368,7 @@ def with_restarts(
     generator: torch.Generator | None,
     targets: torch.Tensor | None = None,
     return_info: bool = False,
+    per_image: tuple[str, ...] = (),
     **params: object,
 ):
     """Run ``attack`` up to ``restarts`` times, each time on the images not yet broken.
@@ -380,7 +384,10 @@ def with_restarts(
     broke the image, -1 if none).
 
     ``attack`` must accept ``generator=``, ``return_info=`` and (if given) ``targets=``, and be
-    called with ``restarts=1`` semantics (this function passes no ``restarts``).
+    called with ``restarts=1`` semantics (this function passes no ``restarts``). The
+    parameters named in ``per_image`` that hold one value per image (a tensor whose first
+    dimension is the batch, e.g. a per-image ``temperature``) are restricted to the images a
+    restart runs on, as ``targets`` is.
     """
     restarts = int(restarts)
     if restarts < 1:
@@ -394,6 +401,10 @@ def with_restarts(
     todo = torch.arange(n, device=device)
     for r in range(restarts):
         kw = dict(params)
+        for name in per_image:
+            value = kw.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
+                kw[name] = value[todo.to(value.device)]
         if targets is not None:
             kw["targets"] = targets[todo]
         x_r, info_r = attack(model, images[todo], labels[todo], generator=generator, return_info=True, **kw)
@@ -418,6 +429,69 @@ def with_restarts(
     total["success"] = success
     total["restart"] = which
     return (out, total) if return_info else out
+
+
+#: Parameters of an attack that may hold one value per image (restricted per restart).
+PER_IMAGE_PARAMS = ("temperature",)
+
+
+def restartable(
+    attack: Callable | None = None,
+    *,
+    before_restarts: Callable[[dict[str, object]], None] | None = None,
+):
+    """Decorator: the validate-then-restart prologue of a random-start attack, written once.
+
+    The decorated attack has the parameters ``restarts``, ``seed``, ``generator`` and
+    ``return_info`` (and optionally ``random_start``, ``targets`` and per-image parameters
+    such as ``temperature``). The wrapper binds the call to the attack's signature, checks
+    ``restarts``, turns ``seed``/``generator`` into one generator (:func:`make_generator`),
+    and then either
+
+    - ``restarts == 1``: calls the attack once with ``generator=`` that generator and
+      ``seed=None`` (so the body never calls :func:`make_generator` itself), or
+    - ``restarts > 1``: refuses ``random_start=False`` (the restarts would repeat one
+      deterministic run), calls ``before_restarts(arguments)`` (which may fill in values that
+      all restarts must share, e.g. PGD++'s NJS ``beta1``), and runs the attack under
+      :func:`with_restarts`, restricting ``targets`` and the per-image tensors of
+      :data:`PER_IMAGE_PARAMS` to the images each restart runs on.
+
+    The signature (``inspect.signature``) and docstring stay the attack's own.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        names = sig.parameters
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            restarts = check_int(arguments.get("restarts", 1), "restarts", minimum=1)
+            generator = make_generator(arguments.pop("seed", None), arguments.pop("generator", None))
+            if restarts == 1:
+                if "restarts" in names:
+                    arguments["restarts"] = 1
+                return fn(**arguments, seed=None, generator=generator)
+            if "random_start" in names and not arguments["random_start"]:
+                raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
+            images = check_images(arguments["images"])
+            check_labels(arguments["labels"], images.shape[0])
+            if before_restarts is not None:
+                before_restarts(arguments)
+            model, labels = arguments.pop("model"), arguments.pop("labels")
+            arguments.pop("images")
+            arguments.pop("restarts")
+            targets = arguments.pop("targets", None)
+            return_info = arguments.pop("return_info", False)
+            return with_restarts(wrapper, model, images, labels, restarts=restarts, generator=generator,
+                                 targets=targets, return_info=return_info,
+                                 per_image=tuple(p for p in PER_IMAGE_PARAMS if p in names), **arguments)
+
+        return wrapper
+
+    return decorate if attack is None else decorate(attack)
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
