@@ -60,6 +60,10 @@ class Problem:
     ``margin`` (``m <= 0`` of paper 000, Eq. 9) tightens the success criterion: an image
     counts as adversarial only when it is misclassified (or classified as its target) *and*
     ``L_A <= margin`` with the Eq. 5 margin loss.
+
+    ``untargeted_goal``: the loss is targeted (``targets``) but success is any
+    misclassification, as in APGD-T (Croce & Hein 2020), which uses targeted losses toward
+    several classes to find untargeted adversarials.
     """
 
     model: nn.Module
@@ -70,6 +74,7 @@ class Problem:
     margin: float = 0.0
     temperature: float | torch.Tensor = 1.0
     eot: int = 1
+    untargeted_goal: bool = False
     calls: torch.Tensor = field(init=False)
     grads: torch.Tensor = field(init=False)
     pred: torch.Tensor = field(init=False)
@@ -107,6 +112,21 @@ class Problem:
         """Forward pass without gradient on the images ``idx`` (one network call each)."""
         with torch.no_grad():
             return self._forward(x, idx)
+
+    def scores(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_A, logits)`` at ``x`` without gradient, for score-based attacks (Square).
+
+        ``L_A`` is taken on the problem's temperature times the logits; with ``eot = m > 1``
+        the logits are the average of ``m`` forward passes (``m`` calls per image).
+        """
+        scale = self._scale(None, idx)
+        logits = self.logits(x, idx)
+        for _ in range(self.eot - 1):
+            logits = logits + self.logits(x, idx)
+        if self.eot > 1:
+            logits = logits / self.eot
+        scaled = logits if isinstance(scale, float) and scale == 1.0 else logits * scale
+        return attack_loss(scaled, self.labels[idx], self._targets(idx), self.loss_name), logits
 
     def _scale(self, temperature: float | torch.Tensor | None, idx: torch.Tensor) -> float | torch.Tensor:
         t = self.temperature if temperature is None else temperature
@@ -157,7 +177,7 @@ class Problem:
     def adversarial(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Success at the points whose logits are given (argmax criterion, plus the margin)."""
         labels = self.labels[idx]
-        targets = self._targets(idx)
+        targets = None if self.untargeted_goal else self._targets(idx)
         pred = logits.argmax(dim=1)
         self.pred[idx] = pred
         adv = pred == targets if targets is not None else pred != labels
@@ -175,6 +195,7 @@ def make_problem(
     margin: float = 0.0,
     temperature: float | torch.Tensor = 1.0,
     eot: int = 1,
+    untargeted_goal: bool = False,
 ) -> Problem:
     """Validate an attack's inputs (DESIGN.md section 1) and build its :class:`Problem`.
 
@@ -218,7 +239,7 @@ def make_problem(
             raise InputError(f"temperature (beta) must be finite and > 0, got {temperature}")
     if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
         raise InputError(f"eot must be an integer >= 1 (the number of draws a gradient averages), got {eot!r}")
-    return Problem(model, images.detach(), labels, targets, loss, margin, temperature, eot)
+    return Problem(model, images.detach(), labels, targets, loss, margin, temperature, eot, bool(untargeted_goal))
 
 
 @dataclass
