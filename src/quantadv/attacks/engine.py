@@ -22,7 +22,11 @@ Options every gradient attack gets from here rather than implementing them itsel
   expectation of its randomness (Athalye et al. 2018, "Expectation over Transformation");
   the logits used to judge success are the average of the ``m`` draws' logits.
 - restarts: :func:`with_restarts` reruns any attack from fresh random starts on the images not
-  yet broken (paper 001 Sec. 4.1, "Practical issues").
+  yet broken (paper 001 Sec. 4.1, "Practical issues"); the :func:`restartable` decorator gives
+  an attack its ``restarts=``/``seed=``/``generator=`` prologue (pgd, pqgd, daa_blob, pgd_pp,
+  apgd, square).
+- ``scores``: score-based attacks (Square) read ``L_A`` and logits without a gradient,
+  averaged over ``eot`` draws, through :meth:`Problem.scores`.
 - ``pred``: the info dict of every attack holds the model's prediction at the returned image
   (from the forward pass that judged it, so callers need no extra pass).
 """
