@@ -129,3 +129,83 @@ def test_restarts_break_an_image_only_a_later_start_breaks():
         pgd(net, x, y, eps=0.03, step=0.01, steps=2, restarts=2)
     with pytest.raises(InputError, match="restarts"):
         with_restarts(pgd, net, x, y, restarts=0, generator=None)
+
+
+def _restart_case():
+    torch.manual_seed(0)
+    net = SmallNet().eval()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+@pytest.mark.parametrize("name", ["pgd", "pqgd", "daa_blob", "pgd_pp"])
+def test_restartable_prologue_equals_the_explicit_restart_loop(name):
+    """The ``@restartable`` prologue is bit-identical to the explicit code it replaced:
+    ``with_restarts`` over single runs, one generator from the seed, one NJS beta1 for PGD++."""
+    from quantadv.attacks import daa_blob, njs_temperature, pgd_pp, pqgd
+
+    net, x, y = _restart_case()
+    fn = {"pgd": pgd, "pqgd": pqgd, "daa_blob": daa_blob, "pgd_pp": pgd_pp}[name]
+    kw = dict(eps=0.03, step=0.01, steps=3, random_start=True)
+    kw.update({"pqgd": dict(b=10), "pgd_pp": dict(samples=8)}.get(name, {}))
+    got, got_info = fn(net, x, y, restarts=3, seed=1, return_info=True, **kw)
+    explicit = dict(kw)
+    if name == "pgd_pp":
+        explicit["beta1"] = njs_temperature(net, x, y, samples=8)
+    want, want_info = with_restarts(fn, net, x, y, restarts=3, generator=torch.Generator().manual_seed(1),
+                                    return_info=True, **explicit)
+    assert torch.equal(got, want)
+    assert set(got_info) == set(want_info) and "restart" in got_info
+    for key in got_info:
+        assert torch.equal(got_info[key], want_info[key]), key
+    # restarts=1 with a seed is the body called once with that seed's generator
+    one = fn(net, x, y, seed=1, **kw)
+    assert torch.equal(one, fn(net, x, y, generator=torch.Generator().manual_seed(1), **kw))
+    with pytest.raises(InputError, match="random_start"):
+        fn(net, x, y, restarts=2, **{**kw, "random_start": False})
+    with pytest.raises(InputError, match="either seed= or generator="):
+        fn(net, x, y, seed=1, generator=torch.Generator(), **kw)
+
+
+def test_restartable_keeps_the_signature_and_slices_per_image_temperature():
+    import inspect
+
+    net, x, y = _restart_case()
+    params = inspect.signature(pgd).parameters
+    assert {"eps", "step", "steps", "restarts", "seed", "generator", "temperature"} <= set(params)
+    assert "Projected gradient descent" in (pgd.__doc__ or "")
+    t = torch.linspace(0.5, 3.0, x.shape[0])
+    kw = dict(eps=0.03, step=0.01, steps=3, random_start=True, temperature=t)
+    x1, i1 = pgd(net, x, y, seed=4, return_info=True, **kw)
+    xr, ir = pgd(net, x, y, seed=4, restarts=4, return_info=True, **kw)  # later restarts see t[todo]
+    assert torch.equal(xr[i1["success"]], x1[i1["success"]])
+    assert bool((ir["success"] | ~i1["success"]).all())
+    with torch.no_grad():
+        assert torch.equal(net(xr).argmax(1) != y, ir["success"])
+
+
+def test_attacks_import_nothing_from_the_layers_above():
+    """No import runs upward: quantadv.attacks never imports diagnostics, eval, experiments or cli."""
+    import ast
+    from pathlib import Path
+
+    import quantadv.attacks
+    import quantadv.diagnostics
+    from quantadv import _jacobian
+
+    above = ("diagnostics", "eval", "experiments", "cli", "defenses")
+    root = Path(quantadv.attacks.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                assert not any(module == a or module.startswith(a + ".") for a in above) or node.level == 0, \
+                    f"{path.name} imports ..{module}"
+                assert not any(f"quantadv.{a}" in module for a in above), f"{path.name} imports {module}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert not any(alias.name.startswith(f"quantadv.{a}") for a in above), path.name
+    assert quantadv.diagnostics.jacobian_singular_values is _jacobian.jacobian_singular_values
+    assert quantadv.diagnostics.input_jacobian is _jacobian.input_jacobian

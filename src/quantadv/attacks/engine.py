@@ -22,7 +22,11 @@ Options every gradient attack gets from here rather than implementing them itsel
   expectation of its randomness (Athalye et al. 2018, "Expectation over Transformation");
   the logits used to judge success are the average of the ``m`` draws' logits.
 - restarts: :func:`with_restarts` reruns any attack from fresh random starts on the images not
-  yet broken (paper 001 Sec. 4.1, "Practical issues").
+  yet broken (paper 001 Sec. 4.1, "Practical issues"); the :func:`restartable` decorator gives
+  an attack its ``restarts=``/``seed=``/``generator=`` prologue (pgd, pqgd, daa_blob, pgd_pp,
+  apgd, square).
+- ``scores``: score-based attacks (Square) read ``L_A`` and logits without a gradient,
+  averaged over ``eot`` draws, through :meth:`Problem.scores`.
 - ``pred``: the info dict of every attack holds the model's prediction at the returned image
   (from the forward pass that judged it, so callers need no extra pass).
 - ``first_adv``: the info dict of every attack run by :func:`iterate` holds, per image, the
@@ -35,6 +39,8 @@ Options every gradient attack gets from here rather than implementing them itsel
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +51,7 @@ from torch import nn
 from .._validate import (
     check_choice,
     check_images,
+    check_int,
     check_label_range,
     check_labels,
 )
@@ -63,6 +70,10 @@ class Problem:
     ``margin`` (``m <= 0`` of paper 000, Eq. 9) tightens the success criterion: an image
     counts as adversarial only when it is misclassified (or classified as its target) *and*
     ``L_A <= margin`` with the Eq. 5 margin loss.
+
+    ``untargeted_goal``: the loss is targeted (``targets``) but success is any
+    misclassification, as in APGD-T (Croce & Hein 2020), which uses targeted losses toward
+    several classes to find untargeted adversarials.
     """
 
     model: nn.Module
@@ -73,6 +84,7 @@ class Problem:
     margin: float = 0.0
     temperature: float | torch.Tensor = 1.0
     eot: int = 1
+    untargeted_goal: bool = False
     calls: torch.Tensor = field(init=False)
     grads: torch.Tensor = field(init=False)
     pred: torch.Tensor = field(init=False)
@@ -119,6 +131,21 @@ class Problem:
         """Forward pass without gradient on the images ``idx`` (one network call each)."""
         with torch.no_grad():
             return self._forward(x, idx)
+
+    def scores(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L_A, logits)`` at ``x`` without gradient, for score-based attacks (Square).
+
+        ``L_A`` is taken on the problem's temperature times the logits; with ``eot = m > 1``
+        the logits are the average of ``m`` forward passes (``m`` calls per image).
+        """
+        scale = self._scale(None, idx)
+        logits = self.logits(x, idx)
+        for _ in range(self.eot - 1):
+            logits = logits + self.logits(x, idx)
+        if self.eot > 1:
+            logits = logits / self.eot
+        scaled = logits if isinstance(scale, float) and scale == 1.0 else logits * scale
+        return attack_loss(scaled, self.labels[idx], self._targets(idx), self.loss_name), logits
 
     def _scale(self, temperature: float | torch.Tensor | None, idx: torch.Tensor) -> float | torch.Tensor:
         t = self.temperature if temperature is None else temperature
@@ -169,7 +196,7 @@ class Problem:
     def adversarial(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Success at the points whose logits are given (argmax criterion, plus the margin)."""
         labels = self.labels[idx]
-        targets = self._targets(idx)
+        targets = None if self.untargeted_goal else self._targets(idx)
         pred = logits.argmax(dim=1)
         self.pred[idx] = pred
         adv = pred == targets if targets is not None else pred != labels
@@ -187,6 +214,7 @@ def make_problem(
     margin: float = 0.0,
     temperature: float | torch.Tensor = 1.0,
     eot: int = 1,
+    untargeted_goal: bool = False,
 ) -> Problem:
     """Validate an attack's inputs (DESIGN.md section 1) and build its :class:`Problem`.
 
@@ -230,7 +258,7 @@ def make_problem(
             raise InputError(f"temperature (beta) must be finite and > 0, got {temperature}")
     if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
         raise InputError(f"eot must be an integer >= 1 (the number of draws a gradient averages), got {eot!r}")
-    return Problem(model, images.detach(), labels, targets, loss, margin, temperature, eot)
+    return Problem(model, images.detach(), labels, targets, loss, margin, temperature, eot, bool(untargeted_goal))
 
 
 @dataclass
@@ -384,6 +412,7 @@ def with_restarts(
     generator: torch.Generator | None,
     targets: torch.Tensor | None = None,
     return_info: bool = False,
+    per_image: tuple[str, ...] = (),
     **params: object,
 ):
     """Run ``attack`` up to ``restarts`` times, each time on the images not yet broken.
@@ -399,7 +428,10 @@ def with_restarts(
     broke the image, -1 if none).
 
     ``attack`` must accept ``generator=``, ``return_info=`` and (if given) ``targets=``, and be
-    called with ``restarts=1`` semantics (this function passes no ``restarts``).
+    called with ``restarts=1`` semantics (this function passes no ``restarts``). The
+    parameters named in ``per_image`` that hold one value per image (a tensor whose first
+    dimension is the batch, e.g. a per-image ``temperature``) are restricted to the images a
+    restart runs on, as ``targets`` is.
     """
     restarts = int(restarts)
     if restarts < 1:
@@ -413,6 +445,10 @@ def with_restarts(
     todo = torch.arange(n, device=device)
     for r in range(restarts):
         kw = dict(params)
+        for name in per_image:
+            value = kw.get(name)
+            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == n:
+                kw[name] = value[todo.to(value.device)]
         if targets is not None:
             kw["targets"] = targets[todo]
         x_r, info_r = attack(model, images[todo], labels[todo], generator=generator, return_info=True, **kw)
@@ -437,6 +473,69 @@ def with_restarts(
     total["success"] = success
     total["restart"] = which
     return (out, total) if return_info else out
+
+
+#: Parameters of an attack that may hold one value per image (restricted per restart).
+PER_IMAGE_PARAMS = ("temperature",)
+
+
+def restartable(
+    attack: Callable | None = None,
+    *,
+    before_restarts: Callable[[dict[str, object]], None] | None = None,
+):
+    """Decorator: the validate-then-restart prologue of a random-start attack, written once.
+
+    The decorated attack has the parameters ``restarts``, ``seed``, ``generator`` and
+    ``return_info`` (and optionally ``random_start``, ``targets`` and per-image parameters
+    such as ``temperature``). The wrapper binds the call to the attack's signature, checks
+    ``restarts``, turns ``seed``/``generator`` into one generator (:func:`make_generator`),
+    and then either
+
+    - ``restarts == 1``: calls the attack once with ``generator=`` that generator and
+      ``seed=None`` (so the body never calls :func:`make_generator` itself), or
+    - ``restarts > 1``: refuses ``random_start=False`` (the restarts would repeat one
+      deterministic run), calls ``before_restarts(arguments)`` (which may fill in values that
+      all restarts must share, e.g. PGD++'s NJS ``beta1``), and runs the attack under
+      :func:`with_restarts`, restricting ``targets`` and the per-image tensors of
+      :data:`PER_IMAGE_PARAMS` to the images each restart runs on.
+
+    The signature (``inspect.signature``) and docstring stay the attack's own.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+        names = sig.parameters
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            restarts = check_int(arguments.get("restarts", 1), "restarts", minimum=1)
+            generator = make_generator(arguments.pop("seed", None), arguments.pop("generator", None))
+            if restarts == 1:
+                if "restarts" in names:
+                    arguments["restarts"] = 1
+                return fn(**arguments, seed=None, generator=generator)
+            if "random_start" in names and not arguments["random_start"]:
+                raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
+            images = check_images(arguments["images"])
+            check_labels(arguments["labels"], images.shape[0])
+            if before_restarts is not None:
+                before_restarts(arguments)
+            model, labels = arguments.pop("model"), arguments.pop("labels")
+            arguments.pop("images")
+            arguments.pop("restarts")
+            targets = arguments.pop("targets", None)
+            return_info = arguments.pop("return_info", False)
+            return with_restarts(wrapper, model, images, labels, restarts=restarts, generator=generator,
+                                 targets=targets, return_info=return_info,
+                                 per_image=tuple(p for p in PER_IMAGE_PARAMS if p in names), **arguments)
+
+        return wrapper
+
+    return decorate if attack is None else decorate(attack)
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:

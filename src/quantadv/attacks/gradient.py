@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from .._validate import check_choice, check_int, check_positive
-from ..errors import InputError
-from .engine import State, info, iterate, make_generator, make_problem, random_like, with_restarts
+from .engine import State, info, iterate, make_problem, random_like, restartable
 
 NORMS = ("linf", "l2")
 
@@ -67,6 +66,7 @@ def _random_start(x: torch.Tensor, norm: str, eps: float, generator) -> torch.Te
     return (x + delta).clamp(0.0, 1.0)
 
 
+@restartable
 def pgd(
     model: nn.Module,
     images: torch.Tensor,
@@ -117,16 +117,6 @@ def pgd(
     eps = check_positive(eps, "eps", allow_zero=True)
     step = check_positive(step, "step", allow_zero=True)
     steps = check_int(steps, "steps", minimum=1)
-    restarts = check_int(restarts, "restarts", minimum=1)
-    generator = make_generator(seed, generator)
-    if restarts > 1:
-        if not random_start:
-            raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
-        return with_restarts(
-            pgd, model, images, labels, restarts=restarts, generator=generator, targets=targets,
-            return_info=return_info, norm=norm, eps=eps, step=step, steps=steps, random_start=True,
-            early_stop=early_stop, loss=loss, temperature=temperature, eot=eot,
-        )
     problem = make_problem(model, images, labels, targets, loss, temperature=temperature, eot=eot)
     x0 = problem.x_orig.clone()
     if random_start:

@@ -8,6 +8,13 @@ against the gradient of ``L_A``.
 - ``"margin"``: Eq. 5 of paper 000, ``L_A = log p(y) - max_{k != y} log p(k)``, negative
   exactly when the image is misclassified. The log-softmax normaliser cancels, so this is
   the logit margin ``z_y - max_{k != y} z_k``. Targeted: ``max_{k != t} z_k - z_t``.
+- ``"dlr"``: the Difference of Logits Ratio of Croce & Hein (2020, Eq. 6), the margin divided
+  by the spread of the top logits, so that it is invariant to a shift and a rescaling of the
+  logits (a saturated softmax cannot flatten it): untargeted
+  ``L_A = (z_y - max_{k != y} z_k) / (z_pi1 - z_pi3)``, targeted (Eq. 7)
+  ``L_A = (z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, with ``z_pi1 >= z_pi2 >= ...`` the
+  sorted logits (and 1e-12 added to the denominators). It needs at least 3 classes (4 for the
+  targeted version). Note the sign: the paper *maximises* ``-L_A``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "margin")
+from ..errors import InputError
+
+LOSSES = ("ce", "margin", "dlr")
 
 
 def best_other_logit(logits: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
@@ -31,6 +40,8 @@ def attack_loss(
     kind: str,
 ) -> torch.Tensor:
     """Per-sample ``L_A`` (to be minimised by the attacker); see the module docstring."""
+    if kind == "dlr":
+        return dlr_loss(logits, labels, targets)
     if kind == "ce":
         if targets is None:
             return -F.cross_entropy(logits, labels, reduction="none")
@@ -38,3 +49,18 @@ def attack_loss(
     if targets is None:
         return logits.gather(1, labels.unsqueeze(1)).squeeze(1) - best_other_logit(logits, labels)
     return best_other_logit(logits, targets) - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """``L_A`` of the (targeted) DLR loss, Croce & Hein (2020) Eq. 6-7; see the module docstring."""
+    d = logits.shape[1]
+    need = 3 if targets is None else 4
+    if d < need:
+        raise InputError(f"the {'targeted ' if targets is not None else ''}DLR loss needs at least {need} classes, "
+                         f"the model has {d}; use loss='ce' or loss='margin'")
+    top = logits.sort(dim=1, descending=True).values
+    z_y = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    if targets is None:
+        return (z_y - best_other_logit(logits, labels)) / (top[:, 0] - top[:, 2] + 1e-12)
+    z_t = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return (z_y - z_t) / (top[:, 0] - (top[:, 2] + top[:, 3]) / 2 + 1e-12)

@@ -31,7 +31,7 @@ from torch import nn
 
 from .._validate import check_int, check_positive
 from ..errors import InputError
-from .engine import State, info, iterate, make_generator, make_problem, with_restarts
+from .engine import State, info, iterate, make_problem, restartable
 from .gradient import _random_start, project
 
 
@@ -91,6 +91,7 @@ def _pqgd_step(eps: float, step: float, b: int):
     return run
 
 
+@restartable
 def pqgd(
     model: nn.Module,
     images: torch.Tensor,
@@ -148,16 +149,6 @@ def pqgd(
     step = check_positive(step, "step", allow_zero=True)
     steps = check_int(steps, "steps", minimum=1)
     b = _check_b(b)
-    restarts = check_int(restarts, "restarts", minimum=1)
-    generator = make_generator(seed, generator)
-    if restarts > 1:
-        if not random_start:
-            raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
-        return with_restarts(
-            pqgd, model, images, labels, restarts=restarts, generator=generator, targets=targets,
-            return_info=return_info, eps=eps, step=step, steps=steps, b=b, random_start=True,
-            early_stop=early_stop, loss=loss, temperature=temperature, eot=eot,
-        )
     problem = make_problem(model, images, labels, targets, loss, temperature=temperature, eot=eot)
     x0 = problem.x_orig.clone()
     if random_start:
@@ -238,6 +229,7 @@ def _blob_step(eps: float, step: float, c: float, b: int | None):
     return run
 
 
+@restartable
 def daa_blob(
     model: nn.Module,
     images: torch.Tensor,
@@ -300,16 +292,6 @@ def daa_blob(
     c = check_positive(c, "c", allow_zero=True)
     if b is not None:
         b = _check_b(b, "b (None for the sign update of DAA-BLOB)")
-    restarts = check_int(restarts, "restarts", minimum=1)
-    generator = make_generator(seed, generator)
-    if restarts > 1:
-        if not random_start:
-            raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
-        return with_restarts(
-            daa_blob, model, images, labels, restarts=restarts, generator=generator, targets=targets,
-            return_info=return_info, eps=eps, step=step, steps=steps, c=c, b=b, random_start=True,
-            loss=loss, temperature=temperature, eot=eot,
-        )
     problem = make_problem(model, images, labels, targets, loss, temperature=temperature, eot=eot)
     x0 = problem.x_orig.clone()
     if random_start:

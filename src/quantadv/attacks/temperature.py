@@ -37,9 +37,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from .._jacobian import input_jacobian, jacobian_singular_values, weights_sha256
 from .._validate import check_choice, check_images, check_int, check_labels, check_positive
 from ..errors import InputError
-from .engine import info, iterate, make_generator, make_problem, with_restarts
+from .engine import info, iterate, make_problem, restartable
 from .gradient import NORMS, _l2_normalize, _projected_step, _random_start, project
 from .losses import attack_loss
 
@@ -111,8 +112,6 @@ def njs_temperature(
     sha256 of the images used, M), so repeated attacks on one model pay for the Jacobian
     once.
     """
-    from ..diagnostics.jacobian import jacobian_singular_values, weights_sha256
-
     check_images(images)
     samples = check_int(samples, "samples", minimum=1)
     x = images
@@ -172,8 +171,6 @@ def hns_temperature(
     where the maximum lies on the grid's first or last point. ``return_grid=True`` also
     returns ``(betas (N, grid), norms (N, grid))``.
     """
-    from ..diagnostics.jacobian import input_jacobian
-
     grid = check_int(grid, "grid", minimum=3)
     jac, logits = input_jacobian(model, images)
     beta, betas, norms = hns_from_jacobian(jac, logits, grid=grid)
@@ -243,6 +240,14 @@ class _Recorder(nn.Module):
         return out
 
 
+def _shared_beta1(arguments: dict) -> None:
+    """Before PGD++'s restarts: one NJS ``beta1`` (Eq. 10, on all the images) for every restart."""
+    if arguments["scaling"] == "njs" and arguments["beta1"] is None and arguments["temperature"] is None:
+        arguments["beta1"] = njs_temperature(arguments["model"], arguments["images"], arguments["labels"],
+                                             samples=arguments["samples"])
+
+
+@restartable(before_restarts=_shared_beta1)
 def pgd_pp(
     model: nn.Module,
     images: torch.Tensor,
@@ -296,27 +301,12 @@ def pgd_pp(
     eps = check_positive(eps, "eps", allow_zero=True)
     step = check_positive(step, "step", allow_zero=True)
     steps = check_int(steps, "steps", minimum=1)
-    restarts = check_int(restarts, "restarts", minimum=1)
     try:
         rho = float(rho)
     except (TypeError, ValueError):
         raise InputError(f"rho must be a number in [0, 1), got {rho!r}") from None
     if not 0 <= rho < 1:
         raise InputError(f"rho is the lower bound on 1 - p_k of Algorithm 1, in [0, 1); got {rho}")
-    generator = make_generator(seed, generator)
-    params = dict(norm=norm, eps=eps, step=step, steps=steps, scaling=scaling, rho=rho, samples=samples,
-                  grid=grid, early_stop=early_stop, loss=loss, eot=eot)
-    if restarts > 1:
-        if not random_start:
-            raise InputError("restarts > 1 repeats the same deterministic attack unless random_start=True")
-        if scaling == "njs" and beta1 is None and temperature is None:
-            beta1 = njs_temperature(model, images, labels, samples=samples)  # one beta1 for every restart
-        if isinstance(temperature, torch.Tensor) and temperature.numel() > 1:
-            raise InputError("a per-image temperature with restarts > 1 is not supported; pass a float")
-        return with_restarts(pgd_pp, model, images, labels, restarts=restarts, generator=generator,
-                             targets=targets, return_info=return_info, random_start=True, beta1=beta1,
-                             temperature=temperature, **params)
-
     problem = make_problem(model, images, labels, targets, loss, eot=eot)
     n = problem.size
     used = {"beta": torch.ones(n, dtype=images.dtype, device=images.device)}

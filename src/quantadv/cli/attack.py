@@ -30,6 +30,9 @@ DEFAULT_PARAMS: dict[str, dict[str, object]] = {
     "pgd": {"norm": "l2", "eps": 1.0, "step": 0.1, "steps": 20},
     "cw": {"steps": 20, "search_steps": 5},
     "ddn": {"steps": 100},
+    "apgd": {"eps": 0.1},
+    "apgd_t": {"eps": 0.1},
+    "square": {"eps": 0.1},
 }
 QUANTIZE_CHOICES = ("none", "round", "lagrangian", "lagrangian-jpeg")
 
