@@ -449,6 +449,9 @@ def _model_guided(
         # ... kept where bisection could still finish within the budget whatever the outcome.
         low, high = _fitting(a_lo, a_hi, a_size, a_q0, budget[active] - used[active])
         candidate = torch.minimum(torch.maximum(candidate, low), high)
+        # Once Q-infinity failed (lo = |J|) the one test left is Q0 (candidate 0); without this
+        # such an image was tested at |J| again and again, forever.
+        candidate = torch.where((a_lo >= a_size) & ~a_q0, torch.zeros_like(candidate), candidate)
 
         ok, true_loss = test(active, candidate)
         used[active] += 1
