@@ -175,6 +175,8 @@ ATTACK_PARAMS = {
     "cw": {"steps": 3, "search_steps": 1}, "ddn": {"steps": 5}, "pqgd": {"eps": 0.3, "step": 0.1, "steps": 3, "b": 50},
     "daa_blob": {"eps": 0.3, "step": 0.1, "steps": 3}, "pgd_pp": {"eps": 0.3, "step": 0.1, "steps": 3, "samples": 8},
     "fgsm_pp": {"eps": 0.3, "samples": 8, "grid": 8},
+    "apgd": {"eps": 0.3, "steps": 5}, "apgd_t": {"eps": 0.3, "steps": 5, "classes": 2},
+    "square": {"eps": 0.3, "queries": 20, "seed": 0},
 }
 
 
