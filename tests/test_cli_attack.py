@@ -78,3 +78,22 @@ def test_targeted_attack_lagrangian_png_then_verify(tmp_path, capsys):
                  "--target", "10", "--out", str(out2)]) == 2
     err = capsys.readouterr().err
     assert "least-likely" in err and "out of range" in err
+
+
+
+def test_closed_pipe_stops_quietly(tmp_path):
+    """``quantadv run CONFIG --dry-run | head -c 1``: the reader closes the pipe after one byte
+    while ~200 KB of run list (more than a pipe buffer) is still to come; the command must end
+    with 141 (128 + SIGPIPE) and no traceback."""
+    import subprocess
+    import sys
+
+    eps = ", ".join(f"{i / 10000:.4f}" for i in range(1, 3001))
+    config = tmp_path / "many.yaml"
+    config.write_text(f"experiment: many\nmodels: [mnist-cnn]\ndata: {{name: mnist-5k, split: test}}\n"
+                      f"attacks:\n  - name: fgsm\n    grid: {{eps: [{eps}]}}\n")
+    cmd = (f"'{sys.executable}' -m quantadv run '{config}' --dry-run | head -c 1 >/dev/null; "
+           "echo \"rc=${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "rc=141"
