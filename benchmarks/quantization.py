@@ -53,20 +53,32 @@ def _ceil_log2(n: int) -> int:
     return 0 if n <= 1 else (n - 1).bit_length()
 
 
-def _fitting(lo: int, hi: int, size: int, q0: bool, left: int) -> tuple[int, int]:
-    """Candidates whose test keeps bisection able to finish in ``left - 1`` passes (see
-    lagrangian._fitting): a bracket or ``hi`` alone (``lo = -1``): within ``2^(left - 1)`` of
-    both ends; ``lo`` alone: within ``2^(left - 1)`` above it and, below Q-infinity, within
-    ``2^(left - 2)`` of it, with a pass to spare for Q0; nothing known: anything."""
-    span = 2 ** (left - 1) if left >= 1 else 0
-    if hi >= 0:
-        return max(lo + 1, hi - span), min(hi - 1, lo + span)
-    if lo >= 0:
-        if lo == size:
-            return 0, 0
-        room = left >= 2 + (0 if q0 else 1)
-        return (max(lo + 1, size - 2 ** (left - 2)) if room else size), min(size, lo + span)
-    return 0, size
+def _need(lo: int, hi: int, size: int, q0: bool) -> int:
+    """Worst-case passes left (see lagrangian._need): a bracket, ``lo`` alone, or nothing known."""
+    if hi == 0:
+        return 0
+    if hi > 0:
+        return _ceil_log2(hi - lo)
+    if lo < 0:
+        return 1 if size == 0 else _ceil_log2(size + 3)
+    return _ceil_log2(size - lo + 1 + (0 if q0 else 1))
+
+
+def _safe(lo: int, hi: int, size: int, q0: bool, left: int) -> list[int]:
+    """Candidates whose test leaves, whatever the outcome, at most ``left - 1`` passes to need
+    (see lagrangian._safe_candidates)."""
+    if hi < 0 and lo >= size:
+        inside = [] if q0 else [0]
+    else:
+        inside = range(lo + 1, hi if hi >= 0 else size + 1)
+    out = []
+    for k in inside:
+        q0_k = q0 or k == 0
+        win = 0 if k == 0 else _need(lo, k, size, q0_k)
+        lose = _need(k, hi, size, q0_k) if hi >= 0 else _need(max(lo, k), -1, size, q0_k)
+        if max(win, lose) <= left - 1:
+            out.append(k)
+    return out
 
 
 def loop_lagrangian(
@@ -81,9 +93,9 @@ def loop_lagrangian(
     smallest ratios. ``search="bisection"``: try Q0, then Q-inf, then a binary search over
     the sorted ratios. ``search="model"``: test where the linearised L_Q (Eq. 24) crosses 0,
     then where it crosses once shifted by its error at the last test (at both ends of the
-    bracket, interpolated, once both are known), inside the bracket and inside the range where
-    bisection could still finish within 2 + ceil(log2 |J|) passes; Q0 last if even Q-inf
-    fails. A digital x_a needs no test.
+    bracket, interpolated, once both are known), replaced by the nearest candidate from which
+    bisection still ends, whatever the outcomes, within 2 + ceil(log2 |J|) passes; Q0 last if
+    even Q-inf fails. A digital x_a needs no test.
     """
     xa = x_a.detach().clone().unsqueeze(0).requires_grad_(True)
     logits_a = model(xa)
@@ -149,24 +161,21 @@ def loop_lagrangian(
     lo = hi = -1
     q0 = False
     used, err_last, err_lo, err_hi = 0, 0.0, None, None
-    while not (hi == 0 or (lo >= 0 and hi == lo + 1) or (lo == size and hi < 0 and q0)):
+    while _need(lo, hi, size, q0) > 0 and used < budget:
         if err_lo is not None and err_hi is not None:  # the errors at both ends, interpolated
             slope = (err_hi - err_lo) / max(hi - lo, 1)
             shift = [err_lo + slope * (i - lo) for i in range(size + 1)]
         else:
             shift = [err_last] * (size + 1)
-        k = next((i for i in range(size) if linear[i] + shift[i] < 0), size)
-        k = min(max(k, lo + 1 if lo >= 0 else 0), hi if hi >= 0 else size)
-        k = k - 1 if k == hi else k
-        low, high = _fitting(lo, hi, size, q0, budget - used)
-        k = min(max(k, low), high)
+        want = next((i for i in range(size) if linear[i] + shift[i] < 0), size)
+        k = min(_safe(lo, hi, size, q0, budget - used), key=lambda c: (abs(c - want), c > want))
         ok, loss = evaluate(k)
         used += 1
         q0 = q0 or k == 0
         err_last = loss - linear[k]
         if ok:
             hi, err_hi = k, err_last
-        else:
+        elif k > lo:
             lo, err_lo = k, err_last
     return image(hi if hi >= 0 else size), calls
 

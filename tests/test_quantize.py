@@ -549,6 +549,141 @@ def test_model_guided_search_bound_and_boundary_on_any_outcomes(data):
             assert {0, size} <= tested[i] and not outcome[i, 0] and not outcome[i, size]
 
 
+def _optimal_passes(size: int) -> dict:
+    """Brute force: the fewest forward passes that end the search from each state, whatever the
+    outcomes (the moves of the search: a candidate inside the bracket, above ``lo`` up to
+    Q-infinity while nothing succeeded, Q0 once Q-infinity failed)."""
+    from functools import cache
+
+    @cache
+    def opt(lo: int, hi: int, q0: bool) -> int:
+        if hi == 0 or (hi > 0 and hi == lo + 1) or (hi < 0 and lo == size and q0):
+            return 0
+        if hi < 0 and lo == size:
+            return 1  # Q0
+        top = hi if hi >= 0 else size + 1
+        best = math.inf
+        for k in range(lo + 1, top):
+            win = opt(lo, k, q0 or k == 0)
+            lose = opt(k, hi, q0 or k == 0)
+            best = min(best, 1 + max(win, lose))
+        return best
+
+    states = {}
+    for lo in range(-1, size + 1):
+        for hi in [-1, *range(max(lo + 1, 0), size + 1)]:
+            for q0 in (False, True):
+                if (lo == -1 and q0) or (lo >= 0 and lo < 1 and not q0) or (hi == 0 and lo >= 0):
+                    continue  # inconsistent: Q0 failed means lo >= 0; lo = 0 means Q0 tested
+                states[(lo, hi, q0)] = opt(lo, hi, q0)
+    return states, opt
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5, 7, 8, 9, 16, 17, 30])
+def test_search_accounting_is_exact_and_always_leaves_a_move(size):
+    """``_need`` is the exact worst-case number of passes left (brute force over all outcomes),
+    the bound holds from the start (``_need`` of nothing known <= 2 + ceil(log2 |J|)), and
+    whenever passes are left, ``_safe_candidates`` offers a move whose both outcomes keep
+    ``_need`` within the passes then left: the invariant that makes the search end within the
+    bound, whatever the network says."""
+    from quantadv.quantize.lagrangian import _need, _safe_candidates, bisection_bound
+
+    states, opt = _optimal_passes(size)
+    keys = list(states)
+    lo = torch.tensor([k[0] for k in keys])
+    hi = torch.tensor([k[1] for k in keys])
+    q0 = torch.tensor([k[2] for k in keys])
+    j = torch.full_like(lo, size)
+    need = _need(lo, hi, j, q0)
+    assert need.tolist() == [states[k] for k in keys]
+    assert int(_need(torch.tensor([-1]), torch.tensor([-1]), torch.tensor([size]), torch.tensor([False]))) <= int(
+        bisection_bound(torch.tensor([size]))
+    )
+    for slack in (0, 1, 2):
+        left = need + slack
+        safe = _safe_candidates(lo, hi, j, q0, left, size + 1)
+        open_ = need > 0
+        assert bool(safe[open_].any(dim=1).all())
+        for row in torch.nonzero(open_).flatten().tolist():
+            for k in torch.nonzero(safe[row]).flatten().tolist():
+                l_, h_, q_ = keys[row]
+                q_k = q_ or k == 0
+                assert opt(l_, k, q_k) <= int(left[row]) - 1  # k succeeds
+                assert opt(max(l_, k), h_, q_k) <= int(left[row]) - 1  # k fails
+
+
+class ScrambledNet(nn.Module):
+    """An affine classifier whose decision is scrambled by a hash of the image: along the
+    candidates the true outcome is pseudo-random (adversarial to any model-guided search),
+    while the gradient is the affine part's. Counts, per image, the rows it is given (each row
+    is attributed to the nearest unquantized sample, within a pixel of it)."""
+
+    def __init__(self, seed: int, x_adv: torch.Tensor) -> None:
+        super().__init__()
+        self.base = affine_model(seed, 3)
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.key = torch.randint(1, 2**20, (N,), generator=gen, dtype=torch.int64)
+        self.x_adv = x_adv.flatten(1)
+        self.calls = torch.zeros(x_adv.shape[0], dtype=torch.int64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().flatten(1)
+        owner = torch.cdist(flat, self.x_adv, p=float("inf")).argmin(dim=1)
+        assert bool((flat - self.x_adv[owner]).abs().max() <= 1.01 / 255)
+        self.calls += torch.bincount(owner, minlength=self.calls.numel())
+        digits = (flat * 255).round().to(torch.int64)
+        bits = ((digits * self.key).sum(dim=1) // 7) % 3  # pseudo-random in {0, 1, 2}
+        logits = self.base(x)
+        return logits + 40.0 * torch.nn.functional.one_hot(bits, 3).to(logits.dtype) * (bits > 0).unsqueeze(1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("search", ["model", "bisection"])
+def test_calls_per_image_never_exceed_the_bound_on_scrambled_outcomes(seed, search):
+    """Counted by the network itself, not by the search: 1 gradient + at most 2 + ceil(log2 |J|)
+    forward passes per image, on outcomes that jump at random along the candidates (where a
+    model-guided search is always misled); the search ends, its info's ``calls`` are the
+    network's count, and it returns either a checked success or Q-infinity."""
+    x = originals(6, seed=seed, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = (x + torch.randn(x.shape, generator=gen, dtype=torch.float64) * 6 / 255).clamp(0, 1)
+    net = ScrambledNet(seed, x_adv).to(torch.float64)
+    with torch.no_grad():
+        labels = net.base(x).argmax(1)
+    net.calls.zero_()
+    from quantadv.quantize.lagrangian import ceil_log2
+
+    x_q, info = lagrangian(net, x, x_adv, labels, search=search, return_info=True)
+    assert torch.equal(net.calls, info["calls"])
+    assert bool((net.calls <= 3 + ceil_log2(info["j_size"])).all())
+    with torch.no_grad():
+        assert torch.equal(net(x_q).argmax(1) != labels, info["success"])
+
+
+def test_search_ends_when_q_infinity_and_q0_fail():
+    """The case that looped forever (issue 19): every candidate fails, or only Q0 succeeds,
+    while Eq. 24 promises success everywhere. The search tests Q-infinity's side, then Q0, and
+    stops: failure (``-1``) or ``hi = 0``, within the bound."""
+    from quantadv.quantize.lagrangian import _model_guided, bisection_bound
+
+    sizes = torch.tensor([0, 1, 5, 64, 300])
+    width = int(sizes.max()) + 1
+    linear = -torch.ones(sizes.numel(), width, dtype=torch.float64)  # the model: success everywhere
+    for only_q0 in (False, True):
+        outcome = torch.zeros(sizes.numel(), width, dtype=torch.bool)
+        outcome[:, 0] = only_q0
+        calls = torch.zeros(sizes.numel(), dtype=torch.int64)
+
+        def test(idx, k, outcome=outcome, calls=calls):
+            calls[idx] += 1
+            return outcome[idx, k], torch.ones(idx.numel(), dtype=torch.float64)
+
+        none = torch.zeros(sizes.numel(), dtype=torch.bool)
+        hi = _model_guided(test, linear, sizes, 0.0, none, none)
+        assert hi.tolist() == ([0] * sizes.numel() if only_q0 else [-1] * sizes.numel())
+        assert bool((calls <= bisection_bound(sizes)).all())
+
+
 @pytest.mark.slow
 def test_model_guided_search_calls_on_shipped_model():
     """fmnist-cnn, DDN outputs: well under half of bisection's network calls per image, and

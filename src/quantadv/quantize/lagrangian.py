@@ -333,40 +333,55 @@ def bisection_bound(j_size: torch.Tensor) -> torch.Tensor:
     return 2 + ceil_log2(j_size)
 
 
-def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """``2**e`` for integer ``e >= 0`` (int64), ``0`` for ``e < 0``."""
-    return torch.where(e >= 0, torch.ones_like(e) << e.clamp(min=0), torch.zeros_like(e))
+def _need(lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor, q0: torch.Tensor) -> torch.Tensor:
+    """Forward passes that a bisection still needs, whatever the outcomes, to end the search.
 
-
-def _fitting(lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor, q0: torch.Tensor, left: torch.Tensor):
-    """Candidates ``[low, high]`` whose test leaves a state bisection finishes in ``left - 1`` passes.
-
-    ``lo`` / ``hi``: largest candidate known to fail / smallest known to succeed (``-1``:
-    none); ``q0``: candidate 0 was tested; ``left``: forward passes left in the budget. From a
-    bracket ``(lo, hi)`` bisection needs ``ceil(log2 (hi - lo))`` passes; from ``hi`` alone
-    (``lo = -1`` stands for "nothing below"), ``ceil(log2 (hi + 1))``; from ``lo < |J|`` alone,
-    one test of Q-infinity, then ``ceil(log2 (|J| - lo))`` or, if it fails, one of Q0 (when not
-    tested yet). So a candidate ``c`` fits when ``c - lo`` and ``hi - c`` are at most
-    ``2^(left - 1)`` (a bracket, or ``hi`` alone); from ``lo`` alone, when ``c - lo <= 2^(left -
-    1)`` and, below ``|J|``, ``|J| - c <= 2^(left - 2)`` with a pass to spare for Q0 if needed.
-    From nothing known (the first test, ``left = 2 + ceil(log2 |J|)``) every candidate fits.
+    State per image: ``lo`` the largest candidate known to fail and ``hi`` the smallest known
+    to succeed (``-1``: none), ``q0`` whether candidate 0 was tested, ``size = |J|``. The
+    search ends at ``hi = lo + 1`` (a boundary), at ``hi = 0``, or when Q-infinity (``lo =
+    |J|``) and Q0 both failed. From a bracket (``hi`` known, ``lo >= -1``): ``ceil(log2 (hi -
+    lo))``. From ``lo`` alone: the ``|J| - lo`` candidates above ``lo`` and, when they all
+    fail, Q0 if it is still untested and not among them: ``ceil(log2 (|J| - lo + 1 +
+    extra))``, ``extra = 1`` for that Q0 (a decision tree of depth ``L`` resolves ``2^L - 1``
+    candidates, or ``2^L - 2`` and a last test of Q0). From nothing known, ``ceil(log2 (|J| +
+    3))`` (``1`` if ``J`` is empty), at most paper 000's ``2 + ceil(log2 |J|)``. These are the
+    exact worst cases over all outcomes (brute-forced in the tests); ``0`` exactly when the
+    search has ended.
     """
-    span = _pow2(left - 1)
-    has_lo, has_hi = lo >= 0, hi >= 0
-    # hi known (lo = -1 when not): the bracket rule.
-    low_b = torch.maximum(lo + 1, hi - span)
-    high_b = torch.minimum(hi - 1, lo + span)
-    # lo alone: Q-infinity always fits when the state fits; below it, only with room to spare.
-    room = left >= 2 + (~q0).long()
-    low_l = torch.where(room, torch.maximum(lo + 1, size - _pow2(left - 2)), size)
-    high_l = torch.minimum(size, lo + span)
-    low = torch.where(has_hi, low_b, torch.where(has_lo, low_l, torch.zeros_like(lo)))
-    high = torch.where(has_hi, high_b, torch.where(has_lo, high_l, size))
-    # Every candidate failed up to Q-infinity: only Q0 is left.
-    ended = has_lo & (lo == size) & ~has_hi
-    low = torch.where(ended, 0, low)
-    high = torch.where(ended, 0, high)
-    return low, high
+    bracket = ceil_log2((hi - lo).clamp(min=1))
+    extra = ((lo >= 0) & ~q0).long()
+    alone = ceil_log2((size - lo + 1 + extra).clamp(min=1))
+    # Nothing known: a first failure above 0 leaves Q0 to test, so ceil(log2 (|J| + 3)) (1 if J is empty).
+    nothing = torch.where(size == 0, 1, ceil_log2(size + 3))
+    alone = torch.where(lo < 0, nothing, alone)
+    return torch.where(hi == 0, 0, torch.where(hi > 0, bracket, alone))
+
+
+def _safe_candidates(
+    lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor, q0: torch.Tensor, left: torch.Tensor, width: int
+) -> torch.Tensor:
+    """Mask ``(A, width)`` of the candidates worth testing whose test, whatever its outcome,
+    leaves a state that :func:`_need` says ends within ``left - 1`` more passes.
+
+    Worth testing: inside the bracket ``(lo, hi)``; above ``lo`` up to Q-infinity while no
+    success is known; only Q0 once Q-infinity failed (``lo = |J|``). As long as ``_need`` of
+    the state is at most ``left``, the bisection's own next step is in the mask, so it is
+    never empty (checked exhaustively for small ``|J|`` by the tests).
+    """
+    k = torch.arange(width, device=lo.device).unsqueeze(0)
+    lo_, hi_, size_, q0_ = lo.unsqueeze(1), hi.unsqueeze(1), size.unsqueeze(1), q0.unsqueeze(1)
+    has_hi = hi_ >= 0
+    ended_above = (lo_ >= size_) & ~has_hi  # Q-infinity failed: Q0 is the one test left
+    inside = (k > lo_) & torch.where(has_hi, k < hi_, k <= size_)
+    inside = torch.where(ended_above, (k == 0) & ~q0_, inside)
+    # success at k: a bracket (lo, k), or hi = 0
+    after_success = torch.where(k == 0, 0, ceil_log2((k - lo_).clamp(min=1)))
+    # failure at k: the bracket (k, hi), or lo = k alone (Q0 tested if k = 0)
+    lo_f = torch.maximum(lo_, k)
+    q0_f = q0_ | (k == 0)
+    alone = ceil_log2((size_ - lo_f + 1 + ((lo_f >= 0) & ~q0_f).long()).clamp(min=1))
+    after_failure = torch.where(has_hi, ceil_log2((hi_ - k).clamp(min=1)), alone)
+    return inside & (torch.maximum(after_success, after_failure) <= left.unsqueeze(1) - 1)
 
 
 def _crossing(linear: torch.Tensor, shift: torch.Tensor, j_size: torch.Tensor, margin: float) -> torch.Tensor:
@@ -401,19 +416,21 @@ def _model_guided(
 
     Per image the state is ``lo`` (largest candidate seen failing) and ``hi`` (smallest seen
     succeeding), ``-1`` while unknown; it stops at a boundary (``hi = lo + 1``), at ``hi =
-    0``, or once Q-infinity and Q0 both failed. Each step tests where the model, corrected
-    by what the network said, first predicts success: the first step uses Eq. 24 as it is;
-    later ones shift it by its error at the tested candidates (the error at the bracket's
-    two ends interpolated along the candidates once both are known; the last error before
-    that). The candidate is kept inside ``(lo, hi)`` (the one below ``hi`` if the model
-    points at ``hi``) and then inside the range :func:`_fitting` allows, so that whatever
-    the outcome, bisection could still finish within :func:`bisection_bound` (paper 000's
-    ``2 + ceil(log2 |J|)``) minus the passes spent. When the model is wrong the steps
-    therefore turn into bisection steps in time, and no image ever costs more forward passes
-    than the paper's search.
+    0``, or once Q-infinity and Q0 both failed (:func:`_need` is then 0). Each step tests
+    where the model, corrected by what the network said, first predicts success: the first
+    step uses Eq. 24 as it is; later ones shift it by its error at the tested candidates (the
+    error at the bracket's two ends interpolated along the candidates once both are known;
+    the last error before that). That candidate is replaced by the nearest one from which,
+    whatever the outcome, a bisection still ends within the passes left of paper 000's bound
+    ``2 + ceil(log2 |J|)`` (:func:`bisection_bound`, :func:`_safe_candidates`). Every test
+    is of an untested candidate inside the bracket, so the state always moves; and since the
+    passes left never fall below :func:`_need`, no image ever costs more forward passes than
+    the paper's search. The loop is also capped at the largest bound (a guard: an image that
+    reached its bound stops there with what it has).
     """
     batch = j_size.shape[0]
     device = j_size.device
+    width = linear.shape[1]
     minus_one = torch.full((batch,), -1, dtype=torch.int64, device=device)
     lo, hi = minus_one.clone(), minus_one.clone()
     hi[known & known_success] = 0
@@ -424,43 +441,49 @@ def _model_guided(
     last_error = torch.zeros(batch, dtype=torch.float64, device=device)  # model error at last test
     error_lo = torch.full((batch,), math.nan, dtype=torch.float64, device=device)  # ... at lo
     error_hi = torch.full((batch,), math.nan, dtype=torch.float64, device=device)  # ... at hi
-    cand_axis = torch.arange(linear.shape[1], device=device, dtype=torch.float64).unsqueeze(0)
+    cand_axis = torch.arange(width, device=device)
 
-    def done(a_lo: torch.Tensor, a_hi: torch.Tensor, a_size: torch.Tensor, a_q0: torch.Tensor) -> torch.Tensor:
-        return (a_hi == 0) | ((a_lo >= 0) & (a_hi == a_lo + 1)) | ((a_lo == a_size) & (a_hi < 0) & a_q0)
+    def searching(idx: torch.Tensor) -> torch.Tensor:
+        return idx[(_need(lo[idx], hi[idx], j_size[idx], q0_tested[idx]) > 0) & (used[idx] < budget[idx])]
 
-    active = torch.nonzero(~done(lo, hi, j_size, q0_tested)).flatten()
-    while active.numel():
+    active = searching(torch.arange(batch, device=device))
+    for _ in range(int(budget.max()) if batch else 0):
+        if not active.numel():
+            break
         a_lo, a_hi, a_size, a_q0 = lo[active], hi[active], j_size[active], q0_tested[active]
         # The model's candidate: Eq. 24 shifted by its error (interpolated across a bracket).
         both = ~torch.isnan(error_lo[active]) & ~torch.isnan(error_hi[active])
-        shift = last_error[active].unsqueeze(1).expand(-1, linear.shape[1])
+        shift = last_error[active].unsqueeze(1).expand(-1, width)
         if bool(both.any()):
             e_lo, e_hi = error_lo[active], error_hi[active]
-            width = (a_hi - a_lo).clamp(min=1).to(torch.float64).unsqueeze(1)
-            slope = ((e_hi - e_lo).unsqueeze(1) / width)
-            between = e_lo.unsqueeze(1) + slope * (cand_axis - a_lo.unsqueeze(1).to(torch.float64))
+            slope = (e_hi - e_lo) / (a_hi - a_lo).clamp(min=1).to(torch.float64)
+            offset = (cand_axis.unsqueeze(0) - a_lo.unsqueeze(1)).to(torch.float64)
+            between = e_lo.unsqueeze(1) + slope.unsqueeze(1) * offset
             shift = torch.where(both.unsqueeze(1), torch.nan_to_num(between), shift)
-        candidate = _crossing(linear[active], shift, a_size, margin)
-        lower = torch.where(a_lo >= 0, a_lo + 1, 0)
-        upper = torch.where(a_hi >= 0, a_hi, a_size)
-        candidate = torch.minimum(torch.maximum(candidate, lower), upper)
-        candidate = torch.where(candidate == a_hi, candidate - 1, candidate)
-        # ... kept where bisection could still finish within the budget whatever the outcome.
-        low, high = _fitting(a_lo, a_hi, a_size, a_q0, budget[active] - used[active])
-        candidate = torch.minimum(torch.maximum(candidate, low), high)
-        # Once Q-infinity failed (lo = |J|) the one test left is Q0 (candidate 0); without this
-        # such an image was tested at |J| again and again, forever.
-        candidate = torch.where((a_lo >= a_size) & ~a_q0, torch.zeros_like(candidate), candidate)
+        wanted = _crossing(linear[active], shift, a_size, margin)
+        # ... replaced by the nearest candidate that keeps the bound (the lower one at a tie).
+        safe = _safe_candidates(a_lo, a_hi, a_size, a_q0, budget[active] - used[active], width)
+        gap = cand_axis.unsqueeze(0) - wanted.unsqueeze(1)
+        distance = 2 * gap.abs() + (gap > 0).long()
+        distance = torch.where(safe, distance, torch.iinfo(torch.int64).max)
+        candidate = distance.argmin(dim=1)
+        stuck = ~safe.any(dim=1)  # never (the invariant above); such an image stops here
+        if bool(stuck.any()):
+            used[active[stuck]] = budget[active[stuck]]
+            active, candidate = active[~stuck], candidate[~stuck]
+            if not active.numel():
+                break
 
         ok, true_loss = test(active, candidate)
         used[active] += 1
         q0_tested[active[candidate == 0]] = True
         error = true_loss - linear[active].gather(1, candidate.unsqueeze(1)).squeeze(1)
         last_error[active] = error
-        hi[active[ok]] = candidate[ok]
-        error_hi[active[ok]] = error[ok]
-        lo[active[~ok]] = candidate[~ok]
-        error_lo[active[~ok]] = error[~ok]
-        active = active[~done(lo[active], hi[active], j_size[active], q0_tested[active])]
+        won = active[ok]
+        hi[won] = torch.where(hi[won] >= 0, torch.minimum(hi[won], candidate[ok]), candidate[ok])
+        error_hi[won] = error[ok]
+        lost = active[~ok]
+        lo[lost] = torch.maximum(lo[lost], candidate[~ok])
+        error_lo[lost] = torch.where(candidate[~ok] >= lo[lost], error[~ok], error_lo[lost])
+        active = searching(active)
     return hi
