@@ -12,7 +12,10 @@ Fashion-MNIST test images, ``fmnist-cnn``. Then, on the DDN outputs:
    ``benchmarks/quantization.py``), both in this process at ``--threads`` torch threads. The
    speed-up is the median over runs of (reference time / library time), from wall time and
    from the process's CPU time (which a loaded machine disturbs less); target >= 25x;
-3. that both give the same successes and the same distortion ``d`` (Eq. 31) per image.
+3. that both give the same successes and the same distortion ``d`` (Eq. 31) per image;
+4. the network alone on the batch (one input gradient, one forward pass): a batched search
+   needs at least the gradient and, per image that needs a boundary, two forward passes, so
+   reference time / that floor bounds the speed-up any batched search can reach here.
 
     python benchmarks/quantization_reference.py [--n 100] [--steps 50] [--runs 3] [--threads 1]
 """
@@ -88,6 +91,19 @@ def main() -> None:
     same_d = int(((d_lib - d_ref).abs() <= 1e-9).sum())
     print(f"same success {same_ok}/{args.n}, same d {same_d}/{args.n} (success {int(info['success'].sum())}, "
           f"median d {float(d_lib[info['success']].median()):.4f})")
+    # The network alone, batched: what no batched search can go below (1 gradient and, for an
+    # image that needs a boundary, 2 forward passes), hence a ceiling on the speed-up.
+    xg = x_a.detach().clone().requires_grad_(True)
+    c_grad = statistics.median(
+        _timed(lambda: torch.autograd.grad(model(xg).logsumexp(1).sum(), xg))[2] for _ in range(3))
+    with torch.no_grad():
+        c_fwd = statistics.median(_timed(lambda: model(x_a))[2] for _ in range(3))
+    floor = c_grad + 2 * c_fwd
+    ref_cpu = statistics.median(c for _, c in ref_times)
+    print(f"network alone, batch of {args.n}, median of 3: input gradient {1000 * c_grad / args.n:.2f} ms CPU "
+          f"per image, forward {1000 * c_fwd / args.n:.2f} ms; floor of a batched search (gradient + 2 forward passes) "
+          f"{floor:.3f} s CPU; reference / floor = {ref_cpu / floor:.1f}x, the most any batched search "
+          f"could reach against this reference")
     print(f"speed-up, median of {args.runs}: {statistics.median(ratios_wall):.1f}x wall, "
           f"{statistics.median(ratios_cpu):.1f}x CPU (per run: "
           + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in zip(ratios_wall, ratios_cpu, strict=True)) + ")")

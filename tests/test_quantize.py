@@ -689,9 +689,9 @@ def test_model_guided_search_calls_on_shipped_model():
     """fmnist-cnn, DDN outputs: well under half of bisection's network calls per image, and
     never more than bisection's bound on any image.
 
-    DDN runs 30 steps on 100 images here (about 10 s of CPU), not the benchmark's 50 steps
-    (4.42 calls per image against 10.35, benchmarks/RESULTS.md); issue 19's target of 4 is
-    not met there, hence the bound of 4.5 below.
+    DDN runs 30 steps on 100 images here (about 10 s of CPU; 3.84 calls per image measured,
+    bisection 8.9), not the benchmark's 50 steps (4.09 against 10.37 on the first 100 images,
+    4.41 against 10.81 on 500: benchmarks/RESULTS.md), hence the bound of 4.2 below.
     """
     from quantadv import attacks, data, models
     from quantadv.quantize.lagrangian import ceil_log2
@@ -708,7 +708,7 @@ def test_model_guided_search_calls_on_shipped_model():
     _, bisected = lagrangian(model, x, x_adv, y, search="bisection", return_info=True)
     assert torch.equal(guided["success"], bisected["success"])
     assert bool((guided["calls"] <= 3 + ceil_log2(guided["j_size"])).all())
-    assert float(guided["calls"].double().mean()) <= 4.5
+    assert float(guided["calls"].double().mean()) <= 4.2
     assert float(guided["calls"].double().mean()) <= 0.5 * float(bisected["calls"].double().mean())
     same = (guided["lambda_star"] == bisected["lambda_star"]).double().mean()
     assert float(same) >= 0.98
