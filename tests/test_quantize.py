@@ -660,15 +660,19 @@ def test_calls_per_image_never_exceed_the_bound_on_scrambled_outcomes(seed, sear
         assert torch.equal(net(x_q).argmax(1) != labels, info["success"])
 
 
-def test_search_ends_when_q_infinity_and_q0_fail():
-    """The case that looped forever (issue 19): every candidate fails, or only Q0 succeeds,
-    while Eq. 24 promises success everywhere. The search tests Q-infinity's side, then Q0, and
-    stops: failure (``-1``) or ``hi = 0``, within the bound."""
+@pytest.mark.parametrize("model_says", [-1.0, 1.0])
+def test_search_ends_when_q_infinity_and_q0_fail(model_says):
+    """The case that looped forever (issue 19): every candidate fails, or only Q0 succeeds.
+    With Eq. 24 promising success everywhere the search starts at Q0; promising it nowhere, at
+    Q-infinity, then Q0 (a failed Q0 then overwrote ``lo = |J|`` and the search retested
+    ``|J| - 1`` forever). Either way it stops, failure (``-1``) or ``hi = 0``, within the bound;
+    a test function that refuses calls beyond the bound turns a loop into a failure."""
     from quantadv.quantize.lagrangian import _model_guided, bisection_bound
 
     sizes = torch.tensor([0, 1, 5, 64, 300])
     width = int(sizes.max()) + 1
-    linear = -torch.ones(sizes.numel(), width, dtype=torch.float64)  # the model: success everywhere
+    linear = torch.full((sizes.numel(), width), model_says, dtype=torch.float64)
+    bound = bisection_bound(sizes)
     for only_q0 in (False, True):
         outcome = torch.zeros(sizes.numel(), width, dtype=torch.bool)
         outcome[:, 0] = only_q0
@@ -676,12 +680,12 @@ def test_search_ends_when_q_infinity_and_q0_fail():
 
         def test(idx, k, outcome=outcome, calls=calls):
             calls[idx] += 1
+            assert bool((calls <= bound).all()), f"more than the bound: {calls.tolist()} > {bound.tolist()}"
             return outcome[idx, k], torch.ones(idx.numel(), dtype=torch.float64)
 
         none = torch.zeros(sizes.numel(), dtype=torch.bool)
         hi = _model_guided(test, linear, sizes, 0.0, none, none)
         assert hi.tolist() == ([0] * sizes.numel() if only_q0 else [-1] * sizes.numel())
-        assert bool((calls <= bisection_bound(sizes)).all())
 
 
 @pytest.mark.slow
