@@ -3,8 +3,8 @@
 Both quantize the same DDN outputs of the shipped ``fmnist-cnn`` (first ``--n`` Fashion-MNIST
 test images that it classifies correctly). ``lagrangian_jpeg`` pays, per search step, for
 writing every candidate as a real JPEG file (jpeglib) and decoding it with libjpeg (Pillow);
-``lagrangian`` is timed with its two searches (``bisection``, the paper's, which
-``lagrangian_jpeg`` uses too, and ``model``, the default). The methods are interleaved
+``lagrangian`` and ``lagrangian_jpeg`` are each timed with their two searches (``model``,
+the default, and ``bisection``, the paper's). The methods are interleaved
 repeat by repeat (the machine is shared and loaded), and both wall-clock and process CPU time
 are reported; ratios are of medians. The JPEG time is split into network calls and the rest
 (encode/write/decode) by profiling one repeat.
@@ -24,6 +24,7 @@ import torch
 
 import quantadv
 from quantadv import attacks, data, io, models, quantize
+from quantadv.quantize.lagrangian import ceil_log2
 
 
 def timed(fn):  # type: ignore[no-untyped-def]
@@ -53,18 +54,22 @@ def main() -> None:
         "lagrangian (model)": lambda: quantize.lagrangian(model, x, xa, y, return_info=True),
         f"lagrangian_jpeg q{args.quality}": lambda: quantize.lagrangian_jpeg(
             model, x, xa, y, quality=args.quality, return_info=True),
+        f"lagrangian_jpeg q{args.quality} (bisection)": lambda: quantize.lagrangian_jpeg(
+            model, x, xa, y, quality=args.quality, search="bisection", return_info=True),
     }
     wall: dict[str, list[float]] = {k: [] for k in methods}
     cpu: dict[str, list[float]] = {k: [] for k in methods}
-    calls: dict[str, float] = {}
+    calls: dict[str, tuple[float, int, int]] = {}
     decodes = 0.0
     for _ in range(args.repeats):
         for name, fn in methods.items():
             (_, info), w, c = timed(fn)
             wall[name].append(w)
             cpu[name].append(c)
-            calls[name] = float(info["calls"].double().mean())
-            if "decodes" in info:
+            bound = 3 + ceil_log2(info["j_size"])
+            calls[name] = (float(info["calls"].double().mean()), int(info["calls"].max()),
+                           int((info["calls"] > bound).sum()))
+            if "decodes" in info and name == f"lagrangian_jpeg q{args.quality}":
                 decodes = float(info["decodes"].double().mean())
     # Where the JPEG time goes: the network calls alone on the same number of images.
     jpeg_name = f"lagrangian_jpeg q{args.quality}"
@@ -74,12 +79,15 @@ def main() -> None:
           f"{args.threads} thread(s), {args.repeats} interleaved repeats")
     base_w = statistics.median(wall["lagrangian (bisection)"])
     base_c = statistics.median(cpu["lagrangian (bisection)"])
-    print("| method | median wall s | runs (s) | median CPU s | / lagrangian (bisection), wall | CPU | mean calls |")
+    print("| method | median wall s | runs (s) | median CPU s | / lagrangian (bisection), wall | CPU "
+          "| calls: mean, max, images above 3 + ceil(log2 J) |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for name in methods:
         mw, mc = statistics.median(wall[name]), statistics.median(cpu[name])
         runs = ", ".join(f"{v:.2f}" for v in wall[name])
-        print(f"| {name} | {mw:.2f} | {runs} | {mc:.2f} | {mw / base_w:.2f} | {mc / base_c:.2f} | {calls[name]:.1f} |")
+        mean, most, above = calls[name]
+        print(f"| {name} | {mw:.2f} | {runs} | {mc:.2f} | {mw / base_w:.2f} | {mc / base_c:.2f} "
+              f"| {mean:.2f}, {most}, {above} |")
     per_file = c_codec / x.shape[0]
     print(f"write (jpeglib) + decode (Pillow) of one 28x28 JPEG: {1000 * per_file:.2f} ms CPU; "
           f"x {decodes:.1f} files per image = {per_file * decodes * x.shape[0]:.2f} s of the "

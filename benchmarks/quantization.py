@@ -53,19 +53,32 @@ def _ceil_log2(n: int) -> int:
     return 0 if n <= 1 else (n - 1).bit_length()
 
 
-def _worst_case(lo: int, hi: int, size: int, q0: bool) -> int:
-    """Forward passes galloping + bisection may still need (see lagrangian._worst_case)."""
+def _need(lo: int, hi: int, size: int, q0: bool) -> int:
+    """Worst-case passes left (see lagrangian._need): a bracket, ``lo`` alone, or nothing known."""
     if hi == 0:
         return 0
-    if lo >= 0 and hi >= 0:
+    if hi > 0:
         return _ceil_log2(hi - lo)
-    if lo == size:
-        return 0 if q0 else 1
-    if lo >= 0:
-        m = _ceil_log2(size - lo)
-        return max(2 * m, m + 1 + (0 if q0 else 1))
-    m = _ceil_log2(hi)
-    return max(2 * m, m + 1)
+    if lo < 0:
+        return 1 if size == 0 else _ceil_log2(size + 3)
+    return _ceil_log2(size - lo + 1 + (0 if q0 else 1))
+
+
+def _safe(lo: int, hi: int, size: int, q0: bool, left: int) -> list[int]:
+    """Candidates whose test leaves, whatever the outcome, at most ``left - 1`` passes to need
+    (see lagrangian._safe_candidates)."""
+    if hi < 0 and lo >= size:
+        inside = [] if q0 else [0]
+    else:
+        inside = range(lo + 1, hi if hi >= 0 else size + 1)
+    out = []
+    for k in inside:
+        q0_k = q0 or k == 0
+        win = 0 if k == 0 else _need(lo, k, size, q0_k)
+        lose = _need(k, hi, size, q0_k) if hi >= 0 else _need(max(lo, k), -1, size, q0_k)
+        if max(win, lose) <= left - 1:
+            out.append(k)
+    return out
 
 
 def loop_lagrangian(
@@ -79,9 +92,10 @@ def loop_lagrangian(
     choice (ceil iff g < 0) differ; ratio r = (1 - 2 ceil(u)) / g; candidate k flips the k
     smallest ratios. ``search="bisection"``: try Q0, then Q-inf, then a binary search over
     the sorted ratios. ``search="model"``: test where the linearised L_Q (Eq. 24) crosses 0,
-    then where it crosses once shifted by its error at the last test, inside the bracket,
-    while galloping + bisection could still finish within 2 + 2 ceil(log2 |J|) passes; else
-    gallop and bisect; Q0 last if even Q-inf fails. A digital x_a needs no test.
+    then where it crosses once shifted by its error at the last test (at both ends of the
+    bracket, interpolated, once both are known), replaced by the nearest candidate from which
+    bisection still ends, whatever the outcomes, within 2 + ceil(log2 |J|) passes; Q0 last if
+    even Q-inf fails. A digital x_a needs no test.
     """
     xa = x_a.detach().clone().unsqueeze(0).requires_grad_(True)
     logits_a = model(xa)
@@ -143,34 +157,26 @@ def loop_lagrangian(
     e_inf = torch.where(exact, c, torch.where(torch.where(j, loss_ceil, dist_ceil), c, c - 1))
     at_q0 = float(loss_a.detach().double()) + float((g * (o + e0 - adv)).sum())
     linear = [at_q0, *(at_q0 + (g * (e_inf - e0))[order].cumsum(0)).tolist()]
-    budget = 2 + 2 * _ceil_log2(size)
+    budget = 2 + _ceil_log2(size)
     lo = hi = -1
     q0 = False
-    used, shift, safe, anchor, gallops = 0, 0.0, False, 0, 0
-    while not (hi == 0 or (lo >= 0 and hi == lo + 1) or (lo == size and hi < 0)):
-        if not safe:
-            k = next((i for i in range(size) if linear[i] + shift < 0), size)
-            k = min(max(k, lo + 1 if lo >= 0 else 0), hi if hi >= 0 else size)
-            k = k - 1 if k == hi else k
-            worst = max(_worst_case(lo, k, size, q0 or k == 0), _worst_case(k, hi, size, q0 or k == 0))
-            if used and 1 + worst > budget - used:
-                safe, anchor = True, (lo if lo >= 0 else hi)
-        if safe:
-            if lo >= 0 and hi >= 0:
-                k = (lo + hi) // 2
-            else:
-                k = min(anchor + 2**gallops, size) if lo >= 0 else max(anchor - 2**gallops, 0)
-                gallops += 1
+    used, err_last, err_lo, err_hi = 0, 0.0, None, None
+    while _need(lo, hi, size, q0) > 0 and used < budget:
+        if err_lo is not None and err_hi is not None:  # the errors at both ends, interpolated
+            slope = (err_hi - err_lo) / max(hi - lo, 1)
+            shift = [err_lo + slope * (i - lo) for i in range(size + 1)]
+        else:
+            shift = [err_last] * (size + 1)
+        want = next((i for i in range(size) if linear[i] + shift[i] < 0), size)
+        k = min(_safe(lo, hi, size, q0, budget - used), key=lambda c: (abs(c - want), c > want))
         ok, loss = evaluate(k)
         used += 1
         q0 = q0 or k == 0
-        shift = loss - linear[k]
+        err_last = loss - linear[k]
         if ok:
-            hi = k
-        else:
-            lo = k
-    if hi < 0 and not q0 and evaluate(0)[0]:
-        hi = 0
+            hi, err_hi = k, err_last
+        elif k > lo:
+            lo, err_lo = k, err_last
     return image(hi if hi >= 0 else size), calls
 
 
@@ -400,7 +406,7 @@ def run_workload(name: str, model, x: torch.Tensor, y: torch.Tensor, args) -> di
         infos[search] = info
         calls = info["calls"]
         log_j = torch.tensor([_ceil_log2(int(j)) for j in info["j_size"]])
-        bound = 3 + (2 * log_j if search == "model" else log_j)
+        bound = 3 + log_j
         ok = info["success"]
         d = distortion(x_q, x)[ok]
         t_q, c_q = statistics.median(walls), statistics.median(cpus)
@@ -507,7 +513,7 @@ def write_results(args, host: str, notes: list[str], rows: list[dict]) -> None:
     ]
     for search in args.searches:
         frac_target, calls_target = targets[search]
-        bound = "3 + 2 ceil(log2 J)" if search == "model" else "3 + ceil(log2 J)"
+        bound = "3 + ceil(log2 J)"
         lines += [
             f"| **`search=\"{search}\"`**: Q-lambda* wall (s), median of {args.repeat} | "
             f"{cell('t_q', '.3f', search)} | |",

@@ -96,6 +96,9 @@ def main() -> None:
                     help="images timed in the per-image loop (its time is per image, scaled)")
     ap.add_argument("--data", default="mnist-5k")
     ap.add_argument("--model", default="mnist-cnn")
+    ap.add_argument("--quantizers", nargs="+", choices=("randdisc", "prd", "swrd"),
+                    default=["randdisc", "prd", "swrd"], help="which quantizers to time")
+    ap.add_argument("--no-pgd", dest="pgd", action="store_false", help="skip the EOT-PGD step cost (part 3)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
@@ -112,6 +115,7 @@ def main() -> None:
         "prd": PatchRandDisc(2, 2, SIG, SIG),
         "swrd": SlidingWindowRandDisc(2, 2, SIG, SIG, beta=1.0),
     }
+    timed = {name: q for name, q in quantizers.items() if name in args.quantizers}
     load = os.getloadavg()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; torch {torch.__version__}, 1 thread; "
@@ -119,7 +123,7 @@ def main() -> None:
     rows = []
     xs = x.numpy().astype(np.float64)
     with threadpool_limits(1):
-        for name, q in quantizers.items():
+        for name, q in timed.items():
             q(x[:8])  # warm-up
             g = torch.Generator().manual_seed(0)
             t_batched = median_time(lambda q=q, g=g: q(x, generator=g), args.repeat)
@@ -147,6 +151,8 @@ def main() -> None:
     for name, ib, il, sp, db, dl in rows:
         print(f"| {name} | {ib:,.0f} | {il:,.1f} | **{sp:.0f}x** | {db:.4f} / {dl:.4f} |")
 
+    if not args.pgd:
+        return
     # EOT-PGD step cost.
     clf = models.load(args.model)
     nb = min(100, args.batch)

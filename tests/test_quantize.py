@@ -281,12 +281,10 @@ def test_lagrangian_properties(case, loss, search, request):
     fail = ~info["success"]
     assert torch.equal(x_q[fail], q_inf[fail])
     assert torch.all(torch.isinf(info["lambda_star"][fail]))
-    # cost: one gradient + at most 2 + ceil(log2 |J|) forward passes (bisection),
-    # 2 + 2 ceil(log2 |J|) (model-guided)
+    # cost, per image, either search: one gradient + at most 2 + ceil(log2 |J|) forward passes
     j = info["j_size"].clamp(min=1).double()
     log_j = torch.ceil(torch.log2(j)).long()
-    bound = 1 + 2 + (log_j if search == "bisection" else 2 * log_j)
-    assert torch.all(info["calls"] <= bound)
+    assert torch.all(info["calls"] <= 1 + 2 + log_j)
     assert torch.all(info["calls"] >= 2)  # these inputs are not digital: one test at least
     # the output is Q-lambda (Eq. 28) at lambda*, and J / Table 2 counts are right
     grad = loss_gradient(model, x_adv, labels, loss=loss)
@@ -465,8 +463,8 @@ def success_profile(model, x, x_adv, labels, grad, loss):
 )
 def test_searches_agree_on_random_affine_models(seed, classes, loss, reach):
     """Both searches: adversarial outputs, checked boundaries, and the same lambda* when the
-    true outcome is monotone along the candidates (always so with 2 classes); the model-guided
-    search within its worst case, 1 + 2 + 2 ceil(log2 |J|) calls."""
+    true outcome is monotone along the candidates (always so with 2 classes); both searches,
+    on every image, within paper 000's bisection bound: 1 gradient + 2 + ceil(log2 |J|) calls."""
     model = affine_model(seed, classes)
     x = originals(4, seed=seed % 1000, dtype=torch.float64)
     labels = model(x).argmax(1)
@@ -489,8 +487,7 @@ def test_searches_agree_on_random_affine_models(seed, classes, loss, reach):
             assert lam == 0 or not ok[int(np.sum(ratios < lam))]  # the one below fails
         j_size = info["j_size"].clamp(min=1).double()
         log_j = torch.ceil(torch.log2(j_size)).long()
-        extra = 2 * log_j if search == "model" else log_j
-        assert torch.all(info["calls"] <= 3 + extra)
+        assert torch.all(info["calls"] <= 3 + log_j)
     for i, (_, ok) in enumerate(profiles):
         if np.all(np.diff(ok.astype(int)) >= 0):  # monotone: one boundary, both find it
             assert float(results["model"]["lambda_star"][i]) == float(results["bisection"]["lambda_star"][i])
@@ -499,12 +496,13 @@ def test_searches_agree_on_random_affine_models(seed, classes, loss, reach):
         assert all(np.all(np.diff(ok.astype(int)) >= 0) for _, ok in profiles)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_model_guided_search_bound_and_boundary_on_any_outcomes(data):
     """Synthetic outcomes, monotone or not, and arbitrary (even misleading) losses: the search
-    returns a checked boundary and never exceeds 2 + 2 ceil(log2 |J|) forward passes."""
-    from quantadv.quantize.lagrangian import _model_guided, model_guided_bound
+    returns a checked boundary and never exceeds paper 000's bisection bound, 2 + ceil(log2 |J|)
+    forward passes, on any image."""
+    from quantadv.quantize.lagrangian import _model_guided, bisection_bound
 
     batch = data.draw(st.integers(1, 5))
     sizes = data.draw(st.lists(st.integers(0, 70), min_size=batch, max_size=batch))
@@ -541,7 +539,7 @@ def test_model_guided_search_bound_and_boundary_on_any_outcomes(data):
         tested[i].add(0)
     hi = _model_guided(test, linear, j_size, 0.0, known, outcome[:, 0])
     assert torch.all(calls[known] == 0)
-    assert torch.all(calls <= model_guided_bound(j_size))
+    assert torch.all(calls <= bisection_bound(j_size))
     for i, size in enumerate(sizes):
         k = int(hi[i])
         if k >= 0:
@@ -551,15 +549,156 @@ def test_model_guided_search_bound_and_boundary_on_any_outcomes(data):
             assert {0, size} <= tested[i] and not outcome[i, 0] and not outcome[i, size]
 
 
+def _optimal_passes(size: int) -> dict:
+    """Brute force: the fewest forward passes that end the search from each state, whatever the
+    outcomes (the moves of the search: a candidate inside the bracket, above ``lo`` up to
+    Q-infinity while nothing succeeded, Q0 once Q-infinity failed)."""
+    from functools import cache
+
+    @cache
+    def opt(lo: int, hi: int, q0: bool) -> int:
+        if hi == 0 or (hi > 0 and hi == lo + 1) or (hi < 0 and lo == size and q0):
+            return 0
+        if hi < 0 and lo == size:
+            return 1  # Q0
+        top = hi if hi >= 0 else size + 1
+        best = math.inf
+        for k in range(lo + 1, top):
+            win = opt(lo, k, q0 or k == 0)
+            lose = opt(k, hi, q0 or k == 0)
+            best = min(best, 1 + max(win, lose))
+        return best
+
+    states = {}
+    for lo in range(-1, size + 1):
+        for hi in [-1, *range(max(lo + 1, 0), size + 1)]:
+            for q0 in (False, True):
+                if (lo == -1 and q0) or (lo >= 0 and lo < 1 and not q0) or (hi == 0 and lo >= 0):
+                    continue  # inconsistent: Q0 failed means lo >= 0; lo = 0 means Q0 tested
+                states[(lo, hi, q0)] = opt(lo, hi, q0)
+    return states, opt
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 5, 7, 8, 9, 16, 17, 30])
+def test_search_accounting_is_exact_and_always_leaves_a_move(size):
+    """``_need`` is the exact worst-case number of passes left (brute force over all outcomes),
+    the bound holds from the start (``_need`` of nothing known <= 2 + ceil(log2 |J|)), and
+    whenever passes are left, ``_safe_candidates`` offers a move whose both outcomes keep
+    ``_need`` within the passes then left: the invariant that makes the search end within the
+    bound, whatever the network says."""
+    from quantadv.quantize.lagrangian import _need, _safe_candidates, bisection_bound
+
+    states, opt = _optimal_passes(size)
+    keys = list(states)
+    lo = torch.tensor([k[0] for k in keys])
+    hi = torch.tensor([k[1] for k in keys])
+    q0 = torch.tensor([k[2] for k in keys])
+    j = torch.full_like(lo, size)
+    need = _need(lo, hi, j, q0)
+    assert need.tolist() == [states[k] for k in keys]
+    assert int(_need(torch.tensor([-1]), torch.tensor([-1]), torch.tensor([size]), torch.tensor([False]))) <= int(
+        bisection_bound(torch.tensor([size]))
+    )
+    for slack in (0, 1, 2):
+        left = need + slack
+        safe = _safe_candidates(lo, hi, j, q0, left, size + 1)
+        open_ = need > 0
+        assert bool(safe[open_].any(dim=1).all())
+        for row in torch.nonzero(open_).flatten().tolist():
+            for k in torch.nonzero(safe[row]).flatten().tolist():
+                l_, h_, q_ = keys[row]
+                q_k = q_ or k == 0
+                assert opt(l_, k, q_k) <= int(left[row]) - 1  # k succeeds
+                assert opt(max(l_, k), h_, q_k) <= int(left[row]) - 1  # k fails
+
+
+class ScrambledNet(nn.Module):
+    """An affine classifier whose decision is scrambled by a hash of the image: along the
+    candidates the true outcome is pseudo-random (adversarial to any model-guided search),
+    while the gradient is the affine part's. Counts, per image, the rows it is given (each row
+    is attributed to the nearest unquantized sample, within a pixel of it)."""
+
+    def __init__(self, seed: int, x_adv: torch.Tensor) -> None:
+        super().__init__()
+        self.base = affine_model(seed, 3)
+        gen = torch.Generator().manual_seed(seed + 1)
+        self.key = torch.randint(1, 2**20, (N,), generator=gen, dtype=torch.int64)
+        self.x_adv = x_adv.flatten(1)
+        self.calls = torch.zeros(x_adv.shape[0], dtype=torch.int64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().flatten(1)
+        owner = torch.cdist(flat, self.x_adv, p=float("inf")).argmin(dim=1)
+        assert bool((flat - self.x_adv[owner]).abs().max() <= 1.01 / 255)
+        self.calls += torch.bincount(owner, minlength=self.calls.numel())
+        digits = (flat * 255).round().to(torch.int64)
+        bits = ((digits * self.key).sum(dim=1) // 7) % 3  # pseudo-random in {0, 1, 2}
+        logits = self.base(x)
+        return logits + 40.0 * torch.nn.functional.one_hot(bits, 3).to(logits.dtype) * (bits > 0).unsqueeze(1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("search", ["model", "bisection"])
+def test_calls_per_image_never_exceed_the_bound_on_scrambled_outcomes(seed, search):
+    """Counted by the network itself, not by the search: 1 gradient + at most 2 + ceil(log2 |J|)
+    forward passes per image, on outcomes that jump at random along the candidates (where a
+    model-guided search is always misled); the search ends, its info's ``calls`` are the
+    network's count, and it returns either a checked success or Q-infinity."""
+    x = originals(6, seed=seed, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    x_adv = (x + torch.randn(x.shape, generator=gen, dtype=torch.float64) * 6 / 255).clamp(0, 1)
+    net = ScrambledNet(seed, x_adv).to(torch.float64)
+    with torch.no_grad():
+        labels = net.base(x).argmax(1)
+    net.calls.zero_()
+    from quantadv.quantize.lagrangian import ceil_log2
+
+    x_q, info = lagrangian(net, x, x_adv, labels, search=search, return_info=True)
+    assert torch.equal(net.calls, info["calls"])
+    assert bool((net.calls <= 3 + ceil_log2(info["j_size"])).all())
+    with torch.no_grad():
+        assert torch.equal(net(x_q).argmax(1) != labels, info["success"])
+
+
+@pytest.mark.parametrize("model_says", [-1.0, 1.0])
+def test_search_ends_when_q_infinity_and_q0_fail(model_says):
+    """The case that looped forever (issue 19): every candidate fails, or only Q0 succeeds.
+    With Eq. 24 promising success everywhere the search starts at Q0; promising it nowhere, at
+    Q-infinity, then Q0 (a failed Q0 then overwrote ``lo = |J|`` and the search retested
+    ``|J| - 1`` forever). Either way it stops, failure (``-1``) or ``hi = 0``, within the bound;
+    a test function that refuses calls beyond the bound turns a loop into a failure."""
+    from quantadv.quantize.lagrangian import _model_guided, bisection_bound
+
+    sizes = torch.tensor([0, 1, 5, 64, 300])
+    width = int(sizes.max()) + 1
+    linear = torch.full((sizes.numel(), width), model_says, dtype=torch.float64)
+    bound = bisection_bound(sizes)
+    for only_q0 in (False, True):
+        outcome = torch.zeros(sizes.numel(), width, dtype=torch.bool)
+        outcome[:, 0] = only_q0
+        calls = torch.zeros(sizes.numel(), dtype=torch.int64)
+
+        def test(idx, k, outcome=outcome, calls=calls):
+            calls[idx] += 1
+            assert bool((calls <= bound).all()), f"more than the bound: {calls.tolist()} > {bound.tolist()}"
+            return outcome[idx, k], torch.ones(idx.numel(), dtype=torch.float64)
+
+        none = torch.zeros(sizes.numel(), dtype=torch.bool)
+        hi = _model_guided(test, linear, sizes, 0.0, none, none)
+        assert hi.tolist() == ([0] * sizes.numel() if only_q0 else [-1] * sizes.numel())
+
+
 @pytest.mark.slow
 def test_model_guided_search_calls_on_shipped_model():
-    """fmnist-cnn, DDN outputs: about a third of bisection's network calls per image.
+    """fmnist-cnn, DDN outputs: well under half of bisection's network calls per image, and
+    never more than bisection's bound on any image.
 
-    DDN runs 30 steps on 100 images here (about 10 s of CPU), not the benchmark's 100 steps
-    on 1,000 images (4.2 calls per image against 11.4, benchmarks/RESULTS-quantization.md);
-    the issue's target of 4 is not met there, hence the bound of 4.5 below.
+    DDN runs 30 steps on 100 images here (about 10 s of CPU; 3.84 calls per image measured,
+    bisection 8.9), not the benchmark's 50 steps (4.09 against 10.37 on the first 100 images,
+    4.41 against 10.81 on 500: benchmarks/RESULTS.md), hence the bound of 4.2 below.
     """
     from quantadv import attacks, data, models
+    from quantadv.quantize.lagrangian import ceil_log2
 
     try:
         images, labels = data.load("fashion-mnist", split="test")
@@ -572,7 +711,8 @@ def test_model_guided_search_calls_on_shipped_model():
     _, guided = lagrangian(model, x, x_adv, y, return_info=True)
     _, bisected = lagrangian(model, x, x_adv, y, search="bisection", return_info=True)
     assert torch.equal(guided["success"], bisected["success"])
-    assert float(guided["calls"].double().mean()) <= 4.5
+    assert bool((guided["calls"] <= 3 + ceil_log2(guided["j_size"])).all())
+    assert float(guided["calls"].double().mean()) <= 4.2
     assert float(guided["calls"].double().mean()) <= 0.5 * float(bisected["calls"].double().mean())
     same = (guided["lambda_star"] == bisected["lambda_star"]).double().mean()
     assert float(same) >= 0.98
@@ -667,3 +807,26 @@ def test_lagrangian_info_pred_is_the_class_at_the_output(search):
     x_q, info = lagrangian(model, x, x_adv, y, search=search, return_info=True)
     with torch.no_grad():
         assert torch.equal(info["pred"], model(x_q).argmax(1))
+
+
+def test_lagrangian_jpeg_searches_share_the_bound_and_the_successes():
+    """``lagrangian_jpeg`` runs the same search function: model-guided by default, bisection on
+    request; both within paper 000's bound on every image, with the same successes (a linear
+    network: the true outcome is monotone along the candidates)."""
+    pytest.importorskip("jpeglib")
+    from quantadv.quantize import lagrangian_jpeg
+    from quantadv.quantize.lagrangian import ceil_log2
+    from test_jpeg import _setup
+
+    model, x, y, xa = _setup(1.6)
+    infos = {
+        search: lagrangian_jpeg(model, x, xa, y, quality=75, search=search, return_info=True)[1]
+        for search in ("model", "bisection")
+    }
+    for info in infos.values():
+        assert bool((info["calls"] <= 3 + ceil_log2(info["j_size"])).all())
+    assert torch.equal(infos["model"]["success"], infos["bisection"]["success"])
+    assert torch.equal(infos["model"]["lambda_star"], infos["bisection"]["lambda_star"])
+    assert infos["model"]["calls"].sum() < infos["bisection"]["calls"].sum()
+    with pytest.raises(InputError):
+        lagrangian_jpeg(model, x, xa, y, quality=75, search="galloping")

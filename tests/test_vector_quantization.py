@@ -301,3 +301,121 @@ def test_t_swrd_zoo_models(name):
     model = models.load(name)
     assert isinstance(model, Defended) and isinstance(model.preprocess, SlidingWindowRandDisc)
     assert not model.training
+
+
+# ----------------------------------------------------------------------------------------------
+# The faster implementation (issue 19) gives the outputs of the earlier one, bit for bit
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_quantize(x, kind, s, k, sigma, tau, beta, iters, generator):
+    """The implementation before issue 19, kept plain and slow: the same draws, ``argmin``,
+    ``scatter_add`` counts, every Lloyd iteration on the full subset, ``fold`` for Eq. 2-4."""
+    import torch.nn.functional as F
+
+    def nearest(p, c):
+        if c.shape[1] * c.shape[2] <= 64:
+            return torch.cdist(p, c, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
+        pn = (p * p).sum(-1, keepdim=True)
+        return (pn - 2.0 * torch.bmm(p, c.transpose(1, 2)) + (c * c).sum(-1).unsqueeze(1)).argmin(-1)
+
+    def update(p, lab, old):
+        bb, nn_, dd = p.shape
+        sums = p.new_zeros(bb, old.shape[1], dd).scatter_add(1, lab.unsqueeze(-1).expand(bb, nn_, dd), p)
+        counts = p.new_zeros(bb, old.shape[1]).scatter_add_(1, lab, p.new_ones(bb, nn_)).unsqueeze(-1)
+        return torch.where(counts > 0, sums / counts.clamp_min(1.0), old)
+
+    b, c, h, w = x.shape
+    seeds = torch.randint(0, 2**62, (b,), generator=generator, dtype=torch.int64)
+    if kind == "randdisc":
+        pts = x.reshape(b, c, h * w).transpose(1, 2)
+    elif kind == "prd":
+        hp, wp = h + (-h % s), w + (-w % s)
+        pts = F.unfold(F.pad(x, (0, wp - w, 0, hp - h)), kernel_size=s, stride=s).transpose(1, 2)
+    else:
+        windows = F.unfold(x, kernel_size=s)
+        pts = windows.transpose(1, 2)
+    pts = pts.contiguous()
+    n, d = pts.shape[1:]
+    sig, uni, tn = (torch.empty(b, n * d), torch.empty(b, k), torch.empty(b, n * d))
+    g = torch.Generator()
+    for i, seed in enumerate(seeds.tolist()):
+        g.manual_seed(seed)
+        if sigma > 0:
+            torch.randn(n * d, generator=g, out=sig[i])
+        torch.rand(k, generator=g, out=uni[i])
+        if tau > 0:
+            torch.randn(n * d, generator=g, out=tn[i])
+    noisy = pts + sigma * sig.view(b, n, d) if sigma > 0 else pts
+    # k-means++
+    batch = torch.arange(b)
+    first = (uni[:, 0] * n).long().clamp_(max=n - 1)
+    centres = [noisy[batch, first]]
+    dist = ((noisy - centres[0].unsqueeze(1)) ** 2).sum(-1)
+    for j in range(1, k):
+        cum = torch.cumsum(dist, dim=1)
+        total = cum[:, -1]
+        by_weight = torch.searchsorted(cum, (uni[:, j] * total).unsqueeze(1), right=True).squeeze(1)
+        idx = torch.where(total > 0, by_weight.clamp_(max=n - 1), (uni[:, j] * n).long().clamp_(max=n - 1))
+        centres.append(noisy[batch, idx])
+        dist = torch.minimum(dist, ((noisy - centres[-1].unsqueeze(1)) ** 2).sum(-1))
+    cent = torch.stack(centres, dim=1)
+    # Lloyd, one image at a time
+    for i in range(b):
+        lab = nearest(noisy[i : i + 1], cent[i : i + 1])
+        for _ in range(iters):
+            new_c = update(noisy[i : i + 1], lab, cent[i : i + 1])
+            new_l = nearest(noisy[i : i + 1], new_c)
+            cent[i : i + 1] = new_c
+            if torch.equal(new_l, lab):
+                break
+            lab = new_l
+    probe = pts + tau * tn.view(b, n, d) if tau > 0 else pts
+    q = torch.gather(cent, 1, nearest(probe, cent).unsqueeze(-1).expand(b, n, d))
+    if kind == "randdisc":
+        return q.transpose(1, 2).reshape(b, c, h, w).clamp(0.0, 1.0)
+    if kind == "prd":
+        return F.fold(q.transpose(1, 2), (hp, wp), kernel_size=s, stride=s)[:, :, :h, :w].clamp(0.0, 1.0)
+    p_hat = q.transpose(1, 2)
+    score = -((windows - p_hat) ** 2).sum(1)
+    score = score if math.isinf(beta) else beta * score
+    lh, lw = h - s + 1, w - s + 1
+    smap = F.pad(score.view(b, 1, lh, lw), (s - 1,) * 4, value=-math.inf)
+    max_unf = F.unfold(F.max_pool2d(smap, s, stride=1), kernel_size=s)
+    if math.isinf(beta):
+        weight = (score.unsqueeze(1) >= max_unf).to(x.dtype)
+    else:
+        weight = torch.exp(score.unsqueeze(1) - max_unf)
+    num = F.fold((p_hat.view(b, c, s * s, -1) * weight.unsqueeze(1)).view(b, c * s * s, -1), (h, w), s)
+    return (num / F.fold(weight, (h, w), s)).clamp(0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kind,s,k,sigma,beta,iters",
+    [
+        ("swrd", 2, 2, SIG, 1.0, 10),  # the paper's MNIST setting
+        ("swrd", 3, 3, 0.05, 1.0, 10),
+        ("swrd", 2, 5, 0.1, math.inf, 10),
+        ("swrd", 2, 2, 0.1, 0.0, 3),
+        ("randdisc", 1, 2, SIG, 1.0, 10),
+        ("randdisc", 1, 8, 0.05, 1.0, 1),
+        ("prd", 2, 2, SIG, 1.0, 10),
+        ("prd", 4, 6, 0.05, 1.0, 10),
+    ],
+)
+def test_outputs_identical_to_the_reference_implementation(kind, s, k, sigma, beta, iters):
+    x = images(24, 1, 28, 28, seed=3)
+    x[:8] = (x[:8] > 0.7).float()  # MNIST-like: mostly flat background, fixed points early
+    if kind == "swrd":
+        q = SlidingWindowRandDisc(s, k, sigma, sigma, beta=beta, iters=iters)
+    elif kind == "prd":
+        q = PatchRandDisc(s, k, sigma, sigma, iters=iters)
+    else:
+        q = RandDisc(k, sigma, sigma, iters=iters)
+    for seed in (0, 1):
+        expected = _reference_quantize(x, kind, s, k, sigma, sigma, beta, iters, gen(seed))
+        assert torch.equal(q(x, generator=gen(seed)), expected)
+    # With autograd on, the same values (the combination runs out of place).
+    xg = x[:6].clone().requires_grad_(True)
+    expected = _reference_quantize(x[:6], kind, s, k, sigma, sigma, beta, iters, gen(4))
+    assert torch.equal(q(xg, generator=gen(4)).detach(), expected)

@@ -100,13 +100,15 @@ def draw_noise(
     uni = torch.empty(b, k, dtype=dtype, device=device)
     tn = torch.empty(b, n * d, dtype=dtype, device=device) if tau else None
     gen = torch.Generator(device=device)
+    reseed = gen.manual_seed
+    # Tensor.normal_ / uniform_ on a row draw what torch.randn / torch.rand(out=row) draw.
     for i, seed in enumerate(seeds.tolist()):
-        gen.manual_seed(seed)
+        reseed(seed)
         if sig is not None:
-            torch.randn(n * d, generator=gen, dtype=dtype, device=device, out=sig[i])
-        torch.rand(k, generator=gen, dtype=dtype, device=device, out=uni[i])
+            sig[i].normal_(generator=gen)
+        uni[i].uniform_(generator=gen)
         if tn is not None:
-            torch.randn(n * d, generator=gen, dtype=dtype, device=device, out=tn[i])
+            tn[i].normal_(generator=gen)
     shape = (b, n, d)
     return (sig.view(shape) if sig is not None else None), uni, (tn.view(shape) if tn is not None else None)
 
@@ -116,6 +118,28 @@ def draw_noise(
 # ----------------------------------------------------------------------------------------------
 
 
+def _first_argmin(dist: torch.Tensor) -> torch.Tensor:
+    """``dist.argmin(-1)`` (first index of the minimum) for a few columns, by comparisons.
+
+    ``argmin`` over a short last dimension is a slow inner reduction on a CPU; a chain of
+    ``k - 1`` element-wise comparisons gives the same indices (ties keep the lower index).
+    """
+    k = dist.shape[-1]
+    if k == 2:
+        return (dist[..., 1] < dist[..., 0]).long()
+    if k == 1 or k > 4:
+        return dist.argmin(-1)
+    best = dist[..., 0]
+    label = torch.zeros(best.shape, dtype=torch.int64, device=dist.device)
+    for j in range(1, k):
+        column = dist[..., j]
+        closer = column < best
+        label.masked_fill_(closer, j)
+        if j < k - 1:
+            best = torch.where(closer, column, best)
+    return label
+
+
 def _nearest(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centre ``(B, N)`` for ``(B, N, D)`` points and ``(B, k, D)`` centres.
 
@@ -123,7 +147,7 @@ def _nearest(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     fastest on a CPU here); larger: ``||p||^2 - 2 p.c + ||c||^2`` with one batched product.
     """
     if centres.shape[1] * centres.shape[2] <= 64:
-        return torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist").argmin(-1)
+        return _first_argmin(torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist"))
     pn = (points * points).sum(-1, keepdim=True)
     cn = (centres * centres).sum(-1).unsqueeze(1)
     return (pn - 2.0 * torch.bmm(points, centres.transpose(1, 2)) + cn).argmin(-1)
@@ -162,15 +186,33 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, uniforms: torch.Tensor) -> to
         idx = torch.where(total > 0, by_weight, uniform)
         c = points[batch, idx]
         centres.append(c)
-        dist = torch.minimum(dist, ((points - c.unsqueeze(1)) ** 2).sum(-1))
+        if j < k - 1:  # the distances after the last centre are not needed
+            dist = torch.minimum(dist, ((points - c.unsqueeze(1)) ** 2).sum(-1))
     return torch.stack(centres, dim=1)
 
 
+def _counts(labels: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Members of each of the ``k`` clusters, ``(B, k)``, from ``(B, N)`` labels (exact)."""
+    if k == 2:
+        ones = labels.sum(1)
+        return torch.stack([labels.shape[1] - ones, ones], dim=1).to(dtype)
+    if k <= 4:
+        return torch.stack([(labels == j).sum(1) for j in range(k)], dim=1).to(dtype)
+    b = labels.shape[0]
+    offset = torch.arange(b, device=labels.device).unsqueeze(1) * k
+    return torch.bincount((labels + offset).flatten(), minlength=b * k).view(b, k).to(dtype)
+
+
 def _centre_update(points: torch.Tensor, labels: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Mean of each cluster's points (``old`` where a cluster is empty).
+
+    The sums are one ``scatter_add`` (members added in point order, differentiable); the
+    counts are exact integers however they are computed.
+    """
     b, n, d = points.shape
     k = old.shape[1]
     sums = points.new_zeros(b, k, d).scatter_add(1, labels.unsqueeze(-1).expand(b, n, d), points)
-    counts = points.new_zeros(b, k).scatter_add_(1, labels, points.new_ones(b, n)).unsqueeze(-1)
+    counts = _counts(labels, k, points.dtype).unsqueeze(-1)
     return torch.where(counts > 0, sums / counts.clamp_min(1.0), old)
 
 
@@ -197,33 +239,47 @@ def kmeans(points: torch.Tensor, init: torch.Tensor, iters: int) -> tuple[torch.
     labels : Tensor, shape (B, N)
         Nearest-centre index of every point for the returned centres.
     """
-    centres = init
     with torch.no_grad():
         data = points.detach()
-        labels = _nearest(data, centres)
-        centres, prev, prev_labels = centres.clone(), centres.clone(), labels.clone()
-        active = None  # None: every image still moves; else the indices of those that do
-        for _ in range(iters):
-            if active is None:
-                d_a, l_a, c_a = data, labels, centres
-            else:
-                d_a, l_a, c_a = data[active], labels[active], centres[active]
+        labels = _nearest(data, init)
+        centres = init
+        # What produced the returned centres (the last update's labels and previous centres),
+        # kept only for the autograd recomputation below.
+        keep_prev = iters > 0 and points.requires_grad
+        prev, prev_labels = init, labels
+        # The working set: images not known to be at a fixed point, compacted only when enough
+        # of them have stopped (an image at a fixed point that stays in it recomputes the same
+        # centres and labels bit for bit, so carrying it along changes nothing but the work).
+        idx, d_a, l_a, c_a = None, data, labels, centres
+        for it in range(iters):
             new_c = _centre_update(d_a, l_a, c_a)
             new_l = _nearest(d_a, new_c)
             moved = (new_l != l_a).any(1)
-            if active is None:
-                prev, prev_labels, centres, labels = c_a, l_a, new_c, new_l
-                active = torch.nonzero(moved).squeeze(1)
+            n_moved = int(moved.sum())
+            if n_moved == 0 or it == iters - 1 or 4 * n_moved <= 3 * moved.numel():
+                # Store the working set's results; keep going with the images that moved.
+                if idx is None:
+                    if keep_prev:
+                        prev, prev_labels = c_a, l_a
+                    centres, labels = new_c, new_l
+                    if n_moved:
+                        centres, labels = centres.clone(), labels.clone()
+                        if keep_prev:
+                            prev, prev_labels = prev.clone(), prev_labels.clone()
+                else:
+                    if keep_prev:
+                        prev[idx], prev_labels[idx] = c_a, l_a
+                    centres[idx], labels[idx] = new_c, new_l
+                if n_moved == 0 or it == iters - 1:
+                    break
+                idx = moved.nonzero().squeeze(1) if idx is None else idx[moved]
+                d_a, l_a, c_a = d_a[moved], new_l[moved], new_c[moved]
             else:
-                prev[active], prev_labels[active] = c_a, l_a
-                centres[active], labels[active] = new_c, new_l
-                active = active[moved]
-            if active.numel() == 0:  # every image at a fixed point
-                break
-    if iters > 0 and points.requires_grad:
+                l_a, c_a = new_l, new_c
+    if keep_prev:
         # Recompute the last update with autograd (same ops, same values).
         centres = _centre_update(points, prev_labels, prev)
-    return centres, labels
+    return (centres if iters > 0 else centres.clone()), labels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +297,8 @@ def _codebook(
     b, n, d = points.shape
     points = points.contiguous()
     sig_noise, uni, tau_noise = draw_noise(seeds, n, d, k, sigma > 0, tau > 0, points.dtype, points.device)
-    noisy = points + sigma * sig_noise if sig_noise is not None else points
+    # (sigma * noise) + points, computed in the noise buffer.
+    noisy = sig_noise.mul_(sigma).add_(points) if sig_noise is not None else points
     init = kmeans_plus_plus(noisy.detach(), k, uni)
     centres, _ = kmeans(noisy, init, iters)
     return centres, tau_noise
@@ -253,7 +310,7 @@ def _quantize_points(
     """Eq. 1 of paper 003 on ``(B, N, D)`` points: noisy k-means codebook, then nearest centre."""
     b, n, d = points.shape
     centres, tau_noise = _codebook(points, k, sigma, iters, seeds, tau)
-    probe = points + tau * tau_noise if tau_noise is not None else points
+    probe = tau_noise.mul_(tau).add_(points.detach()) if tau_noise is not None else points
     with torch.no_grad():
         labels = _nearest(probe.detach(), centres.detach())
     return torch.gather(centres, 1, labels.unsqueeze(-1).expand(b, n, d))
@@ -444,17 +501,36 @@ class SlidingWindowRandDisc(_RandomQuantizer):
         s = self.s
         lh, lw = h - s + 1, w - s + 1
         # Per-pixel softmax over the covering windows, stabilised by the per-pixel maximum score.
-        score = -dist if math.isinf(self.beta) else -self.beta * dist
-        smap = score.view(b, 1, lh, lw)
-        pixel_max = F.max_pool2d(F.pad(smap, (s - 1, s - 1, s - 1, s - 1), value=-math.inf), s, stride=1)
-        max_unf = F.unfold(pixel_max.detach(), kernel_size=s)  # (B, s^2, L): max at each window pixel
+        # Window (y, x) covers pixel (y + a, x + b) at offset (a, b) of its s x s grid: every
+        # sum over the covering windows is s^2 shifted slice additions, in offset order.
+        score = (-dist if math.isinf(self.beta) else -self.beta * dist).view(b, lh, lw)
+        offsets = [(a, o) for a in range(s) for o in range(s)]
+        with torch.no_grad():
+            pixel_max = score.new_full((b, h, w), -math.inf)
+            for a, o in offsets:
+                region = pixel_max[:, a : a + lh, o : o + lw]
+                torch.maximum(region, score.detach(), out=region)
+            # (B, s^2, L): the maximum at each pixel of each window, offsets in unfold order.
+            max_unf = torch.stack([pixel_max[:, a : a + lh, o : o + lw] for a, o in offsets], 1)
+        max_unf = max_unf.view(b, s * s, -1)
+        score = score.view(b, 1, -1)
         if math.isinf(self.beta):
-            weight = (score.unsqueeze(1) >= max_unf).to(x.dtype)
+            weight = (score >= max_unf).to(x.dtype)
         else:
-            weight = torch.exp(score.unsqueeze(1) - max_unf)  # (B, s^2, L), <= 1, = 1 at the argmax
-        num = F.fold((p_hat.view(b, c, s * s, -1) * weight.unsqueeze(1)).view(b, c * s * s, -1), (h, w), s)
-        den = F.fold(weight, (h, w), s)
-        return (num / den).clamp(0.0, 1.0)
+            weight = torch.exp(score - max_unf)  # (B, s^2, L), <= 1, = 1 at the argmax
+        contrib = (p_hat.view(b, c, s * s, -1) * weight.unsqueeze(1)).view(b, c, s * s, lh, lw)
+        weight = weight.view(b, s * s, lh, lw)
+        num = x.new_zeros(b, c, h, w)
+        den = x.new_zeros(b, h, w)
+        if x.requires_grad or p_hat.requires_grad:  # out-of-place, for autograd
+            for i, (a, o) in enumerate(offsets):
+                num = num + F.pad(contrib[:, :, i], (o, s - 1 - o, a, s - 1 - a))
+                den = den + F.pad(weight[:, i], (o, s - 1 - o, a, s - 1 - a))
+        else:
+            for i, (a, o) in enumerate(offsets):
+                num[:, :, a : a + lh, o : o + lw] += contrib[:, :, i]
+                den[:, a : a + lh, o : o + lw] += weight[:, i]
+        return (num / den.unsqueeze(1)).clamp(0.0, 1.0)
 
     def extra_repr(self) -> str:
         return f"s={self.s}, " + super().extra_repr() + f", beta={self.beta:g}"

@@ -19,10 +19,12 @@ DCT coefficient, in units of each coefficient's quantization step:
 - Eq. 27 per coefficient: ``min T^2 (c - y_o)^2 + lambda g c`` over the two options, i.e.
   ``ceil`` iff ``T^2 (1 - 2 (ceil(y_a) - y_o)) >= lambda g`` (Eq. 28 with the table's weight),
   ratios ``r = T^2 (1 - 2 (ceil(y_a) - y_o)) / g > 0`` on ``J`` (Eq. 29-30).
-- ``lambda*`` by the paper's true-loss binary search (Sec. 4.5): Q0, then Q-infinity, then
-  bisection over the sorted ratios, in lock-step for the batch; each candidate is written as a
-  real JPEG (jpeglib), decoded by libjpeg through Pillow and classified. So every success
-  reported is a property of the file, not of the model of the decoder.
+- ``lambda*`` by the search of :func:`quantadv.quantize.lagrangian` (the same function):
+  model-guided by default (Eq. 24 through the decoder model predicts the boundary, the true
+  network checks), or the paper's binary search (Sec. 4.5) with ``search="bisection"``; in
+  lock-step for the batch; each candidate tested is written as a real JPEG (jpeglib), decoded
+  by libjpeg through Pillow and classified. So every success reported is a property of the
+  file, not of the model of the decoder.
 
 Baselines: :func:`round_jpeg` (round each coefficient of ``y_a``: the DCT analog of R, Eq. 12)
 and :func:`reencode_jpeg` (round the pixels and re-encode with Pillow at the same quality, what
@@ -34,11 +36,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validate import check_images
+from .._validate import check_choice, check_images
 from ..digital import is_digital, to_float
 from ..errors import DataError, InputError
 from ..io import jpeg as jio
 from . import _loss
+from .lagrangian import SEARCHES, search_candidates
 
 #: ``y_a`` within this distance of an integer (in quantization steps) is kept as it is.
 SNAP_TOLERANCE = 1e-4
@@ -142,6 +145,7 @@ def lagrangian_jpeg(
     targets: torch.Tensor | None = None,
     margin: float = 0.0,
     loss: str = "prob",
+    search: str = "model",
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Q-lambda* in the DCT domain: the least-distortion adversarial JPEG among Lagrangian choices.
@@ -149,10 +153,12 @@ def lagrangian_jpeg(
     Paper 000's Lagrangian quantization (Eq. 26-30, Sec. 4.4-4.5) over the integer DCT
     coefficients of a baseline JPEG (see :mod:`quantadv.quantize.jpeg` for the rule). The
     candidates ``k = 0 .. |J|`` flip the ``k`` smallest ratios to the loss choice (``k = 0``:
-    the coefficient-domain Q0; ``k = |J|``: Q-infinity); ``lambda*`` is found by the paper's
-    binary search with the *true* network on the *real* decoder's output (libjpeg via
-    Pillow): Q0 first, then Q-infinity, then bisection, in lock-step for the batch. At most
-    ``1 + 2 + ceil(log2 |J|)`` network calls per image (the gradient counting as one).
+    the coefficient-domain Q0; ``k = |J|``: Q-infinity); ``lambda*`` is searched with the
+    *true* network on the *real* decoder's output (libjpeg via Pillow), in lock-step for the
+    batch, by the search of :func:`quantadv.quantize.lagrangian`: model-guided (default; the
+    first-order model of Eq. 24 in the coefficients predicts the boundary) or ``"bisection"``
+    (Q0, then Q-infinity, then bisection). Either way at most ``1 + 2 + ceil(log2 |J|)``
+    network calls per image (the gradient counting as one).
 
     Parameters
     ----------
@@ -174,7 +180,7 @@ def lagrangian_jpeg(
         Instead of ``quality``: the original JPEG files (4:4:4, 4:2:2 or 4:2:0, one kind per
         batch), attacked in place (their tables and sampling, and their integer coefficients
         as ``y_o``); ``x_orig`` must then be their decode.
-    targets, margin, loss
+    targets, margin, loss, search
         As in :func:`quantadv.quantize.lagrangian`.
     return_info : bool
         Also return a dict: per-image tensors ``lambda_star`` (``0`` when Q0 succeeded,
@@ -190,6 +196,7 @@ def lagrangian_jpeg(
     """
     _check_inputs(x_orig, x_adv)
     margin_value = _loss.check_margin(margin)
+    check_choice(search, "search", SEARCHES)
     batch, device = x_adv.shape[0], x_adv.device
     labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
     templates, layout, y_orig = _originals(x_orig, quality, originals, subsampling)
@@ -202,7 +209,7 @@ def lagrangian_jpeg(
 
     # Gradient of L_Q with respect to the coefficients, at y_a, through the decoder model.
     decoded_model = _Decoded(model, tables, layout, x_adv.dtype)
-    grad, objective, _, _ = _loss.gradient_and_loss(
+    grad, objective, loss_at_adv, _ = _loss.gradient_and_loss(
         decoded_model, y_adv.to(x_adv.dtype), labels_t, targets_t, loss, margin_value
     )
     g = (grad * 255.0).flatten(1)  # _loss divides by 255 (pixel units); undo it: dL/dc per step
@@ -219,14 +226,18 @@ def lagrangian_jpeg(
     r = weight * (1.0 - 2.0 * (ceil - yo)) / torch.where(j_mask, g, torch.ones_like(g))
     r = torch.where(j_mask, r, torch.full_like(r, float("inf")))
     j_size = j_mask.sum(dim=1)
-    r_sorted, _ = torch.sort(r, dim=1)
+    r_sorted, order = torch.sort(r, dim=1, stable=True)
     c_zero = torch.where(exact, ceil, torch.where(distortion_ceil, ceil, ceil - 1.0))
     c_inf = torch.where(j_mask, torch.where(loss_ceil, ceil, ceil - 1.0), c_zero)
     c_zero, c_inf = c_zero.clamp(-_COEF_LIMIT, _COEF_LIMIT), c_inf.clamp(-_COEF_LIMIT, _COEF_LIMIT)
 
     calls = torch.ones(batch, dtype=torch.int64, device=device)
     decodes = torch.zeros(batch, dtype=torch.int64, device=device)
-    pred = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    # The class at the smallest successful candidate tested (what a success returns) and at
+    # Q-infinity (what a failure returns), from the search's own passes.
+    best_k = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    best_pred = torch.full((batch,), -1, dtype=torch.int64, device=device)
+    inf_pred = torch.full((batch,), -1, dtype=torch.int64, device=device)
 
     def lam_at(idx: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         value = r_sorted[idx].gather(1, (k - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
@@ -243,9 +254,24 @@ def lagrangian_jpeg(
         logits = model(_decode_float(blobs, x_adv))
         calls[idx] += 1
         decodes[idx] += 1
-        return objective.select(idx).success(logits), logits.argmax(dim=1)
+        chosen = objective.select(idx)
+        ok, cls = chosen.success(logits), logits.argmax(dim=1)
+        better = ok & ((best_k[idx] < 0) | (k < best_k[idx]))
+        best_k[idx[better]] = k[better]
+        best_pred[idx[better]] = cls[better]
+        at_inf = k == j_size[idx]
+        inf_pred[idx[at_inf]] = cls[at_inf]
+        return ok, chosen.loss(logits).to(torch.float64)
 
-    hi = _bisection(test, j_size, pred)
+    linear = None
+    if search == "model":
+        # Eq. 24 at every candidate: L_Q(y_a) + g^T (c_k - y_a), one cumulative sum along the
+        # sorted ratios (candidate k switches the k smallest to the loss choice).
+        at_q0 = loss_at_adv + (g * (c_zero - ya)).sum(dim=1)
+        steps = (g * (c_inf - c_zero)).gather(1, order)
+        linear = torch.cat([at_q0.unsqueeze(1), at_q0.unsqueeze(1) + steps.cumsum(dim=1)], dim=1)
+    hi = search_candidates(test, linear, j_size, margin_value, search=search)
+    pred = torch.where(hi >= 0, best_pred, inf_pred)
     success = hi >= 0
     everyone = torch.arange(batch, device=device)
     lam_star = torch.where(success, lam_at(everyone, hi.clamp(min=0)), torch.full_like(r_sorted[:, 0], float("inf")))
@@ -266,38 +292,6 @@ def lagrangian_jpeg(
         "jpeg": blobs,
     }
     return x_q, info
-
-
-def _bisection(test, j_size: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Paper 000 Sec. 4.5: Q0, then Q-infinity, then bisection (lock-step); ``-1`` on failure.
-
-    ``test(idx, k)`` returns (adversarial, predicted class) of candidate ``k`` of images
-    ``idx``. ``pred`` is filled with the class at the returned candidate: the one seen when
-    ``hi`` was last set, or, on failure, at Q-infinity (Q0 when ``J`` is empty).
-    """
-    batch, device = j_size.shape[0], j_size.device
-    everyone = torch.arange(batch, device=device)
-    zero = torch.zeros(batch, dtype=torch.int64, device=device)
-    ok, cls = test(everyone, zero)
-    pred.copy_(cls)
-    hi = torch.where(ok, zero, -1)
-    lo = zero.clone()
-    pending = everyone[~ok & (j_size > 0)]
-    if pending.numel():
-        ok_inf, cls = test(pending, j_size[pending])
-        pred[pending] = cls
-        hi[pending[ok_inf]] = j_size[pending[ok_inf]]
-        searching = pending[ok_inf]
-        while searching.numel():
-            searching = searching[hi[searching] - lo[searching] > 1]
-            if not searching.numel():
-                break
-            mid = (lo[searching] + hi[searching]) // 2
-            ok_mid, cls = test(searching, mid)
-            hi[searching[ok_mid]] = mid[ok_mid]
-            pred[searching[ok_mid]] = cls[ok_mid]
-            lo[searching[~ok_mid]] = mid[~ok_mid]
-    return hi
 
 
 def round_jpeg(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -105,15 +106,18 @@ def lagrangian(
     - ``search="model"`` (default): the first-order model of Eq. 24, ``L_Q(0) + g^T q_k``,
       is evaluated at every candidate with one cumulative sum along the sorted ratios (no
       network call). The first candidate where it meets the margin is tested with the
-      network; each later step re-centres the model on the true loss the last forward pass
-      returned and tests the candidate where the corrected model crosses, inside the
-      bracket known so far. A step is only taken if galloping (1, 2, 4, ... candidates
-      away) and bisection could still finish within ``2 + 2 ceil(log2 |J|)`` forward passes
-      whatever the outcome; otherwise the search gallops and bisects from there. If even
-      Q-infinity fails, Q0 is tried before giving up. When ``x_a`` is already digital, the
-      gradient's forward pass was at ``x_q`` itself and no other pass is made. On DDN
-      outputs this makes about 3 forward passes per image instead of about 10
-      (docs/quantization.md).
+      network; each later step corrects the model by the errors the forward passes revealed
+      (its error at the last tested candidate; once a failing and a succeeding candidate are
+      known, their two errors interpolated between them) and tests where the corrected model
+      crosses, inside the bracket known so far. Each step is moved to the nearest candidate
+      from which the search can still end, whatever the outcomes, within paper 000's bound of
+      ``2 + ceil(log2 |J|)`` forward passes (:func:`bisection_bound`; the worst case left is
+      counted exactly by :func:`_need`): when the model is wrong the steps turn into bisection
+      steps in time, so no image ever costs more network calls than the paper's search, and
+      the search always ends. If even Q-infinity fails, Q0 is tried before giving up. When
+      ``x_a`` is already digital, the gradient's forward pass was at ``x_q`` itself and no
+      other pass is made. On DDN outputs of ``fmnist-cnn`` this makes about 3.1 forward
+      passes per image instead of about 9.4 (docs/quantization.md).
     - ``search="bisection"``: the paper's procedure: ``lambda = 0`` first, then
       Q-infinity, then a binary search over the sorted ratios; at most
       ``2 + ceil(log2 |J|)`` forward passes per image.
@@ -210,9 +214,8 @@ def lagrangian(
         inf_pred[idx[at_inf]] = pred[at_inf]
         return ok, chosen.loss(logits).to(torch.float64)
 
-    if search == "bisection":
-        hi = _bisection(lambda idx, k: test(idx, k)[0], j_size)
-    else:
+    linear, known = None, None
+    if search == "model":
         # Eq. 24 at every candidate: L_Q(0) + g^T q_k, with q_k = x_q(k) - x_a in pixel units;
         # switching the i-th sorted pixel of J changes it by g (e_inf - e_zero) < 0.
         adv = _rule.pixel_values(x_adv, parts)
@@ -221,7 +224,9 @@ def lagrangian(
         linear = torch.cat([at_q0.unsqueeze(1), at_q0.unsqueeze(1) + steps.cumsum(dim=1)], dim=1)
         # A digital x_a is its own quantization: the gradient's forward pass already tested it.
         known = (q_zero == x_adv.flatten(1)).all(dim=1)
-        hi = _model_guided(test, linear, j_size, margin_value, known, success_at_adv)
+    hi = search_candidates(
+        test, linear, j_size, margin_value, search=search, known=known, known_success=success_at_adv
+    )
 
     success = hi >= 0
     everyone = torch.arange(batch, device=device)
@@ -248,6 +253,36 @@ def lagrangian(
         "lambda_pixels": flip.sum(dim=1),
     }
     return x_q, info
+
+
+def search_candidates(
+    test: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    linear: torch.Tensor | None,
+    j_size: torch.Tensor,
+    margin: float,
+    *,
+    search: str = "model",
+    known: torch.Tensor | None = None,
+    known_success: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The search for ``lambda*`` over the candidates ``k = 0 .. |J|`` (Sec. 4.5), shared by
+    :func:`lagrangian` and :func:`quantadv.quantize.lagrangian_jpeg`.
+
+    ``test(idx, k)`` makes one forward pass on candidate ``k`` of the images ``idx`` and returns
+    (adversarial, true ``L_Q`` as float64); ``linear[:, k]`` is Eq. 24 at candidate ``k``
+    (``(B, max |J| + 1)``; unused by ``search="bisection"``); ``known`` marks images whose
+    candidate 0 was already judged (``known_success``). Returns per image the candidate found
+    (a tested success whose predecessor was tested and failed, or ``0``), ``-1`` on failure.
+    Either search makes at most :func:`bisection_bound` forward passes per image.
+    """
+    if search == "bisection":
+        return _bisection(lambda idx, k: test(idx, k)[0], j_size)
+    if linear is None:
+        raise InputError("the model-guided search needs Eq. 24 at every candidate (linear)")
+    if known is None or known_success is None:
+        known = torch.zeros(j_size.shape, dtype=torch.bool, device=j_size.device)
+        known_success = known
+    return _model_guided(test, linear, j_size, margin, known, known_success)
 
 
 def _bisection(
@@ -290,31 +325,64 @@ def ceil_log2(n: torch.Tensor) -> torch.Tensor:
     return torch.where(n <= 1, 0, torch.floor(torch.log2(m)).to(torch.int64) + 1)
 
 
-def model_guided_bound(j_size: torch.Tensor) -> torch.Tensor:
-    """Worst-case forward passes of the model-guided search: ``2 + 2 ceil(log2 |J|)``."""
-    return 2 + 2 * ceil_log2(j_size)
+def bisection_bound(j_size: torch.Tensor) -> torch.Tensor:
+    """Forward passes of paper 000's search (Sec. 4.5), and at most of ours: ``2 + ceil(log2 |J|)``.
 
-
-def _worst_case(lo: torch.Tensor, hi: torch.Tensor, j_size: torch.Tensor, q0: torch.Tensor) -> torch.Tensor:
-    """Forward passes that galloping and bisection may still need from a search state.
-
-    ``lo`` / ``hi``: largest candidate seen failing / smallest seen succeeding (``-1``:
-    none); ``q0``: candidate 0 was tested. From a bracket of width ``w``, bisection takes
-    ``ceil(log2 w)``. From one known side at distance ``e`` of the end (``|J| - lo`` or
-    ``hi``), galloping ``1, 2, 4, ...`` away takes at most ``m + 1`` tests, ``m = ceil(log2
-    e)``, and leaves a bracket of width ``2^(j-1)`` after ``j + 1`` of them: ``2m`` in all,
-    or ``m + 1`` (plus a last test of Q0) if every candidate up to Q-infinity fails.
+    Q0, Q-infinity, then ``ceil(log2 |J|)`` bisection steps; with the gradient, ``3 + ceil(log2
+    |J|)`` network calls per image. The model-guided search never spends more.
     """
-    has_lo, has_hi = lo >= 0, hi >= 0
-    bracket = ceil_log2(hi - lo)
-    m_up = ceil_log2(j_size - lo)
-    up = torch.maximum(2 * m_up, m_up + 1 + (~q0).long())
-    m_down = ceil_log2(hi)
-    down = torch.maximum(2 * m_down, m_down + 1)
-    ended_up = (lo == j_size) & ~has_hi
-    out = torch.where(has_lo & has_hi, bracket, torch.where(has_lo, up, down))
-    out = torch.where(ended_up, (~q0).long(), out)
-    return torch.where(hi == 0, 0, out)
+    return 2 + ceil_log2(j_size)
+
+
+def _need(lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor, q0: torch.Tensor) -> torch.Tensor:
+    """Forward passes that a bisection still needs, whatever the outcomes, to end the search.
+
+    State per image: ``lo`` the largest candidate known to fail and ``hi`` the smallest known
+    to succeed (``-1``: none), ``q0`` whether candidate 0 was tested, ``size = |J|``. The
+    search ends at ``hi = lo + 1`` (a boundary), at ``hi = 0``, or when Q-infinity (``lo =
+    |J|``) and Q0 both failed. From a bracket (``hi`` known, ``lo >= -1``): ``ceil(log2 (hi -
+    lo))``. From ``lo`` alone: the ``|J| - lo`` candidates above ``lo`` and, when they all
+    fail, Q0 if it is still untested and not among them: ``ceil(log2 (|J| - lo + 1 +
+    extra))``, ``extra = 1`` for that Q0 (a decision tree of depth ``L`` resolves ``2^L - 1``
+    candidates, or ``2^L - 2`` and a last test of Q0). From nothing known, ``ceil(log2 (|J| +
+    3))`` (``1`` if ``J`` is empty), at most paper 000's ``2 + ceil(log2 |J|)``. These are the
+    exact worst cases over all outcomes (brute-forced in the tests); ``0`` exactly when the
+    search has ended.
+    """
+    bracket = ceil_log2((hi - lo).clamp(min=1))
+    extra = ((lo >= 0) & ~q0).long()
+    alone = ceil_log2((size - lo + 1 + extra).clamp(min=1))
+    # Nothing known: a first failure above 0 leaves Q0 to test, so ceil(log2 (|J| + 3)) (1 if J is empty).
+    nothing = torch.where(size == 0, 1, ceil_log2(size + 3))
+    alone = torch.where(lo < 0, nothing, alone)
+    return torch.where(hi == 0, 0, torch.where(hi > 0, bracket, alone))
+
+
+def _safe_candidates(
+    lo: torch.Tensor, hi: torch.Tensor, size: torch.Tensor, q0: torch.Tensor, left: torch.Tensor, width: int
+) -> torch.Tensor:
+    """Mask ``(A, width)`` of the candidates worth testing whose test, whatever its outcome,
+    leaves a state that :func:`_need` says ends within ``left - 1`` more passes.
+
+    Worth testing: inside the bracket ``(lo, hi)``; above ``lo`` up to Q-infinity while no
+    success is known; only Q0 once Q-infinity failed (``lo = |J|``). As long as ``_need`` of
+    the state is at most ``left``, the bisection's own next step is in the mask, so it is
+    never empty (checked exhaustively for small ``|J|`` by the tests).
+    """
+    k = torch.arange(width, device=lo.device).unsqueeze(0)
+    lo_, hi_, size_, q0_ = lo.unsqueeze(1), hi.unsqueeze(1), size.unsqueeze(1), q0.unsqueeze(1)
+    has_hi = hi_ >= 0
+    ended_above = (lo_ >= size_) & ~has_hi  # Q-infinity failed: Q0 is the one test left
+    inside = (k > lo_) & torch.where(has_hi, k < hi_, k <= size_)
+    inside = torch.where(ended_above, (k == 0) & ~q0_, inside)
+    # success at k: a bracket (lo, k), or hi = 0
+    after_success = torch.where(k == 0, 0, ceil_log2((k - lo_).clamp(min=1)))
+    # failure at k: the bracket (k, hi), or lo = k alone (Q0 tested if k = 0)
+    lo_f = torch.maximum(lo_, k)
+    q0_f = q0_ | (k == 0)
+    alone = ceil_log2((size_ - lo_f + 1 + ((lo_f >= 0) & ~q0_f).long()).clamp(min=1))
+    after_failure = torch.where(has_hi, ceil_log2((hi_ - k).clamp(min=1)), alone)
+    return inside & (torch.maximum(after_success, after_failure) <= left.unsqueeze(1) - 1)
 
 
 def _crossing(linear: torch.Tensor, shift: torch.Tensor, j_size: torch.Tensor, margin: float) -> torch.Tensor:
@@ -322,10 +390,11 @@ def _crossing(linear: torch.Tensor, shift: torch.Tensor, j_size: torch.Tensor, m
 
     ``linear`` (``(A, n + 1)``, candidates ``0 .. n``) falls along the candidates, so the
     candidates predicted to fail form a prefix and their count (below ``|J|``) is the first
-    predicted success. Success is predicted at ``L_Q < 0`` (the winning class changes) for
-    ``margin = 0``, at ``L_Q <= margin`` otherwise.
+    predicted success. ``shift`` is a number per image or per candidate. Success is predicted
+    at ``L_Q < 0`` (the winning class changes) for ``margin = 0``, at ``L_Q <= margin``
+    otherwise.
     """
-    value = linear[:, :-1] + shift.unsqueeze(1)
+    value = linear[:, :-1] + (shift.unsqueeze(1) if shift.dim() == 1 else shift[:, :-1])
     fails = value > margin if margin < 0 else value >= 0
     below_j = torch.arange(value.shape[1], device=value.device).unsqueeze(0) < j_size.unsqueeze(1)
     return (fails & below_j).sum(dim=1)
@@ -347,78 +416,75 @@ def _model_guided(
     ``J`` is empty); their outcome, ``known_success``, came with the gradient.
 
     Per image the state is ``lo`` (largest candidate seen failing) and ``hi`` (smallest seen
-    succeeding), ``-1`` while unknown; it stops at a boundary (``hi = lo + 1``), at
-    ``hi = 0`` or at ``lo = |J|`` (then Q0 is tested if it was not). *Model steps*: the
-    model is shifted by the error it made at the last tested candidate (its true L_Q minus
-    its prediction), and the candidate where the shifted model first predicts success is
-    tested (the one below it if that one is already known to succeed), clamped inside
-    ``(lo, hi)``. A model step is taken only if, whatever its outcome, :func:`_worst_case`
-    still fits in ``model_guided_bound(|J|)`` minus the passes spent; otherwise the image
-    switches for good to *safe steps*: gallop ``1, 2, 4, ...`` candidates away from the
-    known side, then bisect. The first test (the model's own prediction) leaves at most
-    ``1 + 2 ceil(log2 |J|)``, so the bound holds for every image.
+    succeeding), ``-1`` while unknown; it stops at a boundary (``hi = lo + 1``), at ``hi =
+    0``, or once Q-infinity and Q0 both failed (:func:`_need` is then 0). Each step tests
+    where the model, corrected by what the network said, first predicts success: the first
+    step uses Eq. 24 as it is; later ones shift it by its error at the tested candidates (the
+    error at the bracket's two ends interpolated along the candidates once both are known;
+    the last error before that). That candidate is replaced by the nearest one from which,
+    whatever the outcome, a bisection still ends within the passes left of paper 000's bound
+    ``2 + ceil(log2 |J|)`` (:func:`bisection_bound`, :func:`_safe_candidates`). Every test
+    is of an untested candidate inside the bracket, so the state always moves; and since the
+    passes left never fall below :func:`_need`, no image ever costs more forward passes than
+    the paper's search. The loop is also capped at the largest bound (a guard: an image that
+    reached its bound stops there with what it has).
     """
     batch = j_size.shape[0]
     device = j_size.device
+    width = linear.shape[1]
     minus_one = torch.full((batch,), -1, dtype=torch.int64, device=device)
     lo, hi = minus_one.clone(), minus_one.clone()
     hi[known & known_success] = 0
     lo[known & ~known_success] = 0
     q0_tested = known.clone()
-    budget = model_guided_bound(j_size)
+    budget = bisection_bound(j_size)
     used = torch.zeros(batch, dtype=torch.int64, device=device)
-    safe = torch.zeros(batch, dtype=torch.bool, device=device)
-    anchor = torch.zeros(batch, dtype=torch.int64, device=device)
-    gallops = torch.zeros(batch, dtype=torch.int64, device=device)
-    shift = torch.zeros(batch, dtype=torch.float64, device=device)  # model error at last test
+    last_error = torch.zeros(batch, dtype=torch.float64, device=device)  # model error at last test
+    error_lo = torch.full((batch,), math.nan, dtype=torch.float64, device=device)  # ... at lo
+    error_hi = torch.full((batch,), math.nan, dtype=torch.float64, device=device)  # ... at hi
+    cand_axis = torch.arange(width, device=device)
 
-    active = torch.nonzero(~known).flatten()
-    while active.numel():
+    def searching(idx: torch.Tensor) -> torch.Tensor:
+        return idx[(_need(lo[idx], hi[idx], j_size[idx], q0_tested[idx]) > 0) & (used[idx] < budget[idx])]
+
+    active = searching(torch.arange(batch, device=device))
+    for _ in range(int(budget.max()) if batch else 0):
+        if not active.numel():
+            break
         a_lo, a_hi, a_size, a_q0 = lo[active], hi[active], j_size[active], q0_tested[active]
-        # Model step.
-        predicted = _crossing(linear[active], shift[active], a_size, margin)
-        lower = torch.where(a_lo >= 0, a_lo + 1, 0)
-        upper = torch.where(a_hi >= 0, a_hi, a_size)
-        predicted = torch.minimum(torch.maximum(predicted, lower), upper)
-        candidate = torch.where(predicted == a_hi, predicted - 1, predicted)
-        is_zero = candidate == 0
-        if_ok = _worst_case(a_lo, candidate, a_size, a_q0 | is_zero)
-        if_not = _worst_case(candidate, a_hi, a_size, a_q0 | is_zero)
-        fits = 1 + torch.maximum(if_ok, if_not) <= budget[active] - used[active]
-        first = used[active] == 0
-        # Images that leave the model steps now start galloping from their known side.
-        leaving = ~fits & ~first & ~safe[active]
-        anchor[active[leaving]] = torch.where(a_lo[leaving] >= 0, a_lo[leaving], a_hi[leaving])
-        safe[active[leaving]] = True
-        a_safe = safe[active]
-        jumps = torch.pow(2, gallops[active])
-        safe_candidate = torch.where(
-            (a_lo >= 0) & (a_hi >= 0),
-            (a_lo + a_hi) // 2,
-            torch.where(
-                a_lo >= 0,
-                torch.minimum(anchor[active] + jumps, a_size),
-                (anchor[active] - jumps).clamp(min=0),
-            ),
-        )
-        candidate = torch.where(a_safe, safe_candidate, candidate)
-        galloping = a_safe & ((a_lo >= 0) ^ (a_hi >= 0))
+        # The model's candidate: Eq. 24 shifted by its error (interpolated across a bracket).
+        both = ~torch.isnan(error_lo[active]) & ~torch.isnan(error_hi[active])
+        shift = last_error[active].unsqueeze(1).expand(-1, width)
+        if bool(both.any()):
+            e_lo, e_hi = error_lo[active], error_hi[active]
+            slope = (e_hi - e_lo) / (a_hi - a_lo).clamp(min=1).to(torch.float64)
+            offset = (cand_axis.unsqueeze(0) - a_lo.unsqueeze(1)).to(torch.float64)
+            between = e_lo.unsqueeze(1) + slope.unsqueeze(1) * offset
+            shift = torch.where(both.unsqueeze(1), torch.nan_to_num(between), shift)
+        wanted = _crossing(linear[active], shift, a_size, margin)
+        # ... replaced by the nearest candidate that keeps the bound (the lower one at a tie).
+        safe = _safe_candidates(a_lo, a_hi, a_size, a_q0, budget[active] - used[active], width)
+        gap = cand_axis.unsqueeze(0) - wanted.unsqueeze(1)
+        distance = 2 * gap.abs() + (gap > 0).long()
+        distance = torch.where(safe, distance, torch.iinfo(torch.int64).max)
+        candidate = distance.argmin(dim=1)
+        stuck = ~safe.any(dim=1)  # never (the invariant above); such an image stops here
+        if bool(stuck.any()):
+            used[active[stuck]] = budget[active[stuck]]
+            active, candidate = active[~stuck], candidate[~stuck]
+            if not active.numel():
+                break
 
         ok, true_loss = test(active, candidate)
         used[active] += 1
-        gallops[active[galloping]] += 1
         q0_tested[active[candidate == 0]] = True
-        hi[active[ok]] = candidate[ok]
-        lo[active[~ok]] = candidate[~ok]
-        at = linear[active].gather(1, candidate.unsqueeze(1)).squeeze(1)
-        shift[active] = true_loss - at
-        a_lo, a_hi = lo[active], hi[active]
-        done = ((a_lo >= 0) & (a_hi == a_lo + 1)) | (a_hi == 0) | ((a_lo == a_size) & (a_hi < 0))
-        active = active[~done]
-    # Even Q-infinity failed: Q0 may still be adversarial on a non-monotone network (the
-    # bisection tests it first); one more pass for those images only.
-    last = torch.nonzero((hi < 0) & ~q0_tested).flatten()
-    if last.numel():
-        ok, _ = test(last, torch.zeros_like(last))
-        hi[last[ok]] = 0
+        error = true_loss - linear[active].gather(1, candidate.unsqueeze(1)).squeeze(1)
+        last_error[active] = error
+        won = active[ok]
+        hi[won] = torch.where(hi[won] >= 0, torch.minimum(hi[won], candidate[ok]), candidate[ok])
+        error_hi[won] = error[ok]
+        lost = active[~ok]
+        lo[lost] = torch.maximum(lo[lost], candidate[~ok])
+        error_lo[lost] = torch.where(candidate[~ok] >= lo[lost], error[~ok], error_lo[lost])
+        active = searching(active)
     return hi
