@@ -22,13 +22,7 @@ FORBIDDEN_NAMES = {"quantadv": {"attacks", "defenses", "quantize", "diagnostics"
 #: scripts that still compute (follow-ups of issue 18), with what they run
 PENDING = {
     "jpeg_colour.py": "the 4:4:4 vs 4:2:0 colour JPEG experiment (trains a tinted-FMNIST CNN, DDN)",
-    "jpeg_ddn_integrated.py": "DDN + JPEG quantization (docs/jpeg.md)",
-    "jpeg_examples.py": "JPEG quantizers for the example figure",
-    "jpeg_experiments.py": "the JPEG attack tables",
-    "paper000_figures.py": "FGSM on images for the Fig. 5 panel",
     "paper001_figures.py": "the quantized-gradient histogram (Fig. 2)",
-    "paper002_kalpha.py": "the K / alpha training study",
-    "paper003_figures.py": "attacks for the defended-image panels",
 }
 
 

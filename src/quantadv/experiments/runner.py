@@ -120,7 +120,8 @@ def load_model(spec: ModelSpec, device: torch.device) -> nn.Module:
     if spec.name is not None:
         from .. import models as zoo
 
-        return zoo.load(spec.name, device=device)
+        model = zoo.load(spec.name, device=device)
+        return model.classifier if spec.classifier_only else model  # type: ignore[return-value]
     elif spec.arch is None and spec.entry is None:
         from ..models import load_file
 
@@ -866,6 +867,7 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
     per_image = (attack.seconds + t_pp) / len(work.indices)
     rows: list[dict[str, Any]] = []
     originals, adversarials = [], []
+    seen = _preprocessed(cfg, work, pp.label, model, x_out)
     for j, i in enumerate(work.indices):
         if (pp.label, i) in work.done:
             continue
@@ -894,7 +896,27 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
             originals.append((i, tuple(img.shape), img.contiguous().numpy().tobytes()))
             out = x_out[j].detach().to("cpu", torch.float32).contiguous()
             adversarials.append((run.run_id, pp.label, i, tuple(out.shape), out.numpy().tobytes()))
+            if j in seen:
+                q = seen[j]
+                adversarials.append((run.run_id, f"{pp.label}@preprocess", i, tuple(q.shape), q.numpy().tobytes()))
     return rows, originals, adversarials, t_pp
+
+
+def _preprocessed(cfg: ExperimentConfig, work: Work, label: str, model: nn.Module,
+                  x_out: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``save_preprocessed``: what the classifier of a defended model sees for each saved image of
+    the batch (the defense's output, one draw), by position in the batch; {} otherwise."""
+    if not cfg.save_preprocessed:
+        return {}
+    from ..defenses import Defended
+
+    first = work.batch * cfg.batch_size
+    keep = [j for j, i in enumerate(work.indices) if first + j < cfg.save_images and (label, i) not in work.done]
+    if not keep or not isinstance(model, Defended):
+        return {}
+    with torch.no_grad():
+        out = model.preprocess(x_out[keep]).detach().to("cpu", torch.float32)
+    return {j: out[k].contiguous() for k, j in enumerate(keep)}
 
 
 def _process(

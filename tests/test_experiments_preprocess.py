@@ -1,0 +1,73 @@
+"""Runner pieces that let scripts/ only read stores (issue 18): what a defended model's classifier
+sees (``save_preprocessed``), a defended zoo model's classifier alone (``defense: none``) and the
+``clean`` entry (configs/entries/clean.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantadv.defenses import SoftQuantization
+from quantadv.experiments import load_config, load_results, run_experiment
+from quantadv.experiments.store import open_store
+from test_experiments import BASE_CONFIG, write_setup
+
+CLEAN = str(Path(__file__).resolve().parents[1] / "configs" / "entries" / "clean.py") + ":identity"
+
+
+def _config(tmp_path, **changes):
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg.update(changes)
+    return load_config(write_setup(tmp_path, cfg, f"{cfg['experiment']}.yaml"))
+
+
+def test_save_preprocessed_stores_what_the_classifier_sees(tmp_path):
+    models = [{"entry": "tiny.py:build", "label": "sq", "defense": "softq:levels=1,alpha=1000", "adaptive": ["none"]},
+              {"entry": "tiny.py:build", "label": "plain"}]
+    attacks = [{"name": "fgsm", "params": {"eps": 0.1}}, {"entry": CLEAN, "label": "clean"}]
+    cfg = _config(tmp_path, experiment="pre", models=models, attacks=attacks, save_images=5,
+                  save_preprocessed=True, attack_misclassified=True)
+    plain = _config(tmp_path, experiment="pre2", models=models, attacks=attacks, save_images=5)
+    assert cfg.experiment_hash != plain.experiment_hash  # the option changes what the store holds
+    run_experiment(cfg, quiet=True)
+    rows = {(r["model"], r["attack"], r["postprocess"], r["idx"]): r for r in load_results(cfg.store, as_frame=False)}
+    with open_store(cfg.store) as st:
+        runs = {r["run_id"]: (r["model"], r["attack"]) for r in st.runs()}
+        saved = {(*runs[a["run_id"]], a["postprocess"], a["idx"]):
+                 torch.from_numpy(np.frombuffer(a["data"], np.float32).reshape(a["shape"]).copy())
+                 for a in st.adversarials()}
+    layer = SoftQuantization(1, 1000.0)
+    for attack in ("fgsm", "clean"):
+        for i in range(5):
+            seen = saved[("sq", attack, "none@preprocess", i)]
+            image = saved[("sq", attack, "none", i)]
+            assert torch.allclose(seen, layer(image[None])[0], atol=1e-6)
+            assert ("plain", attack, "none@preprocess", i) not in saved  # undefended: nothing to add
+            assert ("sq", attack, "none", i) in rows and ("sq", attack, "none@preprocess", i) not in rows
+    # the clean entry returns the images: distortion 0, success = misclassified
+    for (model, attack, _, _), r in rows.items():
+        if attack == "clean":
+            assert r["d"] == 0 and r["success"] == (r["adv_pred"] != r["label"])
+    assert {(m, a) for (m, a, _, _) in saved} == {(m, a) for m in ("sq", "plain") for a in ("fgsm", "clean")}
+
+
+@pytest.mark.slow
+def test_defense_none_gives_a_defended_zoo_models_classifier(tmp_path):
+    from quantadv import models as zoo
+    from quantadv.experiments.runner import load_model
+
+    cfg = _config(tmp_path, experiment="strip", models=[
+        {"name": "mnist-cnn-nsq", "label": "nsq"}, {"name": "mnist-cnn-nsq", "label": "clf", "defense": "none"}],
+        data={"name": "mnist-5k", "subset": 4}, attacks=[{"entry": CLEAN, "label": "clean"}])
+    nsq, clf = cfg.models
+    assert nsq.adaptive and not clf.adaptive and clf.classifier_only and not nsq.classifier_only
+    assert nsq.identity() != clf.identity()
+    full = zoo.load("mnist-cnn-nsq")
+    got = load_model(clf, torch.device("cpu"))
+    x = torch.rand(3, 1, 28, 28)
+    assert not hasattr(got, "preprocess") and torch.equal(got(x), full.classifier(x))
+    assert torch.equal(load_model(nsq, torch.device("cpu"))(x), full(x))
