@@ -2,6 +2,7 @@
 
     python scripts/jpeg_figures.py [results/jpeg-fmnist.db]   # markdown tables; docs/img/jpeg/*.png
     python scripts/jpeg_figures.py --integrated [results/jpeg-ddn-integrated.db]   # part 3's table
+    python scripts/jpeg_figures.py --colour        # results/jpeg-colour*.db: the colour tables
 
 Counts are over the attacked (correctly classified) images; median / mean d over the successes;
 the operating characteristic is the fraction of attacked images adversarial with d <= D.
@@ -51,9 +52,42 @@ def integrated(df) -> None:
             print(f"| {q} | {label} | {s}/{k} | {fmt(med)} | {fmt(mean)} |")
 
 
+def colour() -> None:
+    """configs/jpeg-colour*.yaml: 4:4:4 vs 4:2:0 from PNG originals, and in place from q85 files."""
+    from quantadv.experiments import load_results
+
+    def frame(name: str):
+        df = load_results(ROOT / "results" / f"{name}.db", as_frame=True)
+        return df[df.clean_pred == df.label]
+
+    acc = load_results(ROOT / "results" / "jpeg-colour-accuracy.db", as_frame=True)
+    df = frame("jpeg-colour")
+    ddn, clean = df[df.attack == "ddn"], df[df.attack == "clean"]
+    s, k, med, _ = cell(ddn[ddn.postprocess == "none"])
+    print(f"tinted test accuracy {(acc.clean_pred == acc.label).mean():.3f} ({len(acc)} images); {k} attacked of the "
+          f"first {df.idx.max() + 1}; DDN float: {s}/{k} adversarial, median d {fmt(med)}\n")
+    print("| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
+    for q in (75, 90):
+        for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
+            ref = clean[clean.postprocess == f"reencode-q{q}-{lab}"]
+            print(f"| JPEG q{q} {sub} | the clean original saved as JPEG (reference) | {int(ref.success.sum())}/"
+                  f"{len(ref)} misclassified | {fmt(float(ref.d.median()))} | - |")
+            for key, label in JPEG.items():
+                s, k, med, mean = cell(ddn[ddn.postprocess == f"{key}-q{q}-{lab}"])
+                print(f"| JPEG q{q} {sub} | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
+    print("\n| original files | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
+    for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
+        df = frame(f"jpeg-colour-inplace-{lab}")
+        for key, label in {"none": "DDN float output (not a file)", **JPEG}.items():
+            s, k, med, mean = cell(df[df.postprocess == key])
+            print(f"| q85 {sub} | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
+
+
 def main() -> None:
     from quantadv.experiments import load_results
 
+    if "--colour" in sys.argv:
+        return colour()
     args = [a for a in sys.argv[1:] if a != "--integrated"]
     name = "jpeg-ddn-integrated" if "--integrated" in sys.argv else "jpeg-fmnist"
     store = Path(args[0] if args else ROOT / "results" / f"{name}.db")

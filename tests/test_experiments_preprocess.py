@@ -5,6 +5,7 @@ sees (``save_preprocessed``), a defended zoo model's classifier alone (``defense
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def test_save_preprocessed_stores_what_the_classifier_sees(tmp_path):
             assert ("plain", attack, "none@preprocess", i) not in saved  # undefended: nothing to add
             assert ("sq", attack, "none", i) in rows and ("sq", attack, "none@preprocess", i) not in rows
     # the clean entry returns the images: distortion 0, success = misclassified
-    for (model, attack, _, _), r in rows.items():
+    for (_, attack, _, _), r in rows.items():
         if attack == "clean":
             assert r["d"] == 0 and r["success"] == (r["adv_pred"] != r["label"])
     assert {(m, a) for (m, a, _, _) in saved} == {(m, a) for m in ("sq", "plain") for a in ("fgsm", "clean")}
@@ -71,3 +72,62 @@ def test_defense_none_gives_a_defended_zoo_models_classifier(tmp_path):
     x = torch.rand(3, 1, 28, 28)
     assert not hasattr(got, "preprocess") and torch.equal(got(x), full.classifier(x))
     assert torch.equal(load_model(nsq, torch.device("cpu"))(x), full(x))
+
+
+FILES = '''
+from quantadv.io import jpeg as jio
+from tiny import data
+
+
+def jpeg_data(n=40):
+    x, y = data(n)
+    files = jio.encode(x, 80)
+    return jio.decode(files), y, files
+'''
+
+
+def test_originals_data_passes_the_data_files_to_the_quantizer(tmp_path):
+    from quantadv.errors import ConfigError
+    from quantadv.io import jpeg as jio
+    from quantadv.quantize import lagrangian_jpeg
+
+    pytest.importorskip("jpeglib")
+    (tmp_path / "files.py").write_text(FILES)
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        pp = ["none", {"name": "lagrangian_jpeg", "label": "inplace", "params": {"originals": "data"}}]
+        attacks = [{"name": "fgsm", "params": {"eps": 0.3}}]
+        cfg = _config(tmp_path, experiment="files", data={"entry": "files.py:jpeg_data", "subset": {"first": 12}},
+                      attacks=attacks, postprocess=pp, save_images=0)
+        assert cfg.postprocess[1].params == {"originals": "data"}
+        run_experiment(cfg, quiet=True)
+        rows = [r for r in load_results(cfg.store, as_frame=False) if r["postprocess"] == "inplace"]
+        import importlib
+
+        tiny, mod = importlib.import_module("tiny"), importlib.import_module("files")
+        model = tiny.build().eval()
+        x, y, files = mod.jpeg_data()
+        x = x[:12].float() / 255
+        from quantadv.attacks import fgsm
+
+        ok = (model(x).argmax(1) == y[:12]).nonzero().flatten().tolist()
+        x_adv = fgsm(model, x[ok], y[ok], eps=0.3)
+        out, info = lagrangian_jpeg(model, x[ok], x_adv, y[ok], originals=[files[i] for i in ok], return_info=True)
+        got = {r["idx"]: r for r in rows}
+        for j, i in enumerate(ok):
+            assert got[i]["adv_pred"] == int(info["pred"][j])
+            assert math.isclose(got[i]["d"], float(((out[j] - x[i]) * 255).pow(2).mean().sqrt()), rel_tol=1e-5)
+        # the files' own tables were kept: the written bytes decode to the stored image
+        assert torch.equal(jio.decode(info["jpeg"]).float() / 255, out)
+        bad = _config(tmp_path, experiment="nofiles", attacks=attacks, postprocess=pp)
+        with pytest.raises(ConfigError, match="originals: data, but the data has no files"):
+            run_experiment(bad, quiet=True)
+        with pytest.raises(ConfigError, match="takes no originals"):
+            _config(tmp_path, experiment="badpp", attacks=attacks,
+                    postprocess=[{"name": "lagrangian", "params": {"originals": "data"}}])
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in ("tiny", "files"):
+            sys.modules.pop(name, None)

@@ -21,7 +21,6 @@ FORBIDDEN_NAMES = {"quantadv": {"attacks", "defenses", "quantize", "diagnostics"
                    "quantadv.models": {"training", "binary", "train"}}
 #: scripts that still compute (follow-ups of issue 18), with what they run
 PENDING = {
-    "jpeg_colour.py": "the 4:4:4 vs 4:2:0 colour JPEG experiment (trains a tinted-FMNIST CNN, DDN)",
     "paper001_figures.py": "the quantized-gradient histogram (Fig. 2)",
 }
 

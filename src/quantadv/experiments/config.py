@@ -1145,7 +1145,15 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
             if params:
                 raise ConfigError(f"{where}.params: 'none' takes no parameters")
         else:
-            params = check_params(registry[name], params, f"{where}.params", f"quantizer {name}")
+            # originals: data -> the data set's own files of the batch's images (a data entry that
+            # returns (images, labels, files)), e.g. JPEG originals for lagrangian_jpeg
+            from_data = params.get("originals") == "data"
+            if from_data and "originals" not in configurable_params(registry[name]):
+                raise ConfigError(f"{where}.params.originals: quantizer {name} takes no originals")
+            rest = {k: v for k, v in params.items() if not (from_data and k == "originals")}
+            params = check_params(registry[name], rest, f"{where}.params", f"quantizer {name}")
+            if from_data:
+                params["originals"] = "data"
         specs.append(PostprocessSpec(_label(item.get("label", name), f"{where}.label"), name, params))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
