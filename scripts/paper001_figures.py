@@ -7,7 +7,7 @@ committed, so the page can be rebuilt without the stores), writes PNGs to ``docs
 the markdown tables to ``docs/img/paper001/tables-<name>.md``.
 
     python scripts/paper001_figures.py mnist fmnist         # tables + figures per experiment
-    python scripts/paper001_figures.py hist                 # Fig. 2 gradient histograms (needs the zoo model)
+    python scripts/paper001_figures.py hist                 # Fig. 2 histograms (quantadv diagnose --gradients)
 
 Conventions: accuracy is over all images of the subset (misclassified ones are not attacked and
 count as errors), ``1 - success``; "worst" and "avg" are the minimum and mean over the independent
@@ -356,51 +356,30 @@ def figures(name, df, eps0, methods, eps_values, bs) -> None:
 
 
 # ----------------------------------------------------------------------------- Fig. 2
-def hist(n: int = 100) -> None:
-    """Fig. 2 analog: sign, raw and quantized gradients of mnist-cnn-at-linf at random starts."""
-    import torch
-
-    from quantadv import data, models, to_float
-    from quantadv.attacks import quantized_gradient
-    from quantadv.attacks.engine import make_problem
-
-    torch.manual_seed(0)
-    model = models.load("mnist-cnn-at-linf")
-    images, labels = data.load("mnist-5k", split="test")
-    x, y = to_float(images[:n]), labels[:n]
-    x0 = (x + (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) - 1) * 0.3).clamp(0, 1)
-    problem = make_problem(model, x, y, loss="ce")
-    _, grad, _ = problem.loss_and_grad(x0, torch.arange(n))
-    g = -grad  # ascent direction of the cross-entropy
+def hist(path: Path = RESULTS / "paper001" / "gradients-mnist.npz") -> None:
+    """Fig. 2 analog from ``quantadv diagnose --gradients``: sign, raw and quantized gradients."""
+    if not path.exists():
+        sys.exit(f"{path} is missing: run quantadv diagnose --model mnist-cnn-at-linf --data mnist-5k --images 100 "
+                 f"--eps 0.3 --step 0.01 --gradients {path.relative_to(ROOT)}")
+    z = np.load(path)
+    g, cap = z["gradient"], float(z["eps"] / z["step"])
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(10, 5))
-    panels = [("(a) sign gradient", g.sign()), ("(b) b = 100", quantized_gradient(g, 100)),
-              ("(c) b = 200", quantized_gradient(g, 200)), ("(d) b = 500", quantized_gradient(g, 500)),
-              ("(e) b = 1000", quantized_gradient(g, 1000))]
-    lines = []
+    panels = [("(a) sign gradient", np.sign(g))] + [
+        (f"({'bcde'[i]}) b = {b}", z[f"quantized_{b}"]) for i, b in enumerate(z["b"][:4])]
     for ax, (title, q) in zip(axes.flat, panels, strict=False):
-        v = q.flatten().clamp(-30, 30).numpy()  # the projection caps a move at eps / step = 30 steps
+        v = np.clip(q.flatten(), -cap, cap)  # the projection caps a move at eps / step steps
         if title.startswith("(a)"):
             ax.hist(v, bins=5, range=(-2.5, 2.5))
         else:
-            ax.hist(v, bins=61, range=(-30.5, 30.5), log=True)
+            ax.hist(v, bins=61, range=(-cap - 0.5, cap + 0.5), log=True)
         ax.set_title(title)
-        frac1 = float((q.abs() == 1).float().mean())
-        frac30 = float((q.abs() >= 30).float().mean())
-        lines.append(f"| {title} | {frac1 * 100:.1f} | {frac30 * 100:.1f} |")
     ax = axes.flat[5]
-    raw = g.flatten().numpy()
-    ax.hist(raw, bins=101, log=True)
+    ax.hist(g.flatten(), bins=101, log=True)
     ax.set_title("(f) raw gradient (d loss / d x)")
-    fig.suptitle(f"Fig. 2 analog: mnist-cnn-at-linf, {n} test images at a random start (eps 0.3); "
-                 "values capped at +-30 = eps / step", fontsize=8)
+    fig.suptitle(f"Fig. 2 analog: mnist-cnn-at-linf, {len(g)} test images at a random start (eps {float(z['eps']):g}); "
+                 f"values capped at +-{cap:.0f} = eps / step", fontsize=8)
     _save(fig, "fig2-histograms.png")
-    mags = g.abs().flatten()
-    ratio = g.abs().flatten(1).amax(1) / g.abs().flatten(1).median(1).values.clamp_min(1e-30)
-    print(f"raw gradient: median |g| {float(mags.median()):.2e}, max {float(mags.max()):.2e}; "
-          f"per-image max/median {float(ratio.median()):.0f}")
-    print("| panel | % components = +-1 | % components >= 30 (capped by the projection) |\n| --- | ---: | ---: |")
-    print("\n".join(lines))
 
 
 def main() -> None:
