@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _figures import ROOT, pyplot, save
 
-ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img" / "jpeg"
 QUALITIES = (50, 75, 90, 95)
 JPEG = {"reencode": "(a) Pillow re-encoding of DDN's output", "dct": "(b) DCT rounding",
@@ -95,7 +95,7 @@ def main() -> None:
     df = df[df.clean_pred == df.label]  # the attacked images
     if "--integrated" in sys.argv:
         return integrated(df)
-    plt = _plt()
+    plt = pyplot()
     for model, m in df.groupby("model", sort=False):
         ddn, clean = m[m.attack == "ddn"], m[m.attack == "clean"]
         n = ddn[ddn.postprocess == "none"].idx.nunique()
@@ -172,21 +172,9 @@ def examples(store: Path, df, plt, model: str = "fmnist-cnn", q: int = 90, count
     _save(fig, "examples.png")
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3})
-    return plt
-
-
 def _save(fig, name: str) -> None:
-    IMG.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(IMG / name, dpi=80, metadata={"Software": None})
-    print(f"\nwrote {(IMG / name).relative_to(ROOT)}")
+    save(fig, IMG / name, dpi=80)
 
 
 if __name__ == "__main__":
