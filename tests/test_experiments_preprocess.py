@@ -131,3 +131,26 @@ def test_originals_data_passes_the_data_files_to_the_quantizer(tmp_path):
         sys.path.remove(str(tmp_path))
         for name in ("tiny", "files"):
             sys.modules.pop(name, None)
+
+
+def test_each_model_judges_its_own_first_batch(tmp_path):
+    """Regression: the clean predictions of batch 0 were cached across a change of model, so the
+    second model's first batch was attacked (or not) by the first model's predictions."""
+    models = [{"entry": "tiny.py:build", "label": "a"}, {"entry": "tiny.py:build", "label": "b",
+                                                         "kwargs": {"classes": 4}}]
+    cfg = _config(tmp_path, experiment="two", models=models, attacks=[{"entry": CLEAN, "label": "clean"}],
+                  save_images=0)
+    run_experiment(cfg, quiet=True)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tiny_two", tmp_path / "tiny.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, _ = mod.data()
+    x = x[:20].float() / 255
+    for label, classes in (("a", 3), ("b", 4)):
+        with torch.no_grad():
+            want = mod.build(classes)(x).argmax(1).tolist()
+        rows = sorted((r for r in load_results(cfg.store, as_frame=False) if r["model"] == label
+                       and r["postprocess"] == "none"), key=lambda r: r["idx"])
+        assert [r["clean_pred"] for r in rows] == want, label

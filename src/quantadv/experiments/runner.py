@@ -693,10 +693,13 @@ class Models:
         return adaptive(model, run.adaptive, run.model.eot)
 
     def clean_logits(self, run: RunSpec, b: int, x: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """(clean predictions on the CPU, number of classes, logits) of batch ``b``, computed once."""
+        """(clean predictions on the CPU, number of classes, logits) of batch ``b``, computed once
+        per model (``get`` first: a new model empties the cache, so no run ever reads the clean
+        predictions of the model before it)."""
+        model = self.get(run.model)
         if b not in self.clean:
             with torch.no_grad():
-                logits = self.get(run.model)(x)
+                logits = model(x)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ModelError(
                     f"model {run.model.label!r} returned shape {tuple(logits.shape)}; "
