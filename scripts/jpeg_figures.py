@@ -114,6 +114,10 @@ def main() -> None:
             for key, label in JPEG.items():
                 s, k, med, mean = cell(ddn[ddn.postprocess == f"{key}-q{q}"])
                 print(f"| JPEG q{q} | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
+        base = ddn[ddn.postprocess == "none"].set_index("idx").calls
+        calls = np.concatenate([(ddn[ddn.postprocess == f"lagrangian-q{q}"].set_index("idx").calls - base).to_numpy()
+                                for q in QUALITIES])
+        print(f"\nlagrangian_jpeg network calls per image (q50-95): mean {calls.mean():.1f}, max {calls.max():.0f}")
         print(f"\nOperating characteristic of {model} (success rate with d <= D):\n")
         points = (2.0, 5.0, 8.0, 12.0)
         print("| curve | " + " | ".join(f"D = {p:g}" for p in points) + " |\n| --- |" + " ---: |" * len(points))
