@@ -58,14 +58,14 @@ def colour() -> None:
 
     def frame(name: str):
         df = load_results(ROOT / "results" / f"{name}.db", as_frame=True)
-        return df[df.clean_pred == df.label]
+        return df[df.clean_pred == df.label].assign(n=df.idx.nunique())
 
     acc = load_results(ROOT / "results" / "jpeg-colour-accuracy.db", as_frame=True)
     df = frame("jpeg-colour")
     ddn, clean = df[df.attack == "ddn"], df[df.attack == "clean"]
     s, k, med, _ = cell(ddn[ddn.postprocess == "none"])
     print(f"tinted test accuracy {(acc.clean_pred == acc.label).mean():.3f} ({len(acc)} images); {k} attacked of the "
-          f"first {df.idx.max() + 1}; DDN float: {s}/{k} adversarial, median d {fmt(med)}\n")
+          f"first {df.n.iloc[0]}; DDN float: {s}/{k} adversarial, median d {fmt(med)}\n")
     print("| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
     for q in (75, 90):
         for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
@@ -92,6 +92,7 @@ def main() -> None:
     name = "jpeg-ddn-integrated" if "--integrated" in sys.argv else "jpeg-fmnist"
     store = Path(args[0] if args else ROOT / "results" / f"{name}.db")
     df = load_results(store, as_frame=True)
+    n_images = df.idx.nunique()
     df = df[df.clean_pred == df.label]  # the attacked images
     if "--integrated" in sys.argv:
         return integrated(df)
@@ -99,7 +100,7 @@ def main() -> None:
     for model, m in df.groupby("model", sort=False):
         ddn, clean = m[m.attack == "ddn"], m[m.attack == "clean"]
         n = ddn[ddn.postprocess == "none"].idx.nunique()
-        print(f"\n### {model}: {n} attacked images (correctly classified among the first {df.idx.max() + 1})\n")
+        print(f"\n### {model}: {n} attacked images (correctly classified among the first {n_images})\n")
         print("| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
         for pp, label in PNG.items():
             s, k, med, mean = cell(ddn[ddn.postprocess == pp])
