@@ -8,7 +8,7 @@ PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdo
     python scripts/paper000_figures.py fig5                 # results/paper000-fig05.db
     python scripts/paper000_figures.py fig6 fig9 fig10      # results/paper000-budget-*.db
                                                             # (fig9 also paper000-search-*.db)
-    python scripts/paper000_figures.py table2               # re-runs FGSM / PGD2 best efforts
+    python scripts/paper000_figures.py table2               # Table 2 from the stores' info column
     python scripts/paper000_figures.py all
 
 Conventions (docs/experiments.md): success rates and operating characteristics are over the
@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _figures import pyplot, row, save
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -35,21 +36,8 @@ PP_NAMES = {"none": "unquantized", "round_nearest": "rounding R",
             "toward_original": "Q0", "gradient_sign": "Q-inf", "lagrangian": "Q-lambda*"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
-
-
 def _save(fig, name: str) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / name
-    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
-    print(f"wrote {path.relative_to(ROOT)}")
+    save(fig, OUT / name)
 
 
 def _load(store: str):
@@ -78,10 +66,6 @@ def oc(dmin: np.ndarray, grid: np.ndarray) -> np.ndarray:
 def _summary(dmin: np.ndarray) -> tuple[float, float]:
     ok = np.isfinite(dmin)
     return ok.mean(), (float(np.median(dmin[ok])) if ok.any() else math.nan)
-
-
-def _row(*cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 # --------------------------------------------------------------------------------- Fig. 2
@@ -118,7 +102,7 @@ def fig2(args) -> None:
     for p in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0):
         k = int(np.argmin(np.abs(power - p)))
         print(f"  rho^2/n = {power[k]:.3f}: Eq.16 {exact[k]:.4f}, MC {mc[k]:.4f} +- {se[k]:.4f}")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     ax.plot(power, power, color="gray", lw=0.8, ls=":", label="no rounding (y = x)")
     ax.plot(power, highres, color="C2", lw=1, ls="--", label="high resolution (15)")
@@ -145,13 +129,13 @@ def acceptance(args) -> None:
     s0, sr, sl = np.isfinite(d0), np.isfinite(dr), np.isfinite(dl)
     med0 = float(np.median(d0[s0]))
     print(f"correctly classified images (attacked, counted): {m}")
-    print(_row("output", "successes", "kept (of unquantized successes)", "median d",
+    print(row("output", "successes", "kept (of unquantized successes)", "median d",
                "median d / unquantized", "mean d"))
-    print(_row(*["---"] * 6))
+    print(row(*["---"] * 6))
     for name, d, s in (("unquantized", d0, s0), ("rounding R", dr, sr), ("Q-lambda*", dl, sl)):
         kept = (s & s0).sum() / s0.sum()
         med = float(np.median(d[s]))
-        print(_row(name, f"{s.sum()} / {m}", f"{100 * kept:.1f}%", f"{med:.3f}",
+        print(row(name, f"{s.sum()} / {m}", f"{100 * kept:.1f}%", f"{med:.3f}",
                    f"{med / med0:.4f}", f"{d[s].mean():.3f}"))
     both = s0 & sl
     print(f"on the {both.sum()} images both succeed: median d ratio "
@@ -169,17 +153,17 @@ def acceptance(args) -> None:
 def fig5(args) -> None:
     df = _load("paper000-fig05")
     grid = np.linspace(0, 1.2, 601)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     styles = {"none": ("k", "--"), "round_nearest": ("C3", ":"), "toward_original": ("C1", "-."),
               "gradient_sign": ("C2", "-"), "lagrangian": ("C0", "-")}
-    print(_row("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
+    print(row("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
                "P_suc(0.8)", "P_suc(1.0)"))
-    print(_row(*["---"] * 7))
+    print(row(*["---"] * 7))
     for pp, (c, ls) in styles.items():
         _, d = best(df, "fgsm", pp)
         s, med = _summary(d)
-        print(_row(PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.3f}",
+        print(row(PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.3f}",
                    *(f"{100 * oc(d, np.array([t]))[0]:.1f}%" for t in (0.4, 0.6, 0.8, 1.0))))
         ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=PP_NAMES[pp])
     ax.set_xlabel("distortion  d_bar  (Eq. 31, pixel units)")
@@ -209,7 +193,7 @@ def _best_for(kind: str, df, att: str, pp: str):
 
 
 def fig6(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     for kind, fname, title in (("natural", "fig06_natural.png", "Fig. 6"),
                                ("robust", "fig07_robust.png", "Fig. 7")):
         df = _budget(kind)
@@ -221,13 +205,13 @@ def fig6(args) -> None:
         grid = np.linspace(0, dmax, 801)
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
         print(f"\n{title}: {MODELS[kind]}, {m} correctly classified images")
-        print(_row("attack", "output", "success", "median min d", "mean min d"))
-        print(_row(*["---"] * 5))
+        print(row("attack", "output", "success", "median min d", "mean min d"))
+        print(row(*["---"] * 5))
         for att, name, c in ATTACKS:
             for pp, ls in (("none", "--"), ("round_nearest", ":"), ("lagrangian", "-")):
                 _, d = _best_for(kind, df, att, pp)
                 s, med = _summary(d)
-                print(_row(name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}",
+                print(row(name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}",
                            f"{d[np.isfinite(d)].mean():.2f}"))
                 ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.2,
                         label=f"{name}, {PP_NAMES[pp]}")
@@ -240,15 +224,15 @@ def fig6(args) -> None:
 
 
 def fig9(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
     searched = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
                 ("pgd2-search", "PGD2, eps bisected (Sec. 5.4)", "C0"))
     searched_tables = []
     print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
-    print(_row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
-    print(_row(*["---"] * 5))
+    print(row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
+    print(row(*["---"] * 5))
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
         df = _budget(kind)
         if df is None:
@@ -265,7 +249,7 @@ def fig9(args) -> None:
             pp = "none" if att.startswith("ddn") else "lagrangian"
             _, d = _best_for(kind, src, att, pp)
             s, med = _summary(d)
-            print(_row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.2f}",
+            print(row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.2f}",
                        f"{100 * oc(d, np.array([refmed]))[0]:.1f}%"))
             ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
         if sdf is not None:
@@ -277,19 +261,19 @@ def fig9(args) -> None:
     _save(fig, "fig09_limited_complexity.png")
     if searched_tables:
         print("\nThe bisected variants, unquantized vs rounded vs Q-lambda* (gradients: mean per image)")
-        print(_row("model", "attack", "output", "success", "median min d", "gradients"))
-        print(_row(*["---"] * 6))
+        print(row("model", "attack", "output", "success", "median min d", "gradients"))
+        print(row(*["---"] * 6))
     for kind, sdf in searched_tables:
         for att, name, _ in searched:
             grads = sdf[(sdf.attack == att) & (sdf.postprocess == "none")].groupby("idx").grads.sum().mean()
             for pp in ("none", "round_nearest", "lagrangian"):
                 _, d = best(sdf, att, pp)
                 s, med = _summary(d)
-                print(_row(MODELS[kind], name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}", f"{grads:.1f}"))
+                print(row(MODELS[kind], name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}", f"{grads:.1f}"))
 
 
 def fig10(args) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     variants = (("ddn-round", "none", "DDN + R every iteration", "C3", "-"),
                 ("ddn", "lagrangian", "DDN then Q-lambda*", "C0", "-"),
@@ -297,9 +281,9 @@ def fig10(args) -> None:
                 ("ddn", "none", "DDN unquantized (reference)", "gray", "--"),
                 ("ddn", "round_nearest", "DDN then R (reference)", "gray", ":"))
     print("\nFig. 10: DDN 2 x 50 steps, best of the two step sizes per image")
-    print(_row("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
+    print(row("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
                "P_suc(d_bar = 5)"))
-    print(_row(*["---"] * 7))
+    print(row(*["---"] * 7))
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
         df = _budget(kind)
         if df is None:
@@ -309,7 +293,7 @@ def fig10(args) -> None:
         for att, pp, name, c, ls in variants:
             _, d = best(df, att, pp)
             s, med = _summary(d)
-            print(_row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.3f}",
+            print(row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.3f}",
                        f"{d[np.isfinite(d)].mean():.3f}",
                        *(f"{100 * oc(d, np.array([t]))[0]:.1f}%" for t in (2.0, 5.0))))
             ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
@@ -322,71 +306,25 @@ def fig10(args) -> None:
 
 # -------------------------------------------------------------------------------- Table 2
 def table2(args) -> None:
-    """Pixel statistics of Q-lambda* on the best-effort FGSM and PGD2 outputs.
-
-    Read from the stores' ``info`` column (schema 2) when every picked row has it. Stores
-    written before that keep no quantizer info: then the best-effort grid point of each image
-    (the lowest d among its Q-lambda* successes) is re-run (the attacks are deterministic) and
-    quantized again with return_info=True, and the re-run d is checked against the stored one.
-    """
-    import torch
-
-    from quantadv import attacks, data, models, quantize
-    from quantadv.eval import distortion
-
-    x_all, y_all = data.load("fashion-mnist", split="test")
-    rows = []
+    """Pixel statistics of Q-lambda* on the best-effort FGSM and PGD2 outputs, from the
+    stores' ``info`` column (the runner keeps ``both_pixels``, ``lambda_pixels``, ``j_size``)."""
+    print(row("model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"))
+    print(row(*["---"] * 7))
     for kind in ("natural", "robust"):
         df = _budget(kind)
         if df is None:
             continue
-        model = models.load(MODELS[kind])
-        for att, name, fn in (("fgsm", "FGSM", attacks.fgsm), ("pgd2", "PGD2", attacks.pgd)):
+        for att, name in (("fgsm", "FGSM"), ("pgd2", "PGD2")):
             src = _budget(kind, "fgsm") if att == "fgsm" else df
             sub = src[(src.attack == att) & (src.postprocess == "lagrangian") & src.success]
             pick = sub.loc[sub.groupby("idx").d.idxmin()]
-            stats = {k: [] for k in ("both", "lam", "j", "frac", "err")}
-            if "info" in pick and pick["info"].notna().all():  # stored by the runner: no re-run
-                n = 784
-                for text in pick["info"]:
-                    q = json.loads(text)["postprocess"]
-                    stats["both"].append(q["both_pixels"] / n)
-                    stats["lam"].append(q["lambda_pixels"] / n)
-                    stats["j"].append(q["j_size"] / n)
-                groups = []
-            else:
-                groups = pick.groupby("params")
-            for params, grp in groups:
-                p = json.loads(params)
-                idx = torch.as_tensor(grp.idx.to_numpy().copy())
-                x = x_all[idx].float() / 255
-                y = y_all[idx]
-                xa = fn(model, x, y, **p)
-                xq, info = quantize.lagrangian(model, x, xa, y, return_info=True)
-                n = x[0].numel()
-                u = (xa.double() - x.double()) * 255
-                nonint = ((u - u.round()).abs() > 1e-4).flatten(1).sum(1)
-                stats["both"] += (info["both_pixels"].double() / n).tolist()
-                stats["lam"] += (info["lambda_pixels"].double() / n).tolist()
-                stats["j"] += (info["j_size"].double() / n).tolist()
-                stats["frac"] += (nonint.double() / n).tolist()
-                d = distortion(xq, x).double().numpy()
-                stats["err"] += np.abs(d - grp.d.to_numpy()).tolist()
-            b, lam = 100 * np.mean(stats["both"]), 100 * np.mean(stats["lam"])
-            cells = [MODELS[kind], name, len(pick), f"{b:.1f}%", f"{lam:.1f}%", f"{b + lam:.1f}%",
-                     f"{100 * np.mean(stats['j']):.1f}%"]
-            if stats["err"]:  # re-run (a store without the info column)
-                cells += [f"{100 * np.mean(stats['frac']):.1f}%", f"{np.max(stats['err']):.2g}"]
-            rows.append(cells)
-    head = ["model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"]
-    if any(len(r) > len(head) for r in rows):
-        head += ["non-integer u", "max |d rerun - d stored|"]
-    else:
-        print("(read from the stores' info column: no re-run)")
-    print(_row(*head))
-    print(_row(*["---"] * len(head)))
-    for r in rows:
-        print(_row(*r, *([""] * (len(head) - len(r)))))
+            if "info" not in pick or pick["info"].isna().any():
+                sys.exit(f"{MODELS[kind]} {name}: the store has no Q-lambda* info column; re-run its config")
+            q = [json.loads(text)["postprocess"] for text in pick["info"]]
+            n = 784
+            b, lam = (100 * np.mean([r[k] / n for r in q]) for k in ("both_pixels", "lambda_pixels"))
+            print(row(MODELS[kind], name, len(pick), f"{b:.1f}%", f"{lam:.1f}%", f"{b + lam:.1f}%",
+                       f"{100 * np.mean([r['j_size'] / n for r in q]):.1f}%"))
 
 
 COMMANDS = {"fig2": fig2, "acceptance": acceptance, "fig5": fig5, "fig6": fig6, "fig9": fig9,

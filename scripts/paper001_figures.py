@@ -1,13 +1,12 @@
 """Tables, figures and significance tests of docs/paper-001-quantized-gradients.md (paper 001).
 
-Reads the stores of ``quantadv run configs/paper001-<name>.yaml`` (``results/paper001-<name>.db``)
-and the APGD outcomes of ``scripts/paper001_apgd.py`` (``results/paper001/apgd-paper001-<name>.json``),
+Reads the stores of ``quantadv run configs/paper001-<name>.yaml`` (``results/paper001-<name>.db``),
 keeps a compact per-image extract next to the figures (``docs/img/paper001/outcomes-<name>.csv.gz``,
 committed, so the page can be rebuilt without the stores), writes PNGs to ``docs/img/paper001/`` and
 the markdown tables to ``docs/img/paper001/tables-<name>.md``.
 
     python scripts/paper001_figures.py mnist fmnist         # tables + figures per experiment
-    python scripts/paper001_figures.py hist                 # Fig. 2 gradient histograms (needs the zoo model)
+    python scripts/paper001_figures.py hist                 # Fig. 2 histograms (quantadv diagnose --gradients)
 
 Conventions: accuracy is over all images of the subset (misclassified ones are not attacked and
 count as errors), ``1 - success``; "worst" and "avg" are the minimum and mean over the independent
@@ -22,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
+from _figures import pyplot, save
+
+from quantadv.experiments.summary import bootstrap_diff, mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -35,21 +36,8 @@ HEADLINE_EPS = {"mnist": 0.3, "fmnist": 0.1}
 MODEL = {"mnist": "mnist-cnn-at-linf", "fmnist": "fmnist-cnn-at-linf"}
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
-    return plt
-
-
 def _save(fig, name: str) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / name
-    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
-    print(f"wrote {path.relative_to(ROOT)}")
+    save(fig, OUT / name)
 
 
 def method_name(attack: str, b, step: float = 0.01, loss: str | None = None) -> str:
@@ -68,8 +56,10 @@ def method_name(attack: str, b, step: float = 0.01, loss: str | None = None) -> 
 
 # ----------------------------------------------------------------------------- extraction
 def extract(name: str):
-    """Per-image outcomes of one experiment (store + APGD json) as a pandas DataFrame."""
+    """Per-image outcomes of one experiment's store as a pandas DataFrame (and its committed extract)."""
     import pandas as pd
+
+    from quantadv.experiments import load_results
 
     csv = OUT / f"outcomes-{name}.csv.gz"
     db = RESULTS / f"paper001-{name}.db"
@@ -78,80 +68,30 @@ def extract(name: str):
             print(f"{db.relative_to(ROOT)} not found: using the committed extract {csv.relative_to(ROOT)}")
             return pd.read_csv(csv)
         sys.exit(f"neither {db} nor {csv}: run quantadv run configs/paper001-{name}.yaml first")
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    runs = {}
-    for run_id, label, attack_name, params, config in con.execute(
-        "SELECT run_id, attack, attack_name, params, config FROM runs"
-    ):
-        p, c = json.loads(params), json.loads(config)
-        p.setdefault("attack", attack_name)  # the former tracked entry named it in params
-        # runs of one attack from several entries are all independent runs: name them by entry and repeat
-        runs[run_id] = dict(entry=label, repeat=f"{label}#{c.get('repeat', 0)}", **p)
     rows = []
-    for run_id, idx, success, info in con.execute(
-        "SELECT run_id, idx, success, info FROM results WHERE postprocess = 'none'"
-    ):
-        r = runs[run_id]
-        inf = json.loads(info) if info else {}
-        skipped = inf.get("skipped") == "misclassified"
-        att = inf.get("attack", {})
-        attack = r["attack"]
-        row = dict(method=method_name(attack, r.get("b"), r.get("step"), r.get("loss")), attack=attack,  # noqa: E501 b=r.get("b"), eps=r["eps"],
-                   steps=r["steps"], restarts=r.get("restarts", 1), repeat=r["repeat"], idx=idx,
-                   skipped=skipped, success=bool(success))
-        first = att.get("first_adv")  # the engine's first adversarial iterate (-1: none)
-        if "adv_any" in att:  # a store of the former tracked entry (k-th iterate, kept readable)
-            row["any"] = bool(att["adv_any"])
-            for k in range(10, r["steps"] + 1, 10):
-                row[f"at{k}"] = bool(success) if skipped else att.get(f"adv_at_{k}")
-        elif first is None:  # APGD (its best iterate of all its iterations)
-            row["any"] = row[f"at{r['steps']}"] = bool(success)
+    for r in load_results(db, as_frame=False):
+        if r["postprocess"] != "none":
+            continue
+        p = {"attack": r["attack_name"], **json.loads(r["params"])}
+        info = json.loads(r["info"]) if r["info"] else {}
+        skipped, success = info.get("skipped") == "misclassified", bool(r["success"])
+        # runs of one attack from several entries are all independent runs: name them by entry and run id
+        row = dict(method=method_name(p["attack"], p.get("b"), p.get("step"), p.get("loss")), attack=p["attack"],
+                   b=p.get("b"), eps=p["eps"], steps=p["steps"], restarts=p.get("restarts", 1),
+                   repeat=f"{r['attack']}#{r['run_id']}", idx=r["idx"], skipped=skipped, success=success)
+        first = info.get("attack", {}).get("first_adv")  # the engine's first adversarial iterate (-1: none)
+        if first is None:  # APGD (its best iterate of all its iterations)
+            row["any"] = row[f"at{p['steps']}"] = success
         else:  # broken after k steps: an iterate <= k was adversarial
-            row["any"] = bool(success) or first >= 0
-            for k in range(10, r["steps"] + 1, 10):
-                row[f"at{k}"] = bool(success) if skipped else 0 <= first <= k
+            row["any"] = success or first >= 0
+            for k in range(10, p["steps"] + 1, 10):
+                row[f"at{k}"] = success if skipped else 0 <= first <= k
         rows.append(row)
-    con.close()
-    apgd = RESULTS / "paper001" / f"apgd-paper001-{name}.json"
-    if apgd.exists():
-        store = json.loads(apgd.read_text())
-        seeds: dict = {}
-        for run in store["runs"].values():
-            key = (run["loss"], run["eps"], run["steps"])
-            seeds.setdefault(key, []).append(run["seed"])
-        for run in store["runs"].values():
-            rep = sorted(seeds[(run["loss"], run["eps"], run["steps"])]).index(run["seed"])
-            for idx, s, attacked in zip(run["idx"], run["success"], run["attacked"], strict=True):
-                row = dict(method=f"APGD-{run['loss'].upper()}", attack="apgd", b=None, eps=run["eps"],
-                           steps=run["steps"], restarts=1, repeat=rep, idx=idx, skipped=not attacked,
-                           success=bool(s), any=bool(s))
-                row[f"at{run['steps']}"] = bool(s)
-                rows.append(row)
     df = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, compression={"method": "gzip", "mtime": 0})
     print(f"wrote {csv.relative_to(ROOT)} ({len(df)} rows)")
     return df
-
-
-# ----------------------------------------------------------------------------- statistics
-def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
-    """Discordant counts (a broken & b not, b broken & a not) and the exact two-sided p-value."""
-    from scipy.stats import binomtest
-
-    n01 = int((a & ~b).sum())
-    n10 = int((~a & b).sum())
-    p = 1.0 if n01 + n10 == 0 else binomtest(min(n01, n10), n01 + n10, 0.5).pvalue
-    return n01, n10, float(p)
-
-
-def bootstrap_diff(acc_a: np.ndarray, acc_b: np.ndarray, n: int = 5000, seed: int = 0) -> tuple[float, float]:
-    """95% interval of mean(acc_a - acc_b) over images resampled with replacement (paired)."""
-    rng = np.random.default_rng(seed)
-    d = acc_a - acc_b
-    idx = rng.integers(0, len(d), size=(n, len(d)))
-    means = d[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def per_image(df, method: str, eps: float, col: str, steps: int = 100):
@@ -308,7 +248,7 @@ def report(name: str) -> None:
 
 
 def figures(name, df, eps0, methods, eps_values, bs) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     ax = axes[0]
     steps = list(range(10, 101, 10))
@@ -356,51 +296,30 @@ def figures(name, df, eps0, methods, eps_values, bs) -> None:
 
 
 # ----------------------------------------------------------------------------- Fig. 2
-def hist(n: int = 100) -> None:
-    """Fig. 2 analog: sign, raw and quantized gradients of mnist-cnn-at-linf at random starts."""
-    import torch
-
-    from quantadv import data, models, to_float
-    from quantadv.attacks import quantized_gradient
-    from quantadv.attacks.engine import make_problem
-
-    torch.manual_seed(0)
-    model = models.load("mnist-cnn-at-linf")
-    images, labels = data.load("mnist-5k", split="test")
-    x, y = to_float(images[:n]), labels[:n]
-    x0 = (x + (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) - 1) * 0.3).clamp(0, 1)
-    problem = make_problem(model, x, y, loss="ce")
-    _, grad, _ = problem.loss_and_grad(x0, torch.arange(n))
-    g = -grad  # ascent direction of the cross-entropy
-    plt = _plt()
+def hist(path: Path = RESULTS / "paper001" / "gradients-mnist.npz") -> None:
+    """Fig. 2 analog from ``quantadv diagnose --gradients``: sign, raw and quantized gradients."""
+    if not path.exists():
+        sys.exit(f"{path} is missing: run quantadv diagnose --model mnist-cnn-at-linf --data mnist-5k --images 100 "
+                 f"--eps 0.3 --step 0.01 --gradients {path.relative_to(ROOT)}")
+    z = np.load(path)
+    g, cap = z["gradient"], float(z["eps"] / z["step"])
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(10, 5))
-    panels = [("(a) sign gradient", g.sign()), ("(b) b = 100", quantized_gradient(g, 100)),
-              ("(c) b = 200", quantized_gradient(g, 200)), ("(d) b = 500", quantized_gradient(g, 500)),
-              ("(e) b = 1000", quantized_gradient(g, 1000))]
-    lines = []
+    panels = [("(a) sign gradient", np.sign(g))] + [
+        (f"({'bcde'[i]}) b = {b}", z[f"quantized_{b}"]) for i, b in enumerate(z["b"][:4])]
     for ax, (title, q) in zip(axes.flat, panels, strict=False):
-        v = q.flatten().clamp(-30, 30).numpy()  # the projection caps a move at eps / step = 30 steps
+        v = np.clip(q.flatten(), -cap, cap)  # the projection caps a move at eps / step steps
         if title.startswith("(a)"):
             ax.hist(v, bins=5, range=(-2.5, 2.5))
         else:
-            ax.hist(v, bins=61, range=(-30.5, 30.5), log=True)
+            ax.hist(v, bins=61, range=(-cap - 0.5, cap + 0.5), log=True)
         ax.set_title(title)
-        frac1 = float((q.abs() == 1).float().mean())
-        frac30 = float((q.abs() >= 30).float().mean())
-        lines.append(f"| {title} | {frac1 * 100:.1f} | {frac30 * 100:.1f} |")
     ax = axes.flat[5]
-    raw = g.flatten().numpy()
-    ax.hist(raw, bins=101, log=True)
+    ax.hist(g.flatten(), bins=101, log=True)
     ax.set_title("(f) raw gradient (d loss / d x)")
-    fig.suptitle(f"Fig. 2 analog: mnist-cnn-at-linf, {n} test images at a random start (eps 0.3); "
-                 "values capped at +-30 = eps / step", fontsize=8)
+    fig.suptitle(f"Fig. 2 analog: mnist-cnn-at-linf, {len(g)} test images at a random start (eps {float(z['eps']):g}); "
+                 f"values capped at +-{cap:.0f} = eps / step", fontsize=8)
     _save(fig, "fig2-histograms.png")
-    mags = g.abs().flatten()
-    ratio = g.abs().flatten(1).amax(1) / g.abs().flatten(1).median(1).values.clamp_min(1e-30)
-    print(f"raw gradient: median |g| {float(mags.median()):.2e}, max {float(mags.max()):.2e}; "
-          f"per-image max/median {float(ratio.median()):.0f}")
-    print("| panel | % components = +-1 | % components >= 30 (capped by the projection) |\n| --- | ---: | ---: |")
-    print("\n".join(lines))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Tables and figures of docs/paper-002-soft-quantization.md from the JSON stores of the eval scripts.
 
     python scripts/paper002_figures.py results/paper002/mnist.json results/paper002/fmnist-a.json+fmnist-b.json
-    python scripts/paper002_figures.py --kalpha results/paper002/fmnist-kalpha.json
+    python scripts/paper002_figures.py --kalpha results/paper002-kalpha.db+results/paper002-kalpha-clean.db
 
 For every store: one markdown table (robust accuracy per model, attack, loss and eps over the
 store's images; eps 0 is clean accuracy on the same images) plus the per-image headline: an
@@ -82,20 +82,31 @@ def figure(store: dict, name: str, headline: dict) -> None:
     print(f"\nwrote {path.relative_to(ROOT)}")
 
 
-def kalpha(path: Path) -> None:
-    store = json.loads(path.read_text())
-    print(f"\n#### K / alpha study ({path.name}): NSQ fine-tuned from fmnist-cnn, 1 epoch on "
-          f"{store['train_size']} images, noise {store['noise']}; clean on {store['n_clean']} test images "
-          f"(natural fmnist-cnn: {100 * store['natural_clean']:.1f}%); BPDA+PGD ({store['steps']} steps) "
-          f"at eps {store['eps']} on {store['n']} images\n")
-    cols = [c for c in ("pgd/ce", "pgd/margin", "bpda/ce", "bpda/margin")
-            if any(c in r for r in store["points"].values())]
-    print("| K | alpha | SQ clean | NSQ clean | " + " | ".join(cols) + " | min over rows | train s |")
-    print("| ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |")
-    for rec in sorted(store["points"].values(), key=lambda r: (r["levels"], r["alpha"])):
-        cells = " | ".join(f"{100 * rec[c]:.0f}%" for c in cols)
-        print(f"| {rec['levels']} | {rec['alpha']:g} | {100 * rec['sq_clean']:.1f}% | {100 * rec['nsq_clean']:.1f}% | "
-              f"{cells} | **{100 * rec['robust_min']:.0f}%** | {rec['train_seconds']:.0f} |")
+def kalpha(paths: list[Path]) -> None:
+    """The K / alpha table from the stores of configs/paper002-kalpha.yaml and paper002-kalpha-clean.yaml."""
+    import pandas as pd
+
+    from quantadv.experiments import load_results
+
+    df = pd.concat([load_results(p, as_frame=True) for p in paths])
+    clean = df[df.attack == "clean"].groupby("model").apply(lambda g: (g.clean_pred == g.label).mean())
+    att = df[df.attack != "clean"]
+    print(f"\n#### K / alpha study: NSQ fine-tuned from fmnist-cnn (configs/entries/nsq.py); clean on "
+          f"{df[df.attack == 'clean'].idx.nunique()} test images (natural fmnist-cnn: {100 * clean['natural']:.1f}%); "
+          f"BPDA+PGD at eps 0.1 on {att.idx.nunique()} images\n")
+    print("| K | alpha | SQ clean | NSQ clean | bpda/ce | bpda/margin | min over rows | train s |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for model, g in att.groupby("model"):
+        k, a = model.removeprefix("nsq-K").split("-a")
+        robust = {json.loads(p)["loss"]: ~sub.set_index("idx").success.astype(bool)
+                  for p, sub in g.groupby("params")}
+        both = robust["ce"] & robust["margin"]
+        meta = sorted((ROOT / "results" / "paper002" / "kalpha").glob(f"nsq-K{k}-alpha{a}-*.json"))
+        secs = f"{json.loads(meta[0].read_text())['train_seconds']:.0f}" if meta else "-"
+        print(f"| {k} | {a} | {100 * clean[f'sq-K{k}-a{a}']:.1f}% | {100 * clean[model]:.1f}% | "
+              f"{100 * robust['ce'].mean():.0f}% | {100 * robust['margin'].mean():.0f}% | "
+              f"**{100 * both.mean():.0f}%** | "
+              f"{secs} |")
 
 
 def main() -> None:
@@ -116,7 +127,7 @@ def main() -> None:
         headline = table(store, name)
         figure(store, name, headline)
     if args.kalpha:
-        kalpha(Path(args.kalpha))
+        kalpha([Path(p) for p in args.kalpha.split("+")])
 
 
 if __name__ == "__main__":

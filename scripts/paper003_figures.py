@@ -1,13 +1,15 @@
 """Paper 003 (RandDisc / pRD / swRD): the numbers and figures of docs/paper-003-vector-quantization.md.
 
     python scripts/paper003_figures.py clean      # clean accuracy behind each quantizer (Sec. 4.1, 4.4)
+                                                  # (results/paper003-clean-{mnist,fmnist}.db)
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
+                                                  # (results/paper003-examples.db)
     python scripts/paper003_figures.py tables     # Table 1 analog from results/paper003-*.db
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
     python scripts/paper003_figures.py export     # per-image outcomes + certificates -> docs/img/paper003/
     python scripts/paper003_figures.py combined   # swRD / RandDisc on 150 images (two stores)
 
-Every part prints Markdown; figures go to docs/img/. One torch thread, seeds fixed.
+Every part reads stores and prints Markdown; figures go to docs/img/.
 """
 
 from __future__ import annotations
@@ -16,89 +18,82 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
-
-import quantadv
-from quantadv import attacks, data, models
-from quantadv.defenses import Defended, PatchRandDisc, RandDisc, SlidingWindowRandDisc
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
-S = 4 / 255
+NAMES = {"randdisc": "RandDisc (k=2)", "prd": "pRD (s=2, k=2)", "swrd": "swRD (s=2, k=2, beta=1)"}
+#: stores of other configs than the Table 1 analogs (read by clean / examples only)
+OTHER = ("paper003-clean-mnist", "paper003-clean-fmnist", "paper003-examples")
 
 
-def quantizers() -> dict[str, torch.nn.Module]:
-    return {
-        "RandDisc (k=2)": RandDisc(2, S, S),
-        "pRD (s=2, k=2)": PatchRandDisc(2, 2, S, S),
-        "swRD (s=2, k=2, beta=1)": SlidingWindowRandDisc(2, 2, S, S, beta=1.0),
-    }
+def _frame(name: str):
+    from quantadv.experiments import load_results
+
+    path = ROOT / "results" / f"{name}.db"
+    if not path.exists():
+        sys.exit(f"{path} is missing: run quantadv run configs/{name}.yaml first")
+    return load_results(path, as_frame=True)
 
 
-@torch.no_grad()
-def accuracy(model, x, y, seed=0) -> float:
-    torch.manual_seed(seed)
-    pred = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
-    return float((pred == y).float().mean())
+def part_clean() -> None:
+    """Clean accuracy (clean_pred of configs/paper003-clean-*.yaml, one draw per image)."""
+    print("| data (first 1000 test images) | classifier | no defense | " + " | ".join(NAMES.values()) + " |")
+    print("|---|---|---|" + "---|" * len(NAMES))
+    for ds, data, natural in (("mnist", "mnist-5k", "mnist-cnn"), ("fmnist", "fashion-mnist", "fmnist-cnn")):
+        df = _frame(f"paper003-clean-{ds}")
+        acc = {m: f"{100 * (g.clean_pred == g.label).mean():.1f}%" for m, g in df.groupby("model")}
+        print(f"| {data} | {natural} | {acc['natural']} | " + " | ".join(acc[k] for k in NAMES) + " |")
+        print(f"| {data} | {natural}-swrd (t-swRD) | {acc['t-swrd-clf']} | - | - | {acc['t-swrd']} |")
 
 
-def part_clean(n: int = 1000) -> None:
-    print(f"| data (first {n} test images) | classifier | no defense | " + " | ".join(quantizers()) + " |")
-    print("|---|---|---|" + "---|" * len(quantizers()))
-    for ds, natural, tuned in (("mnist-5k", "mnist-cnn", "mnist-cnn-swrd"), ("fashion-mnist", "fmnist-cnn",
-                                                                           "fmnist-cnn-swrd")):
-        images, labels = data.load(ds, split="test")
-        x, y = quantadv.to_float(images[:n]), labels[:n]
-        clf = models.load(natural)
-        cells = [f"{100 * accuracy(clf, x, y):.1f}%"]
-        cells += [f"{100 * accuracy(Defended(q, clf), x, y):.1f}%" for q in quantizers().values()]
-        print(f"| {ds} | {natural} | " + " | ".join(cells) + " |")
-        t = models.load(tuned)
-        print(f"| {ds} | {tuned} (t-swRD) | {100 * accuracy(t.classifier, x, y):.1f}% | - | - | "
-              f"{100 * accuracy(t, x, y):.1f}% |")
-
-
-def part_examples(n: int = 100, eps: float = 0.32) -> None:
+def part_examples() -> None:
+    """Fig. 7 analog from configs/paper003-examples.yaml: x, x', Q(x), Q(x') and the transfer accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images, labels = data.load("mnist-5k", split="test")
-    x, y = quantadv.to_float(images[:n]), labels[:n]
-    clf = models.load("mnist-cnn")
-    x_adv = attacks.pgd(clf, x, y, eps=eps, step=eps / 20, steps=40, random_start=True, seed=0)
-    with torch.no_grad():
-        nat_acc = float((clf(x_adv).argmax(1) == y).float().mean())
-    qs = quantizers()
-    rows = []
-    grid = {"x": x[:4], "x'": x_adv[:4]}
-    for name, q in qs.items():
-        g = torch.Generator().manual_seed(0)
-        qx, qa = q(x, generator=g), q(x_adv, generator=g)
-        with torch.no_grad():
-            acc = float((clf(qa).argmax(1) == y).float().mean())
-        mad = lambda a, b: float((a - b).abs().flatten(1).mean(1).mean())  # noqa: E731
-        rows.append((name, mad(qa, qx), mad(qa, x), acc))
-        grid[f"Q(x) {name.split()[0]}"] = qx[:4]
-        grid[f"Q(x') {name.split()[0]}"] = qa[:4]
-    base = float((x_adv - x).abs().flatten(1).mean(1).mean())
-    print(f"PGD-40 (step eps/20, random start) on the undefended mnist-cnn at eps {eps}, first {n} mnist-5k test "
-          f"images: its accuracy on x' {100 * nat_acc:.0f}%; mean |x' - x| per pixel {base:.4f}.\n")
+    from quantadv.experiments.store import open_store
+
+    df = _frame("paper003-examples")
+    with open_store(ROOT / "results" / "paper003-examples.db") as st:
+        originals, adv = st.originals(), st.adversarials()
+    run = {(r.model, r.attack): r.run_id for r in df.drop_duplicates("run_id").itertuples()}
+
+    def images(model: str, attack: str, pp: str = "none") -> torch.Tensor:
+        rows = sorted((a for a in adv if a["run_id"] == run[model, attack] and a["postprocess"] == pp),
+                      key=lambda a: a["idx"])
+        return torch.stack([torch.from_numpy(np.frombuffer(a["data"], np.float32).reshape(a["shape"]).copy())
+                            for a in rows])
+
+    x = torch.stack([torch.from_numpy(np.frombuffer(d, np.uint8).reshape(s).astype(np.float32) / 255)
+                     for _, (s, d) in sorted(originals.items())])
+    x_adv = images("natural", "pgd40")
+    pgd = df[df.attack == "pgd40"]
+    nat_acc = 1 - pgd[pgd.model == "natural"].success.mean()
+    mad = lambda a, b: float((a - b).abs().flatten(1).mean(1).mean())  # noqa: E731
+    print(f"PGD-40 (step eps/20, random start) on the undefended mnist-cnn at eps 0.32, first {len(x)} mnist-5k "
+          f"test images: its accuracy on x' {100 * nat_acc:.0f}%; mean |x' - x| per pixel {mad(x_adv, x):.4f}.\n")
     print("| quantizer | mean abs Q(x') - Q(x) | mean abs Q(x') - x | mnist-cnn accuracy on Q(x') (transfer) |")
     print("|---|---|---|---|")
-    for name, d1, d2, acc in rows:
-        print(f"| {name} | {d1:.4f} | {d2:.4f} | {100 * acc:.0f}% |")
+    grid = {"x": x[:4], "x'": x_adv[:4]}
+    for key, name in NAMES.items():
+        qx, qa = images(key, "clean", "none@preprocess"), images(key, "pgd40", "none@preprocess")
+        acc = 1 - pgd[pgd.model == key].success.mean()
+        print(f"| {name} | {mad(qa, qx):.4f} | {mad(qa, x):.4f} | {100 * acc:.0f}% |")
+        grid[f"Q(x) {name.split()[0]}"], grid[f"Q(x') {name.split()[0]}"] = qx[:4], qa[:4]
     fig, axes = plt.subplots(len(grid), 4, figsize=(4 * 1.3, len(grid) * 1.35))
     for r, (label, imgs) in enumerate(grid.items()):
         for c in range(4):
             ax = axes[r, c]
-            ax.imshow(imgs[c, 0].detach().numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(imgs[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(f"mnist-5k, PGD-40 eps {eps} on mnist-cnn", fontsize=8)
+    fig.suptitle("mnist-5k, PGD-40 eps 0.32 on mnist-cnn", fontsize=8)
     fig.tight_layout()
     out = IMG / "paper003-fig7-mnist.png"
     fig.savefig(out, dpi=110)
@@ -109,7 +104,7 @@ def part_tables() -> None:
     from quantadv.experiments.store import open_store
     from quantadv.experiments.summary import robust_summary
 
-    for store in sorted((ROOT / "results").glob("paper003-*.db")):
+    for store in sorted(p for p in (ROOT / "results").glob("paper003-*.db") if p.stem not in OTHER):
         cells = robust_summary(store)
         with open_store(store) as st:
             model_of = {r["run_id"]: r["model"] for r in st.runs()}
@@ -228,7 +223,7 @@ def part_export() -> None:
 
     out_dir = IMG / "paper003"
     out_dir.mkdir(exist_ok=True)
-    for store in sorted((ROOT / "results").glob("paper003-*.db")):
+    for store in sorted(p for p in (ROOT / "results").glob("paper003-*.db") if p.stem not in OTHER):
         with open_store(store) as st:
             runs = {r["run_id"]: r for r in st.runs()}
             rows = st.results()

@@ -55,3 +55,47 @@ def test_scaled_logits_keep_predictions_and_prop1_pgd_runs():
     assert float((out - x).abs().max()) <= 0.1 + 1e-6 and info["success"].shape == (10,)
     with pytest.raises(InputError):
         mod.scaled("fmnist-cnn", scale=0)
+
+
+def test_ddn_jpeg_float_and_on_the_jpeg_grid():
+    pytest.importorskip("jpeglib")
+    ddn_jpeg = _module("jpeg_ddn").ddn_jpeg
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    x = (torch.rand(6, 1, 8, 8) * 255).round() / 255
+    y = model(x).argmax(1)
+    out = ddn_jpeg(model, x, y, steps=30)
+    adv = model(out).argmax(1) != y
+    assert bool(adv.any()) and bool(torch.equal(out[~adv], x[~adv]))  # kept: adversarial iterates only
+    assert out.min() >= 0 and out.max() <= 1
+    q = ddn_jpeg(model, x, y, steps=30, quality=90)
+    assert torch.equal(q, (q * 255).round() / 255)  # the libjpeg decode of a written file: 8-bit
+    from quantadv import to_float
+    from quantadv.io import jpeg as jio
+
+    # a file with the same tables reproduces it: re-encoding the decode at quality 90 is (nearly) lossless
+    again = to_float(jio.decode(jio.encode(q, 90)))
+    assert float((again - q).abs().max()) <= 3 / 255
+
+
+def test_clean_entry_and_tinted_data():
+    clean = _module("clean").identity
+    x = torch.rand(3, 1, 4, 4)
+    out = clean(torch.nn.Identity(), x, torch.zeros(3, dtype=torch.long))
+    assert torch.equal(out, x) and out is not x
+    tinted = _module("tinted")
+    grey = torch.tensor([[[[0, 255]]], [[[128, 64]]]], dtype=torch.uint8)
+    rgb = tinted.tint(grey, seed=1)
+    assert rgb.shape == (2, 3, 1, 2) and rgb.dtype == torch.uint8 and torch.equal(rgb, tinted.tint(grey, seed=1))
+    assert not torch.equal(rgb[:, 0], rgb[:, 1])  # colours, not grey
+
+
+@pytest.mark.slow
+def test_tinted_jpeg_data_returns_the_files_it_decoded():
+    pytest.importorskip("jpeglib")
+    from quantadv.io import jpeg as jio
+
+    tinted = _module("tinted")
+    x, y, files = tinted.tinted("test", jpeg_quality=85, subsampling="4:2:0")
+    assert x.shape == (10000, 3, 28, 28) and len(files) == len(y) == 10000
+    assert torch.equal(jio.decode(files[:5]), x[:5]) and jio.read_coefficients(files[0]).subsampling == "4:2:0"

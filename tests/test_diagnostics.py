@@ -100,3 +100,43 @@ def test_cli_diagnose_exit_code(capsys):
     assert code in (0, 1)
     assert ("FLAG" in out) == (code == 1)
     assert "JSV mean" in out and "radius" in out
+
+
+def test_start_gradients_is_the_ascent_direction_at_the_seeded_start():
+    from quantadv.diagnostics import start_gradients
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    x0, g = start_gradients(model, x, y, eps=0.1, seed=3)
+    assert float((x0 - x).abs().max()) <= 0.1 + 1e-7 and x0.min() >= 0 and x0.max() <= 1
+    x1, g1 = start_gradients(model, x, y, eps=0.1, seed=3)
+    assert torch.equal(x0, x1) and torch.equal(g, g1)
+    z = x0.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(z), y, reduction="sum")
+    (ref,) = torch.autograd.grad(loss, z)
+    assert torch.allclose(g, ref, atol=1e-6)  # cross-entropy ascent: what a first PGD step follows
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        start_gradients(model, x, y, eps=0)
+
+
+@pytest.mark.slow
+def test_cli_diagnose_gradients_writes_the_quantized_gradients(tmp_path, capsys):
+    import numpy as np
+
+    from quantadv.attacks import quantized_gradient
+    from quantadv.cli import main
+
+    out = tmp_path / "g.npz"
+    argv = ["diagnose", "--model", "fmnist-cnn", "--images", "4", "--eps", "0.1", "--step", "0.01",
+            "--gradients", str(out), "--gradient-b", "10,200", "--threads", "1"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| sign (b = 1) | 100.0 | 0.0 |" in text and "b = 200" in text and "check" not in text
+    z = np.load(out)
+    g = torch.from_numpy(z["gradient"])
+    assert g.shape == (4, 1, 28, 28) and list(z["b"]) == [10, 200] and float(z["eps"] / z["step"]) == pytest.approx(10)
+    for b in (10, 200):
+        assert np.array_equal(z[f"quantized_{b}"], quantized_gradient(g, b).numpy())
+    assert main(argv[:-4] + ["--gradients", str(tmp_path / "g.txt")]) == 2
+    assert main(argv[:-2] + ["--gradient-b", "a,b"]) == 2

@@ -3,8 +3,7 @@
 No file in scripts/ may import an attack, defense, quantizer, diagnostic or training module (the
 functions that compute results): experiments go through ``quantadv run`` configs (custom pieces
 as config entries under configs/entries/), the other computations through ``quantadv
-train|certify|diagnose``. The scripts listed in PENDING still run their own computations and are
-to be converted; the list is checked both ways, so converting a script means deleting its name.
+train|certify|diagnose`` (e.g. ``diagnose --gradients`` for paper 001's Fig. 2).
 """
 
 from __future__ import annotations
@@ -19,19 +18,6 @@ FORBIDDEN = ("quantadv.attacks", "quantadv.defenses", "quantadv.quantize", "quan
 #: names of such modules when imported from their package (``from quantadv import attacks``)
 FORBIDDEN_NAMES = {"quantadv": {"attacks", "defenses", "quantize", "diagnostics", "certify"},
                    "quantadv.models": {"training", "binary", "train"}}
-#: scripts that still compute (follow-ups of issue 18), with what they run
-PENDING = {
-    "jpeg_colour.py": "the 4:4:4 vs 4:2:0 colour JPEG experiment (trains a tinted-FMNIST CNN, DDN)",
-    "jpeg_ddn_integrated.py": "DDN + JPEG quantization (docs/jpeg.md)",
-    "jpeg_examples.py": "JPEG quantizers for the example figure",
-    "jpeg_experiments.py": "the JPEG attack tables",
-    "paper000_figures.py": "FGSM on images for the Fig. 5 panel",
-    "paper001_figures.py": "the quantized-gradient histogram (Fig. 2)",
-    "paper002_kalpha.py": "the K / alpha training study",
-    "paper003_figures.py": "attacks for the defended-image panels",
-}
-
-
 def offences(path: Path) -> list[str]:
     """The forbidden imports of one Python file, as 'line N: module'."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -53,11 +39,8 @@ def offences(path: Path) -> list[str]:
 def test_scripts_do_not_compute_results():
     scripts = sorted(ROOT.glob("scripts/*.py"))
     assert scripts
-    bad = {p.name: offences(p) for p in scripts}
-    new = {name: o for name, o in bad.items() if o and name not in PENDING}
-    assert not new, f"scripts that call attack/defense/training code (use a config or entry): {new}"
-    converted = [name for name in PENDING if not bad.get(name)]
-    assert not converted, f"remove from PENDING (no longer computing, or deleted): {converted}"
+    bad = {p.name: o for p in scripts if (o := offences(p))}
+    assert not bad, f"scripts that call attack/defense/training code (use a config or entry): {bad}"
 
 
 def test_the_check_sees_every_import_form(tmp_path):

@@ -12,6 +12,10 @@ PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
 (:func:`quantadv.models.deploy`) and the float model is the transfer surrogate. Each check
 prints PASS or FLAG with its evidence; the exit code is 1 when any check flags (0 otherwise;
 2 for a usage error), so the command can gate a CI job.
+
+``--gradients FILE.npz`` instead writes the loss gradient at a uniform random start in the
+eps-ball and its quantizations ``zeta(b g / max|g|)`` (paper 001, Eq. 4, at each ``--gradient-b``)
+and prints how they are distributed (paper 001, Fig. 2): no checks are run.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="float model for the transfer check (default: the manifest's --init model, if any)")
     add_deploy(p)
     p.add_argument("--tol", type=float, default=0.02, help="tolerance in accuracy (default: 0.02)")
+    p.add_argument("--gradients", default=None, metavar="FILE.npz",
+                   help="only write the loss gradients at a random start in the eps-ball and their quantizations "
+                        "(paper 001 Eq. 4) to FILE.npz and print their statistics; no checks")
+    p.add_argument("--gradient-b", default="100,200,500,1000", metavar="B,...",
+                   help="the b values of --gradients (default: 100,200,500,1000)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-attack accuracy lines")
     add_progress(p)
@@ -97,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     x = to_float(images[: args.images]).to(device)
     y = labels[: args.images].to(device)
 
+    if args.gradients is not None:
+        return _gradients(args, model, x, y, data_name)
     shown = args.model if args.deploy is None else f"{args.model} ({args.deploy})"
     print(f"model {shown} on the first {x.shape[0]} {data_name} test images; {args.norm} eps={args.eps:g}, "
           f"{args.steps} steps", flush=True)
@@ -118,3 +129,50 @@ def run(args: argparse.Namespace) -> int:
     flagged = [c.name for c in checks if not c.passed]
     print(f"\n{len(flagged)} of {len(checks)} checks flagged" + (f": {', '.join(flagged)}" if flagged else ""))
     return 1 if flagged else 0
+
+
+def _gradients(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+               data_name: str) -> int:
+    """``--gradients FILE.npz``: the start gradients, their quantizations and their statistics."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..attacks import quantized_gradient
+    from ..diagnostics import start_gradients
+
+    try:
+        bs = [int(b) for b in args.gradient_b.split(",")]
+    except ValueError:
+        raise InputError(f"--gradient-b must be integers separated by commas, got {args.gradient_b!r}") from None
+    if args.norm != "linf":
+        raise InputError("--gradients draws the start in the L-inf ball: use --norm linf")
+    out = Path(args.gradients)
+    if out.suffix != ".npz":
+        raise InputError(f"--gradients must name a .npz file, got {out}")
+    step = args.step if args.step is not None else args.eps / 4
+    _, g = start_gradients(model, x, y, eps=args.eps, seed=args.seed)
+    g = g.detach().cpu()
+    arrays = {"gradient": g.numpy(), "labels": y.cpu().numpy(), "eps": np.float64(args.eps),
+              "step": np.float64(step), "b": np.array(bs)}
+    cap = args.eps / step  # a component beyond it crosses the whole ball in one step
+    mags = g.abs()
+    ratio = mags.flatten(1).amax(1) / mags.flatten(1).median(1).values.clamp_min(1e-30)
+    print(f"model {args.model}, first {x.shape[0]} {data_name} test images at a random start (eps {args.eps:g}, "
+          f"seed {args.seed}): median |g| {float(mags.median()):.2e}, max {float(mags.max()):.2e}; "
+          f"per-image max/median {float(ratio.median()):.0f}")
+    print(f"| quantization | % components = +-1 | % components >= eps / step = {cap:g} |\n| --- | ---: | ---: |")
+    for b in [1, *bs]:
+        q = quantized_gradient(g, b)
+        if b != 1:
+            arrays[f"quantized_{b}"] = q.numpy().astype(np.int32)
+        name = "sign (b = 1)" if b == 1 else f"b = {b}"
+        print(f"| {name} | {100 * float((q.abs() == 1).double().mean()):.1f} | "
+              f"{100 * float((q.abs() >= cap).double().mean()):.1f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0

@@ -9,8 +9,11 @@
   iterations, vs radius, transfer from a float surrogate vs white box, one-step vs
   iterative, and PGD vs PGD++; each a :class:`Check` with PASS/FLAG and its evidence.
   ``quantadv diagnose --model NAME`` runs them and exits non-zero when one flags.
+* :func:`start_gradients` -- the loss gradient at a random start (paper 001, Fig. 2):
+  ``quantadv diagnose --gradients FILE.npz`` writes it with its quantizations.
 """
 
+from .gradients import start_gradients
 from .jacobian import JacobianStats, input_jacobian, jacobian_singular_values, jacobian_stats, weights_sha256
 from .masking import Check, masking_checks, signal_report
 
@@ -22,5 +25,6 @@ __all__ = [
     "jacobian_stats",
     "masking_checks",
     "signal_report",
+    "start_gradients",
     "weights_sha256",
 ]

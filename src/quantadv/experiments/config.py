@@ -422,11 +422,15 @@ class ModelSpec:
     adaptive: tuple[str, ...] = ()
     #: draws per gradient in the ``bpda+eot`` mode
     eot: int = 10
+    #: ``defense: none`` on a defended zoo model: its classifier alone, without the shipped defense
+    classifier_only: bool = False
 
     def identity(self) -> dict:
         ident: dict[str, Any] = {}
         if self.defense is not None:  # only then, so undefended models keep their run ids
             ident["defense"] = self.defense
+        if self.classifier_only:
+            ident["defense"] = "none"
         if self.name is not None:
             ident["zoo"] = self.name
         if self.arch is not None:
@@ -615,6 +619,8 @@ class ExperimentConfig:
     attacks: tuple[AttackSpec, ...]
     postprocess: tuple[PostprocessSpec, ...]
     attack_misclassified: bool = False
+    #: for defended models, also store the defense's output of every saved image ('<label>@preprocess')
+    save_preprocessed: bool = False
     #: options of the robust-accuracy tables of the report (:mod:`quantadv.experiments.summary`):
     #: ``carry`` (a grid parameter), ``steps`` (iteration counts), ``any`` (bool), ``compare``
     #: (pairs of attack selectors); not part of any run id
@@ -640,6 +646,8 @@ class ExperimentConfig:
             "postprocess": [[p.label, p.name, p.params] for p in self.postprocess],
             "save_images": self.save_images,
         }
+        if self.save_preprocessed:  # only then, so that other configs keep their hash
+            payload["save_preprocessed"] = True
         chosen = {a.label: list(a.postprocess) for a in self.attacks if a.postprocess is not None}
         if chosen:  # only then, so that configs without per-entry lists keep their hash
             payload["postprocess_per_attack"] = chosen
@@ -730,7 +738,9 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
         default_label = name or (file.stem if file else None) or (entry.function if entry else "")
         label = _label(item.get("label", default_label), f"{where}.label")
         defense = _parse_defense(item["defense"], f"{where}.defense") if "defense" in item else default_defense
-        defended = defense is not None or (name is not None and _zoo_defended(name))
+        # defense: none on a defended zoo model strips its shipped defense (the classifier alone)
+        classifier_only = item.get("defense") == "none" and name is not None and _zoo_defended(name)
+        defended = not classifier_only and (defense is not None or (name is not None and _zoo_defended(name)))
         if "adaptive" in item:
             adaptive = tuple(_adaptive_mode(m, f"{where}.adaptive")
                              for m in _str_list(item["adaptive"], f"{where}.adaptive"))
@@ -742,7 +752,8 @@ def _parse_models(value: object, base_dir: Path, default_defense: str | None = N
         else:
             adaptive = ADAPTIVE_MODES if defended and defended_adaptive else ()
         eot = item.get("eot", 10)
-        specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs, defense, tuple(adaptive), eot))
+        specs.append(ModelSpec(label, name, arch, entry, file, sha, kwargs, defense, tuple(adaptive), eot,
+                               classifier_only))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -1134,7 +1145,15 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
             if params:
                 raise ConfigError(f"{where}.params: 'none' takes no parameters")
         else:
-            params = check_params(registry[name], params, f"{where}.params", f"quantizer {name}")
+            # originals: data -> the data set's own files of the batch's images (a data entry that
+            # returns (images, labels, files)), e.g. JPEG originals for lagrangian_jpeg
+            from_data = params.get("originals") == "data"
+            if from_data and "originals" not in configurable_params(registry[name]):
+                raise ConfigError(f"{where}.params.originals: quantizer {name} takes no originals")
+            rest = {k: v for k, v in params.items() if not (from_data and k == "originals")}
+            params = check_params(registry[name], rest, f"{where}.params", f"quantizer {name}")
+            if from_data:
+                params["originals"] = "data"
         specs.append(PostprocessSpec(_label(item.get("label", name), f"{where}.label"), name, params))
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
@@ -1346,6 +1365,7 @@ def parse_config(
         attacks=attacks,
         postprocess=postprocess,
         attack_misclassified=attack_misclassified,
+        save_preprocessed=shape.save_preprocessed,
         source=text,
         base_dir=base,
     )

@@ -120,7 +120,8 @@ def load_model(spec: ModelSpec, device: torch.device) -> nn.Module:
     if spec.name is not None:
         from .. import models as zoo
 
-        return zoo.load(spec.name, device=device)
+        model = zoo.load(spec.name, device=device)
+        return model.classifier if spec.classifier_only else model  # type: ignore[return-value]
     elif spec.arch is None and spec.entry is None:
         from ..models import load_file
 
@@ -157,8 +158,12 @@ def load_model(spec: ModelSpec, device: torch.device) -> nn.Module:
     return model.eval().to(device)
 
 
-def load_data(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Return (uint8 NCHW images, int64 labels, subset indices) for a :class:`DataSpec`."""
+def load_data(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[int], list | None]:
+    """Return (uint8 NCHW images, int64 labels, subset indices, files) for a :class:`DataSpec`.
+
+    ``files`` is ``None`` unless a data entry returns ``(images, labels, files)``: one file per
+    image (bytes or a path, e.g. the JPEG each image was decoded from), which a post-processing
+    step with ``params: {originals: data}`` receives for its batch's images."""
     if spec.entry is not None:
         fn = load_entry(spec.entry, "data.entry")
         try:
@@ -173,16 +178,18 @@ def load_data(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
 
         out = datasets.load(spec.name, split=spec.split)
         source = f"dataset {spec.name!r}"
-    if not (isinstance(out, tuple | list) and len(out) == 2):
-        raise DataError(f"{source} must return (images, labels), got {type(out).__name__}")
-    images, labels = out
+    if not (isinstance(out, tuple | list) and len(out) in (2, 3)):
+        raise DataError(f"{source} must return (images, labels) or (images, labels, files), got {type(out).__name__}")
+    images, labels, files = (*out, None) if len(out) == 2 else out
+    if files is not None and (not isinstance(files, list | tuple) or len(files) != len(out[0])):
+        raise DataError(f"{source}: files must be a list with one file (bytes or path) per image")
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
         raise DataError(f"{source}: images must be a uint8 NCHW tensor")
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(f"{source}: labels must be a 1-D tensor with one entry per image")
     if labels.dtype.is_floating_point:
         raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
-    return images, labels.long(), spec.select(images.shape[0])
+    return images, labels.long(), spec.select(images.shape[0]), None if files is None else list(files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,8 +339,11 @@ def apply_postprocess(
     x_adv: torch.Tensor,
     y: torch.Tensor,
     targets: torch.Tensor | None,
+    files: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, dict[str, list]]:
     """Apply one post-processing step: (images, extra calls, extra grads, extras) per image.
+
+    ``params: {originals: data}`` passes ``files`` (the data's file of each image) as ``originals``.
 
     ``extras`` are the other per-image numbers of the quantizer's info (:func:`info_extras`),
     e.g. ``lambda_star``, ``j_size``, ``both_pixels``, ``lambda_pixels`` for Q-lambda*.
@@ -347,6 +357,8 @@ def apply_postprocess(
     if pp.name == "toward_original":
         return fn(x, x_adv), zero, zero, {}
     kwargs = dict(pp.params)
+    if kwargs.get("originals") == "data":
+        kwargs["originals"] = files
     if targets is not None:
         kwargs["targets"] = targets
     if pp.name == "gradient_sign":  # one gradient of L_Q at x_a (paper 000 Eq. 25)
@@ -489,7 +501,12 @@ def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool
         "code %s", cfg.experiment, cfg.experiment_hash, len(cfg.runs), len(cfg.postprocess),
         cfg.store, ctx.rank, ctx.world_size, dev, code_version(),
     )
-    images, labels, indices = load_data(cfg.data)
+    images, labels, indices, files = load_data(cfg.data)
+    if files is None:
+        wanting = [p.label for p in cfg.postprocess if p.params.get("originals") == "data"]
+        if wanting:
+            raise ConfigError(f"postprocess {wanting[0]!r} has originals: data, but the data has no files; "
+                              "use a data entry that returns (images, labels, files)")
     check_sources(cfg, dev, images, indices)
     run_rows = _run_rows(cfg)
 
@@ -531,7 +548,7 @@ def _run(cfg: ExperimentConfig, dev: torch.device, ctx: DistContext, quiet: bool
     session = uuid.uuid4().hex
     writer.start_session(session, ctx.rank, ctx.world_size, machine_info(dev), code_version())
     try:
-        _process(cfg, dev, ctx, quiet, images, labels, indices, writer, reader, summary)
+        _process(cfg, dev, ctx, quiet, images, labels, indices, writer, reader, summary, files)
         writer.finish_session(session)
     finally:
         writer.close()
@@ -598,6 +615,7 @@ class Batch:
     num_classes: int
     targets: torch.Tensor | None
     seed: int
+    files: list | None = None  # the data's file of each image, when the data entry returns them
 
     @property
     def attacked(self) -> torch.Tensor:
@@ -722,7 +740,7 @@ def check_sources(cfg: ExperimentConfig, dev: torch.device, images: torch.Tensor
 
 
 def load_batch(cfg: ExperimentConfig, work: Work, models: Models, images: torch.Tensor,
-               labels: torch.Tensor) -> Batch:
+               labels: torch.Tensor, files: list | None = None) -> Batch:
     """The batch's images and labels on the device, its clean predictions and its targets."""
     run = work.run
     sel = torch.tensor(work.indices, dtype=torch.long)
@@ -741,7 +759,8 @@ def load_batch(cfg: ExperimentConfig, work: Work, models: Models, images: torch.
         )
     seed = batch_seed(cfg.seed, run.run_id, work.batch)
     targets = make_targets(cfg.targets, y, num_classes, seed, clean_logits)
-    return Batch(images[sel], x, y, labels[sel], clean_pred, num_classes, targets, seed)
+    return Batch(images[sel], x, y, labels[sel], clean_pred, num_classes, targets, seed,
+                 None if files is None else [files[i] for i in work.indices])
 
 
 @dataclass
@@ -833,9 +852,10 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
     pp_pred = None
     if rows_cpu.numel():
         sub_targets = batch.targets[rows_dev] if batch.targets is not None else None
+        sub_files = None if batch.files is None else [batch.files[j] for j in rows_cpu.tolist()]
         out, c, g, sub_extras = apply_postprocess(
-            pp, pp_fn, attacker, batch.x[rows_dev], attack.x_adv[rows_dev], batch.y[rows_dev], sub_targets
-        )
+            pp, pp_fn, attacker, batch.x[rows_dev], attack.x_adv[rows_dev], batch.y[rows_dev], sub_targets,
+            sub_files)
         x_out[rows_dev] = out
         p_calls = None if c is None else p_calls.index_put((rows_cpu,), c.cpu())  # type: ignore[union-attr]
         p_grads = None if g is None else p_grads.index_put((rows_cpu,), g.cpu())  # type: ignore[union-attr]
@@ -869,6 +889,7 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
     per_image = (attack.seconds + t_pp) / len(work.indices)
     rows: list[dict[str, Any]] = []
     originals, adversarials = [], []
+    seen = _preprocessed(cfg, work, pp.label, model, x_out)
     for j, i in enumerate(work.indices):
         if (pp.label, i) in work.done:
             continue
@@ -897,7 +918,27 @@ def outcome_rows(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
             originals.append((i, tuple(img.shape), img.contiguous().numpy().tobytes()))
             out = x_out[j].detach().to("cpu", torch.float32).contiguous()
             adversarials.append((run.run_id, pp.label, i, tuple(out.shape), out.numpy().tobytes()))
+            if j in seen:
+                q = seen[j]
+                adversarials.append((run.run_id, f"{pp.label}@preprocess", i, tuple(q.shape), q.numpy().tobytes()))
     return rows, originals, adversarials, t_pp
+
+
+def _preprocessed(cfg: ExperimentConfig, work: Work, label: str, model: nn.Module,
+                  x_out: torch.Tensor) -> dict[int, torch.Tensor]:
+    """``save_preprocessed``: what the classifier of a defended model sees for each saved image of
+    the batch (the defense's output, one draw), by position in the batch; {} otherwise."""
+    if not cfg.save_preprocessed:
+        return {}
+    from ..defenses import Defended
+
+    first = work.batch * cfg.batch_size
+    keep = [j for j, i in enumerate(work.indices) if first + j < cfg.save_images and (label, i) not in work.done]
+    if not keep or not isinstance(model, Defended):
+        return {}
+    with torch.no_grad():
+        out = model.preprocess(x_out[keep]).detach().to("cpu", torch.float32)
+    return {j: out[k].contiguous() for k, j in enumerate(keep)}
 
 
 def _process(
@@ -911,6 +952,7 @@ def _process(
     writer: ResultsStore,
     reader: ResultsStore | None,
     summary: RunSummary,
+    files: list | None = None,
 ) -> None:
     """Compute and store every missing outcome of this rank's batches (see the section comment)."""
     from tqdm.auto import tqdm
@@ -934,7 +976,7 @@ def _process(
                     log.info("run %s (%s): %d images in %.1f s", current.run_id,
                              current.description, run_images, time.perf_counter() - run_start)
                 current, run_start, run_images = work.run, time.perf_counter(), 0
-            batch = load_batch(cfg, work, models, images, labels)
+            batch = load_batch(cfg, work, models, images, labels, files)
             attack = attack_batch(cfg, work, models, batch)
             summary.attack_seconds += attack.seconds
             summary.attack_cpu_seconds += attack.cpu_seconds

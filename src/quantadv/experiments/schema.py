@@ -47,7 +47,8 @@ class ModelEntry(_Strict):
     file: str | None = Field(None, description="a .safetensors weight file")
     kwargs: Params | None = Field(None, description="keyword arguments of arch or entry")
     label: str | None = Field(None, description="the name of the model in the store and report")
-    defense: str | None = Field(None, description="a defense spec such as 'softq:levels=1,alpha=1000'")
+    defense: str | None = Field(None, description="a defense spec such as 'softq:levels=1,alpha=1000', or none "
+                                                  "(a defended zoo model's classifier alone)")
     adaptive: Annotated[str | list[str], Field(
         description="a list of modes: none, bpda, bpda+eot, or bpda:SPEC / bpda+eot:SPEC (a defense spec as "
                     "the backward pass)")] | None = None
@@ -130,6 +131,9 @@ class Config(_Strict):
     batch_size: Annotated[int, Field(ge=1, description="an integer >= 1")] = 100
     store: str | None = Field(None, pattern=r"\.db$", description="a path ending in .db")
     save_images: Annotated[int, Field(ge=0, description="an integer >= 0")] = 8
+    save_preprocessed: bool = Field(False, description=(
+        "true or false: for a defended model, also store what its classifier sees (the defense's output) "
+        "for every saved image, as post-processing '<label>@preprocess'"))
     targets: Annotated[Literal["none", "random", "next", "least-likely"] | Annotated[int, Field(ge=0)] | None, Field(
         description="one of none, random, next, least-likely, or a class index >= 0")] = "none"
     models: Annotated[str | ModelEntry | list[str | ModelEntry], Field(

@@ -1,0 +1,28 @@
+"""Helpers shared by the figure scripts: matplotlib set-up, saving a PNG, markdown rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def save(fig, path: Path, dpi: int = 100) -> None:
+    """Write ``fig`` to ``path`` (PNG without a software tag, so reruns give the same bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
