@@ -9,7 +9,8 @@ calls for (BPDA and BPDA+EOT for a defended model, PGD++ HNS for a saturated sof
 from the float shadow for a model deployed with ``--deploy``), turns every break into an 8-bit
 image inside the eps-ball (Q-lambda*, paper 000) and re-verifies it, and prints robust accuracy
 for float inputs and for 8-bit images, each attack's contribution and the masking checks
-(docs/evaluate.md). Progress goes to stderr, the result to stdout (``--json PATH`` also writes it
+(docs/evaluate.md). Progress (a bar counting images through the model, and a line per attack) goes
+to stderr, the result to stdout (``--json PATH`` also writes it
 as JSON). The exit code is 0, or 2 for a usage error.
 """
 
@@ -21,7 +22,16 @@ import sys
 import torch
 
 from ..errors import InputError
-from ._common import add_deploy, add_device_seed, add_progress, deploy_model, load_model, resolve_device, show_progress
+from ._common import (
+    add_deploy,
+    add_device_seed,
+    add_progress,
+    deploy_model,
+    load_model,
+    network_progress,
+    resolve_device,
+    show_progress,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -76,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
     x = to_float(images[: args.n]).to(device)
     y = labels[: args.n].to(device)
     progress = show_progress(args)
-    say = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else None
     shown = args.model if args.deploy is None else f"{args.model} ({args.deploy})"
-    if say:
-        say(f"evaluate {shown} on the first {x.shape[0]} {data_name} test images")
-    result = evaluate(model, x, y, norm=args.norm, eps=args.eps, digital=not args.no_digital, steps=args.steps,
-                      queries=args.queries, eot=args.eot, extra=not args.standard, png=args.png, seed=args.seed,
-                      log=say)
+    with network_progress([model], desc="evaluate", enabled=progress) as bar:
+        say = (lambda line: bar.write(line, file=sys.stderr)) if progress else None
+        if say:
+            say(f"evaluate {shown} on the first {x.shape[0]} {data_name} test images")
+        result = evaluate(model, x, y, norm=args.norm, eps=args.eps, digital=not args.no_digital, steps=args.steps,
+                          queries=args.queries, eot=args.eot, extra=not args.standard, png=args.png,
+                          seed=args.seed, log=say)
     print(f"model {shown}, data {data_name}")
     print(result)
     if args.png:
