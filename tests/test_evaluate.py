@@ -183,6 +183,9 @@ def test_automatic_choices(trained):
     noisy = Defended(Noise(), model).eval()
     res = quantadv.evaluate(noisy, x, y, eps=EPS, digital=False, eot=2, **small)
     assert "bpda+eot:apgd-ce" in [p.name for p in res.plan]
+    assert next(c for c in res.checks if c.name == "randomness").passed  # random logits, and EOT planned
+    assert not any(c.name == "randomness" for c in quantadv.evaluate(defended, x, y, eps=EPS, digital=False,
+                                                                      **small).checks)
     # HNS for an over-confident copy (same decisions), not for the model itself.
     over = Scaled(model, 1000.0).eval()
     res_over = quantadv.evaluate(over, x, y, eps=EPS, digital=False, **small)

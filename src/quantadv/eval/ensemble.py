@@ -314,10 +314,10 @@ def evaluate(
     # AutoAttack's checks (its flags_doc.md): randomness, probabilities.
     probe = x0[: min(n, PROBE_IMAGES)]
     with torch.no_grad():
-        again = torch.cat([model(probe[i : i + batch_size]) for i in range(0, probe.shape[0], batch_size)])
-        first = logits0[: probe.shape[0]]
-    varies = not torch.allclose(first, again) if not _randomized(model) else True
-    if varies:
+        passes = [torch.cat([model(probe[i : i + batch_size]) for i in range(0, probe.shape[0], batch_size)])
+                  for _ in range(2)]
+    first = passes[0]
+    if not torch.allclose(passes[0], passes[1]):
         checks.append(Check("randomness", extra and _randomized(model),
                             "the logits differ between two forward passes: a randomised model "
                             + ("(BPDA+EOT planned)" if _randomized(model) else
