@@ -550,8 +550,10 @@ def evaluate_attack(
 
     Returns the 8-bit adversarial images (``digital=True``) or the float ones, the originals
     where nothing was found; with ``return_info`` also ``success`` (per image: the returned
-    image is misclassified), ``pred`` and ``attack`` (the index in ``info_names`` of the
-    attack that broke the image, -1 for none; clean errors are not attacked by the runner).
+    image is misclassified), ``pred`` and ``attack`` (the position in :attr:`Evaluation.plan`
+    of the attack that broke the image, -1 for none; clean errors are not attacked by the
+    runner). The plan depends on the model, and on the batch only through the saturated-softmax
+    diagnostic (which adds PGD++ HNS before Square).
     The seed comes from ``seed`` or, failing that, one draw of ``generator``.
     """
     if seed is None:
