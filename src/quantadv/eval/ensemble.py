@@ -29,8 +29,8 @@ contribution measures what every gradient attack missed (AutoAttack's own maskin
 **Digital outputs** (``digital=True``, the default; paper 000): an attacker who must ship an
 8-bit image cannot send the float point. Every float break is turned into a digital image by
 Lagrangian quantization Q-lambda* (:func:`quantadv.quantize.lagrangian`) constrained to the
-eps-ball (its ``eps=`` option), and the digital image is re-classified; a break lost in the
-rounding gets one more try from APGD-CE inside the ball of whole 8-bit levels. Robust accuracy is
+eps-ball (its ``eps=`` option), and the digital image is re-classified (a break lost in the
+rounding counts as robust on 8-bit images). Robust accuracy is
 reported for float inputs (:attr:`Evaluation.robust_accuracy`) and for real 8-bit images
 (:attr:`Evaluation.digital_robust_accuracy`), which is never lower. The originals must be
 digital themselves.
