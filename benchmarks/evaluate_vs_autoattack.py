@@ -21,7 +21,11 @@ Cases (``--cases``, default all):
   the error is recorded and torchattacks' Square alone (AutoAttack's gradient-free member,
   5000 queries) gives its number. evaluate gets the ``Deployed`` wrapper (same forward).
 
-torchattacks is an optional peer (``make bench-deps``).
+torchattacks is an optional peer (``make bench-deps``). Note: torchattacks 3.5.1's
+``AutoAttack(version="standard")`` builds APGD, APGD-T and FAB-T with those classes' default
+``steps=10``, not the 100 iterations of AutoAttack's standard version (Croce & Hein 2020); Square
+gets 5000 queries as in AutoAttack. ``--steps 10`` runs evaluate at the same 10 iterations, for a
+like-for-like time.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evaluate_vs_autoattack.py --n 200 --json out.json``
 """
@@ -85,6 +89,8 @@ def main() -> None:
     p.add_argument("--cases", default="int8,nsq,scaled,at")
     p.add_argument("--scale", type=float, default=20.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=100,
+                   help="evaluate's APGD iterations (100, AutoAttack's; 10 is what torchattacks' AutoAttack runs)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,10 +101,10 @@ def main() -> None:
         model, data_name, eps, label = case(name, args.scale)
         xs, ys = data.load(data_name)
         x, y = to_float(xs[: args.n]), ys[: args.n]
-        row = {"case": name, "model": label, "data": data_name, "eps": eps, "n": args.n}
+        row = {"case": name, "model": label, "data": data_name, "eps": eps, "n": args.n, "steps": args.steps}
         print(f"== {label}, eps {eps}, {args.n} images", flush=True)
 
-        result, wall, cpu = timed(lambda: quantadv.evaluate(model, x, y, norm="linf", eps=eps, seed=0,  # noqa: B023
+        result, wall, cpu = timed(lambda: quantadv.evaluate(model, x, y, norm="linf", eps=eps, seed=0, steps=args.steps,  # noqa: B023
                                                             log=lambda s: print("   ", s, flush=True)))
         row["evaluate"] = {"robust": result.robust_accuracy, "robust_digital": result.digital_robust_accuracy,
                            "clean": result.clean_accuracy, "wall": wall, "cpu": cpu,
