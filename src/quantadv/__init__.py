@@ -11,7 +11,7 @@ imported on first access, as in numpy and scipy: ``import quantadv`` then
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import Any
 
 from .digital import is_digital, to_float, to_uint8
 from .errors import ConfigError, DataError, InputError, ModelError, QuantadvError
@@ -40,13 +40,22 @@ __all__ = [
     "ModelError",
     "QuantadvError",
     "__version__",
+    "evaluate",
     "is_digital",
     "to_float",
     "to_uint8",
 ]
 
 
-def __getattr__(name: str) -> ModuleType:
+#: Functions of sub-packages offered at the top level, imported on first access.
+FUNCTIONS = {"evaluate": "eval"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in FUNCTIONS:
+        value = getattr(importlib.import_module(f"{__name__}.{FUNCTIONS[name]}"), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
     if name in SUBMODULES:
         # import_module also binds the sub-module as an attribute of this package, so this
         # function runs once per name.
@@ -55,4 +64,4 @@ def __getattr__(name: str) -> ModuleType:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(SUBMODULES))
+    return sorted(set(globals()) | set(SUBMODULES) | set(FUNCTIONS))

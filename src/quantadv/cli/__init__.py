@@ -18,7 +18,7 @@ from ..errors import QuantadvError
 
 #: Subcommands in the order ``quantadv --help`` lists them; each is a module of this package.
 SUBCOMMANDS = ("data", "train", "zoo", "attack", "verify", "run", "report", "merge", "demo", "diagnose", "certify",
-               "schema")
+               "schema", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

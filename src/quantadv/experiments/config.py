@@ -964,12 +964,14 @@ def _parse_grid(value: object, params: dict, where: str) -> tuple[tuple[str, ...
 
 
 def attack_registry() -> dict[str, Any]:
-    """The attacks a config can name: :data:`quantadv.attacks.REGISTRY`."""
+    """The attacks a config can name: :data:`quantadv.attacks.REGISTRY`, plus ``evaluate`` (the
+    ensemble of :func:`quantadv.evaluate` as one attack entry, :func:`quantadv.eval.evaluate_attack`)."""
     try:
         from ..attacks import REGISTRY
+        from ..eval import evaluate_attack
     except ImportError:
         return {}
-    return dict(REGISTRY)
+    return {**REGISTRY, "evaluate": evaluate_attack}
 
 
 def _parse_attacks(value: object, base_dir: Path) -> tuple[AttackSpec, ...]:

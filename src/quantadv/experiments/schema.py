@@ -83,7 +83,8 @@ class DataEntry(_Strict):
 class AttackEntry(_Strict):
     """An attack: a registry name or an entry point, parameters, a grid, and evaluation axes."""
 
-    name: str | None = Field(None, description="an attack of quantadv.attacks (quantadv attack --help)")
+    name: str | None = Field(None, description=(
+        "an attack of quantadv.attacks (quantadv attack --help), or evaluate (the ensemble of quantadv evaluate)"))
     entry: str | None = Field(None, description="'module:function' or 'file.py:function' of your own attack")
     label: str | None = Field(None, description="the name of the entry in the store and report")
     params: Params | None = None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .._validate import check_choice, check_images
+from .._validate import check_choice, check_images, check_positive
 from ..errors import InputError
 from . import _loss, _rule
 
@@ -82,6 +82,8 @@ def lagrangian(
     margin: float = 0.0,
     loss: str = "prob",
     search: str = "model",
+    eps: float | None = None,
+    norm: str = "linf",
     return_info: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Q-lambda* of paper 000: the least-distortion Lagrangian quantization that stays adversarial.
@@ -124,6 +126,18 @@ def lagrangian(
 
     If no tested candidate is adversarial, Q-infinity is returned and ``success`` is False.
 
+    **Inside an eps-ball** (``eps=``, our addition for :func:`quantadv.evaluate`): a digital
+    image ``x_q`` must often stay in the threat model's ball ``||x_q - x_o|| <= eps`` too, and
+    rounding away from ``x_o`` can leave it (``eps = 0.1`` is 25.5 levels: a pixel at ``u =
+    25.3`` must not go to 26). With ``eps`` given the candidates are restricted to the ball
+    before the search (:func:`ball_ratios`): for ``norm="linf"`` a pixel of ``J`` whose loss
+    choice lies more than ``floor(255 eps)`` levels from ``x_o`` leaves ``J`` (it keeps the
+    distortion choice); for ``norm="l2"`` the sorted candidates add distortion one pixel at a
+    time (Eq. 27's first term), so ``J`` is cut to the longest prefix of the ratio order whose
+    candidate lies in the ball. Q0 (rounding toward ``x_o``) never moves a pixel further from
+    ``x_o`` than ``x_a`` is, so it is in the ball whenever ``x_a`` is; every candidate, hence
+    the result, is then in the ball. ``x_adv`` outside the ball raises.
+
     Parameters
     ----------
     model : nn.Module
@@ -147,6 +161,11 @@ def lagrangian(
     search : {"model", "bisection"}
         How ``lambda*`` is searched (above). Both return a checked boundary, and the same
         one whenever the true outcome is monotone along the candidates.
+    eps : float, optional
+        Keep ``x_q`` inside the ball of this radius around ``x_orig`` ([0, 1] units; above).
+        ``x_adv`` must lie in that ball. ``None`` (default): no constraint (the paper).
+    norm : {"linf", "l2"}
+        The norm of the ball (only with ``eps``).
     return_info : bool
         Also return a dict of per-image tensors: ``lambda_star`` (float64; ``0`` when Q0
         succeeded, ``inf`` on failure), ``j_size`` (``|J|``), ``success`` (bool),
@@ -164,6 +183,10 @@ def lagrangian(
     parts = _rule.split(x_orig, x_adv)
     margin_value = _loss.check_margin(margin)
     check_choice(search, "search", SEARCHES)
+    if eps is not None:
+        check_choice(norm, "norm", BALL_NORMS)
+        eps = check_positive(eps, "eps", allow_zero=True)
+        _check_in_ball(parts, x_adv, norm, eps)
     batch = x_adv.shape[0]
     device = x_adv.device
     labels_t, targets_t = _loss.check_labels_targets(labels, targets, batch, device)
@@ -173,6 +196,8 @@ def lagrangian(
     )
     g = _rule.flatten_gradient(grad, parts)
     r = _rule.ratios(parts, g)
+    if eps is not None:
+        r = ball_ratios(parts, g, r, norm=norm, eps=eps)
     j_mask = torch.isfinite(r)
     j_size = j_mask.sum(dim=1)
     r_sorted, order = torch.sort(r, dim=1, stable=True)
@@ -283,6 +308,47 @@ def search_candidates(
         known = torch.zeros(j_size.shape, dtype=torch.bool, device=j_size.device)
         known_success = known
     return _model_guided(test, linear, j_size, margin, known, known_success)
+
+#: Norms of the ball :func:`lagrangian` can keep its output in.
+BALL_NORMS = ("linf", "l2")
+#: Slack (pixel units) of the ball tests: float32 inputs put ``x_o + eps`` a hair off.
+_BALL_SLACK = 1e-3
+
+
+def _check_in_ball(parts: _rule.Split, x_adv: torch.Tensor, norm: str, eps: float) -> None:
+    u = _rule.pixel_values(x_adv, parts) - parts.origin
+    size = u.abs().amax(dim=1) if norm == "linf" else u.norm(dim=1)
+    bad = (size > 255.0 * eps + _BALL_SLACK).nonzero().flatten()
+    if bad.numel():
+        raise InputError(
+            f"x_adv images {bad[:5].tolist()} lie outside the {norm} ball of radius eps={eps:g} around x_orig "
+            f"(largest: {float(size[bad].max()) / 255:.4g}); project them onto the ball first or drop eps="
+        )
+
+
+def ball_ratios(parts: _rule.Split, g: torch.Tensor, r: torch.Tensor, *, norm: str, eps: float) -> torch.Tensor:
+    """The ratios of Eq. 30 with ``+inf`` on the pixels a ball constraint takes out of ``J``.
+
+    ``norm="linf"``: the pixels whose loss choice (Eq. 25) lies more than ``floor(255 eps)``
+    levels from ``x_o``. ``norm="l2"``: every pixel after the longest prefix of the ratio
+    order (ties in stable order) along which the candidate's squared distortion, Q0's plus
+    ``(|e_0| + 1)^2 - e_0^2`` per switched pixel, stays within ``(255 eps)^2``. Since a
+    Q-lambda switches exactly the pixels of ``J`` with ``r <= lambda``, every candidate of
+    :func:`lagrangian` built from the returned ratios lies in the ball when Q0 does.
+    """
+    radius = 255.0 * eps
+    in_j = torch.isfinite(r)
+    e_zero = _rule.offsets(parts, None, None)
+    e_loss = _rule.offsets(parts, in_j, g)
+    inf = torch.full_like(r, float("inf"))
+    if norm == "linf":
+        return torch.where(e_loss.abs() > math.floor(radius + _BALL_SLACK), inf, r)
+    r_sorted, order = torch.sort(r, dim=1, stable=True)
+    extra = (e_loss.square() - e_zero.square()).gather(1, order)  # >= 0; 0 off J
+    total = e_zero.square().sum(dim=1, keepdim=True) + extra.cumsum(dim=1)
+    keep_sorted = (total <= radius * radius + _BALL_SLACK) & torch.isfinite(r_sorted)
+    keep = torch.zeros_like(in_j).scatter(1, order, keep_sorted)
+    return torch.where(keep, r, inf)
 
 
 def _bisection(

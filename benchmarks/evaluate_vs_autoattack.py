@@ -1,0 +1,143 @@
+"""``quantadv.evaluate`` vs torchattacks' AutoAttack ("standard") on zoo models (issue 20, targets).
+
+For each case both run on the same first ``--n`` test images, one after the other in this one
+process at ``--threads`` (default 1) threads; robust accuracy is the fraction of *all* images
+the model still classifies correctly at the returned point (clean errors count as broken),
+judged by one forward pass here after checking the eps-ball and [0, 1]. Wall time and the
+process's CPU time are recorded; CPU time is the fairer cost on a shared machine.
+
+Cases (``--cases``, default all):
+
+- ``at``: ``fmnist-cnn-at-linf`` at L-inf eps 0.1 (an undefended, adversarially trained model:
+  the time target, evaluate at most 1.2x AutoAttack);
+- ``nsq``: ``mnist-cnn-nsq`` at eps 0.3 (a ``Defended``: a steep soft quantizer in front,
+  paper 002; evaluate adds BPDA);
+- ``scaled``: ``fmnist-cnn-at-linf`` with its logits multiplied by ``--scale`` (default 20):
+  the same decisions, an over-confident softmax (paper 004; evaluate adds PGD++ HNS when the
+  diagnostic flags it);
+- ``int8``: ``fmnist-cnn-at-linf`` deployed with torchao ``int8-dynamic``
+  (:func:`quantadv.models.deploy`, calibrated on 500 training images). AutoAttack gets the
+  torchao model itself, what a user ships (its integer ops have no gradient); if it stops,
+  the error is recorded and torchattacks' Square alone (AutoAttack's gradient-free member,
+  5000 queries) gives its number. evaluate gets the ``Deployed`` wrapper (same forward).
+
+torchattacks is an optional peer (``make bench-deps``). Note: torchattacks 3.5.1's
+``AutoAttack(version="standard")`` builds APGD, APGD-T and FAB-T with those classes' default
+``steps=10``, not the 100 iterations of AutoAttack's standard version (Croce & Hein 2020); Square
+gets 5000 queries as in AutoAttack. ``--steps 10`` runs evaluate at the same 10 iterations, for a
+like-for-like time.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evaluate_vs_autoattack.py --n 200 --json out.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+from torch import nn
+
+import quantadv
+from quantadv import data, models, to_float
+
+
+class Scaled(nn.Module):
+    """``scale * model(x)``: the same predictions, an over-confident softmax (paper 004)."""
+
+    def __init__(self, model: nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.scale * self.model(x)
+
+
+def case(name: str, scale: float):
+    if name == "at":
+        return models.load("fmnist-cnn-at-linf"), "fashion-mnist", 0.1, "fmnist-cnn-at-linf"
+    if name == "nsq":
+        return models.load("mnist-cnn-nsq"), "mnist-5k", 0.3, "mnist-cnn-nsq (Defended, softq alpha 1000)"
+    if name == "scaled":
+        return (Scaled(models.load("fmnist-cnn-at-linf"), scale).eval(), "fashion-mnist", 0.1,
+                f"fmnist-cnn-at-linf, logits x{scale:g}")
+    if name == "int8":
+        calib = to_float(data.load("fashion-mnist", split="train")[0][:500])
+        dep = models.deploy(models.load("fmnist-cnn-at-linf"), "int8-dynamic", calibration=calib)
+        return dep, "fashion-mnist", 0.1, "fmnist-cnn-at-linf, torchao int8-dynamic"
+    raise SystemExit(f"unknown case {name!r}")
+
+
+@torch.no_grad()
+def robust_acc(model, adv, x, y, eps):
+    assert float((adv - x).abs().amax()) <= eps + 1e-5 and float(adv.min()) >= 0 and float(adv.max()) <= 1
+    return float((model(adv).argmax(1) == y).double().mean())
+
+
+def timed(fn):
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--cases", default="int8,nsq,scaled,at")
+    p.add_argument("--scale", type=float, default=20.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=100,
+                   help="evaluate's APGD iterations (100, AutoAttack's; 10 is what torchattacks' AutoAttack runs)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    import torchattacks as ta
+
+    rows = []
+    for name in args.cases.split(","):
+        model, data_name, eps, label = case(name, args.scale)
+        xs, ys = data.load(data_name)
+        x, y = to_float(xs[: args.n]), ys[: args.n]
+        row = {"case": name, "model": label, "data": data_name, "eps": eps, "n": args.n, "steps": args.steps}
+        print(f"== {label}, eps {eps}, {args.n} images", flush=True)
+
+        result, wall, cpu = timed(lambda: quantadv.evaluate(model, x, y, norm="linf", eps=eps, seed=0, steps=args.steps,  # noqa: B023
+                                                            log=lambda s: print("   ", s, flush=True)))
+        row["evaluate"] = {"robust": result.robust_accuracy, "robust_digital": result.digital_robust_accuracy,
+                           "clean": result.clean_accuracy, "wall": wall, "cpu": cpu,
+                           "plan": [[a.name, a.broken, round(a.seconds, 1)] for a in result.plan],
+                           "checks": [str(c) for c in result.checks]}
+        print(f"   evaluate: robust {100 * result.robust_accuracy:.1f}% "
+              f"(8-bit {100 * result.digital_robust_accuracy:.1f}%)"
+              f" wall {wall:.0f} s cpu {cpu:.0f} s", flush=True)
+
+        target = model.quantized if name == "int8" else model
+        aa = ta.AutoAttack(target, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+        try:
+            adv, wall, cpu = timed(lambda: aa(x, y))  # noqa: B023
+            row["autoattack"] = {"robust": robust_acc(target, adv, x, y, eps), "wall": wall, "cpu": cpu}
+        except RuntimeError as exc:
+            msg = str(exc).splitlines()[0]
+            print(f"   AutoAttack stopped: RuntimeError: {msg}", flush=True)
+            sq = ta.Square(target, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin",
+                           seed=0)
+            adv, wall, cpu = timed(lambda: sq(x, y))  # noqa: B023
+            row["autoattack"] = {"error": f"RuntimeError: {msg}",
+                                 "square_only_robust": robust_acc(target, adv, x, y, eps),
+                                 "wall": wall, "cpu": cpu}
+        a = row["autoattack"]
+        print(f"   AutoAttack: {a}", flush=True)
+        row["load_after"] = os.getloadavg()
+        rows.append(row)
+        out = {"rows": rows, "threads": args.threads, "torch": torch.__version__, "torchattacks": ta.__version__,
+               "machine": platform.processor() or platform.machine()}
+        if args.json:  # after every case, so that a stopped run keeps what it measured
+            with open(args.json, "w") as fh:
+                fh.write(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""quantadv.evaluate: the cascade, the automatic choices, digital outputs (issue 20, part 3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import quantadv
+from quantadv import is_digital
+from quantadv.attacks import apgd, apgd_t, square
+from quantadv.defenses import Defended, SoftQuantization
+from quantadv.errors import InputError
+from quantadv.quantize import lagrangian
+
+CLASSES = 4
+# Small budgets: the properties do not depend on them, the run time does.
+FAST = {"steps": 10, "classes": 3, "queries": 60, "batch_size": 64}
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1 = nn.Linear(256, 32)
+        self.fc2 = nn.Linear(32, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+class Scaled(nn.Module):
+    """``scale * model(x)``: the same decisions, an over-confident softmax (paper 004)."""
+
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.model(x)
+
+
+class Noise(nn.Module):
+    """A randomised preprocess: uniform noise of +-2/255 (draws from ``generator`` when given)."""
+
+    randomized = True
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return (x + (noise - 0.5) * 4 / 255).clamp(0, 1)
+
+
+def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four classes (a bright quadrant of an 8x8 image) plus noise, on the 8-bit grid."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    x = 0.35 * torch.rand(n, 1, 8, 8, generator=g)
+    for k in range(CLASSES):
+        r, c = divmod(k, 2)
+        x[labels == k, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 0.3
+    return (x.clamp(0, 1) * 255).round() / 255, labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    model = Tiny()
+    x, y = _data(512, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    xt, yt = _data(48, 1)
+    return model.eval(), xt, yt
+
+
+EPS = 0.1  # 25.5 levels: rounding away from the original can leave the ball
+
+
+def _robust(model, adv, y):
+    with torch.no_grad():
+        return float((model(adv).argmax(1) == y).double().mean())
+
+
+def test_cascade_attacks_only_standing_images_and_beats_each_attack(trained):
+    model, x, y = trained
+    res = quantadv.evaluate(model, x, y, eps=EPS, seed=0, **FAST)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    # Each attack attacks exactly the images the earlier ones left standing.
+    standing = int(correct.sum())
+    for p in res.plan:
+        if p.skipped:
+            continue
+        assert p.attacked == standing, p.name
+        standing -= p.broken
+    assert standing == int(res.robust.sum())
+    assert [p.name for p in res.plan] == ["apgd-ce", "apgd-t", "square"]  # a plain, healthy model
+    broken = [b for b in res.broken_by if b not in (None, "clean")]
+    assert sum(p.broken for p in res.plan) == len(broken)
+    assert res.robust_accuracy == pytest.approx(float(res.robust.double().mean()))
+    assert 0 < res.robust_accuracy < res.clean_accuracy  # the test must exercise both outcomes
+    # The ensemble is at least as strong as each of its members alone (same settings, same seed).
+    singles = {
+        "apgd-ce": apgd(model, x, y, eps=EPS, steps=10, seed=0),
+        "apgd-t": apgd_t(model, x, y, eps=EPS, steps=10, classes=3, seed=0),
+        "square": square(model, x, y, eps=EPS, queries=60, seed=0),
+    }
+    for name, adv in singles.items():
+        assert res.robust_accuracy <= _robust(model, adv, y) + 1e-12, name
+    # The float adversarials the result holds are real: in the ball and misclassified.
+    idx = [i for i, b in enumerate(res.broken_by) if b not in (None, "clean")]
+    adv = res.adversarial[idx]
+    assert float((adv - x[idx]).abs().amax()) <= EPS + 1e-6
+    with torch.no_grad():
+        assert bool((model(adv).argmax(1) != y[idx]).all())
+
+
+def test_digital_images_are_8bit_in_the_ball_and_reverified(trained, tmp_path):
+    model, x, y = trained
+    res = quantadv.evaluate(model, x, y, eps=EPS, seed=0, png=tmp_path / "png", **FAST)
+    assert res.digital_robust_accuracy is not None
+    # Robust on floats implies robust on 8-bit images (a digital image is one float input).
+    assert bool((res.robust_digital | ~res.robust).all())
+    assert res.digital_robust_accuracy >= res.robust_accuracy
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    broken = (correct & ~res.robust_digital).nonzero().flatten()
+    assert broken.numel() > 0
+    q = res.digital_images[broken]
+    assert bool(is_digital(q).all())
+    steps = ((q - x[broken]) * 255).round().abs().flatten(1).amax(1)
+    assert float(steps.max()) <= 25  # floor(25.5): the L-inf ball in 8-bit levels
+    with torch.no_grad():
+        assert bool((model(q).argmax(1) != y[broken]).all())  # re-verified
+    # The PNGs are the digital adversarials, byte for byte.
+    from quantadv.io import load_png
+
+    assert len(res.png) == broken.numel()
+    loaded = load_png(tmp_path / "png")
+    assert torch.equal((loaded.float() / 255), q)
+    data = json.loads(res.to_json(tmp_path / "r.json"))
+    assert data["robust_accuracy"] == res.robust_accuracy
+    assert json.loads((tmp_path / "r.json").read_text())["digital_robust_accuracy"] == res.digital_robust_accuracy
+    assert [a["name"] for a in data["plan"]] == [p.name for p in res.plan]
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.6)])
+def test_lagrangian_in_a_ball_stays_in_it(trained, norm, eps):
+    model, x, y = trained
+    # A float adversarial on the sphere: rounding away from x_o would leave the ball.
+    adv = apgd(model, x, y, norm=norm, eps=eps, steps=10, seed=0)
+    q, info = lagrangian(model, x, adv, y, eps=eps, norm=norm, return_info=True)
+    assert bool(is_digital(q).all())
+    d = (q - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert float(size.max()) <= eps + 1e-6
+    free = lagrangian(model, x, adv, y)  # no constraint: the paper's Q-lambda*
+    dfree = (free - x).flatten(1)
+    outside = (dfree.abs().amax(1) if norm == "linf" else dfree.norm(dim=1)) > eps + 1e-6
+    if norm == "linf":
+        assert bool(outside.any())  # the constraint is not vacuous here
+    with torch.no_grad():
+        assert torch.equal(info["success"], model(q).argmax(1) != y)
+    with pytest.raises(InputError, match="outside the"):
+        lagrangian(model, x, (x + 2 * eps).clamp(0, 1), y, eps=eps, norm="linf")
+
+
+def test_automatic_choices(trained):
+    model, x, y = trained
+    x, y = x[:16], y[:16]
+    small = dict(FAST, queries=10, steps=3)
+    defended = Defended(SoftQuantization(1, alpha=1000.0), model).eval()
+    plan = [p.name for p in quantadv.evaluate(defended, x, y, eps=EPS, digital=False, **small).plan]
+    assert "bpda:apgd-ce" in plan and "bpda:apgd-t" in plan and "bpda+eot:apgd-ce" not in plan
+    assert plan[-1] == "square"
+    noisy = Defended(Noise(), model).eval()
+    res = quantadv.evaluate(noisy, x, y, eps=EPS, digital=False, eot=2, **small)
+    assert "bpda+eot:apgd-ce" in [p.name for p in res.plan]
+    assert next(c for c in res.checks if c.name == "randomness").passed  # random logits, and EOT planned
+    assert not any(c.name == "randomness" for c in quantadv.evaluate(defended, x, y, eps=EPS, digital=False,
+                                                                      **small).checks)
+    # HNS for an over-confident copy (same decisions), not for the model itself.
+    over = Scaled(model, 1000.0).eval()
+    res_over = quantadv.evaluate(over, x, y, eps=EPS, digital=False, **small)
+    res_plain = quantadv.evaluate(model, x, y, eps=EPS, digital=False, **small)
+    assert "pgd++hns" in [p.name for p in res_over.plan]
+    assert "pgd++hns" not in [p.name for p in res_plain.plan]
+    assert not next(c for c in res_over.checks if c.name == "softmax").passed
+    assert next(c for c in res_plain.checks if c.name == "softmax").passed
+    # extra=False is AutoAttack's ensemble alone.
+    assert [p.name for p in quantadv.evaluate(defended, x, y, eps=EPS, digital=False, extra=False,
+                                              **small).plan] == ["apgd-ce", "apgd-t", "square"]
+
+
+def test_deployed_gets_the_shadow_and_transfer(trained):
+    pytest.importorskip("torchao")
+    from quantadv.models import deploy
+
+    model, x, y = trained
+    dep = deploy(model, "int8-dynamic", calibration=x)
+    res = quantadv.evaluate(dep, x[:16], y[:16], eps=EPS, **dict(FAST, queries=10, steps=3))
+    plan = {p.name: p for p in res.plan}
+    assert "transfer" in plan and "shadow" in plan["transfer"].reason
+    assert "float shadow" in plan["apgd-ce"].reason and plan["apgd-ce"].skipped is None
+    # The bare torchao model has no gradient: gradient attacks are skipped and flagged, Square runs.
+    bare = quantadv.evaluate(dep.quantized, x[:16], y[:16], eps=EPS, digital=False, **dict(FAST, queries=10))
+    skipped = {p.name for p in bare.plan if p.skipped}
+    assert skipped == {"apgd-ce", "apgd-t"}
+    assert not next(c for c in bare.checks if c.name == "gradient").passed
+
+
+def test_bad_input_is_one_line(trained):
+    model, x, y = trained
+    for eps, match in ((1.5, "eps must lie in"), (-0.1, "eps must lie in"), (8, "8/255|0.03137")):
+        with pytest.raises(InputError, match=match):
+            quantadv.evaluate(model, x, y, eps=eps)
+    off = (x + 0.001).clamp(0, 1)
+    with pytest.raises(InputError, match="digital=True needs 8-bit images") as err:
+        quantadv.evaluate(model, off, y, eps=0.1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="png"):
+        quantadv.evaluate(model, x, y, eps=0.1, digital=False, png="out")
+
+
+def test_evaluate_is_an_attack_entry_of_the_runner(tmp_path):
+    from quantadv.experiments import load_config, load_results, run_experiment
+    from test_experiments import BASE_CONFIG, write_setup
+
+    config = dict(BASE_CONFIG, experiment="ev", postprocess=["none"])
+    config["attacks"] = [{"name": "evaluate", "params": {"eps": 0.1, "steps": 3, "classes": 2, "queries": 10}}]
+    cfg = load_config(write_setup(tmp_path, config))
+    run_experiment(cfg, quiet=True)
+    rows = load_results(cfg.store, as_frame=False)
+    attacked = [r for r in rows if r["clean_pred"] == r["label"]]
+    assert attacked and any(r["success"] for r in attacked)
+    for r in attacked:  # 8-bit outputs in the ball, judged by the runner
+        assert r["linf"] <= 0.1 + 1e-6
+        assert r["success"] == (r["adv_pred"] != r["label"])
+
+
+@pytest.mark.slow
+def test_cli_evaluate_and_its_errors(tmp_path, capsys):
+    from quantadv.cli import main
+
+    assert main(["evaluate", "--model", "fmnist-cnn", "--eps", "8", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--eps must lie in [0, 1]" in err and len(err.strip().splitlines()) == 1
+    code = main(["evaluate", "--model", "fmnist-cnn", "--n", "4", "--eps", "0.05", "--steps", "3", "--queries",
+                 "20", "--png", str(tmp_path / "png"), "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert "robust accuracy" in out and "(8-bit images)" in out
+    assert "plan: apgd-ce" in err  # progress on stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["images"] == 4 and len(result["png"]) == len(list((tmp_path / "png").glob("*.png")))
