@@ -25,10 +25,16 @@ CONFIGS = sorted((ROOT / "configs").glob("paper000-*.yaml"))
 
 
 def _module(path: Path, name: str):
+    """Import a script as ``python path`` runs it: its own folder on ``sys.path`` (scripts/
+    share ``scripts/_figures.py``)."""
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(path.parent))
     return mod
 
 
