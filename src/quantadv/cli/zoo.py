@@ -1,4 +1,4 @@
-"""``quantadv zoo``: list, show and verify the shipped models.
+"""``quantadv zoo``: list, show and verify the shipped models, and ship a trained one.
 
 * ``quantadv zoo list`` prints one line per shipped model: name, architecture, data,
   training method, eps, clean test accuracy, file size and defense (binary networks show
@@ -27,8 +27,8 @@ from ._common import format_table
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "zoo",
-        help="list, show and verify the shipped models",
-        description="List, show and verify the models shipped with quantadv.",
+        help="list, show and verify the shipped models; ship a trained one (float16 when predictions stay identical)",
+        description="List, show and verify the models shipped with quantadv, and ship a trained model into the zoo.",
     )
     sub = p.add_subparsers(dest="zoo_command", metavar="{list,show,verify,ship}")
     sub.add_parser("list", help="table of the shipped models")
