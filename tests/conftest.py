@@ -68,6 +68,46 @@ class SmallNet(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
+class QuadrantNet(nn.Module):
+    """conv 3x3/4 -> ReLU -> FC 256->32 -> ReLU -> FC 32->4 on 1x8x8 images (int4-compatible
+    widths), for :func:`quadrant_data`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc1 = nn.Linear(256, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def quadrant_data(n: int, seed: int, *, bright: float = 0.4, grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four classes, each a quadrant of an 8x8 image made ``bright`` brighter, plus uniform noise;
+    ``grid=True`` rounds the images to the 8-bit grid."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    x = 0.35 * torch.rand(n, 1, 8, 8, generator=g)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        x[labels == k, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += bright
+    x = x.clamp(0, 1)
+    return ((x * 255).round() / 255 if grid else x), labels
+
+
+def train_quadrant_net(x: torch.Tensor, y: torch.Tensor) -> QuadrantNet:
+    """:class:`QuadrantNet` after 60 full-batch Adam steps (lr 1e-2, seed 0), in eval mode."""
+    torch.manual_seed(0)
+    model = QuadrantNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
 @pytest.fixture
 def small_net():
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from torch import nn
 
 pytest.importorskip("torchao")
 
+from conftest import quadrant_data, train_quadrant_net  # noqa: E402
 from quantadv.attacks import pgd  # noqa: E402
 from quantadv.errors import InputError, ModelError  # noqa: E402
 from quantadv.models import SCHEMES, Deployed, deploy  # noqa: E402
@@ -16,43 +17,11 @@ from quantadv.models.binary import BinarySmallCNN  # noqa: E402
 CLASSES = 4
 
 
-class Tiny(nn.Module):
-    """conv 3x3/4 -> ReLU -> FC 256->32 -> ReLU -> FC 32->4 on 1x8x8 images (int4-compatible widths)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc1 = nn.Linear(256, 32)
-        self.fc2 = nn.Linear(32, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
-
-
-def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four classes, each a bright quadrant of an 8x8 image, plus uniform noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, CLASSES, (n,), generator=g)
-    x = 0.35 * torch.rand(n, 1, 8, 8, generator=g)
-    for k in range(CLASSES):
-        r, c = divmod(k, 2)
-        x[labels == k, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 0.4
-    return x.clamp(0, 1), labels
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = Tiny()
-    x, y = _data(512, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    xt, yt = _data(256, 1)
+    x, y = quadrant_data(512, 0)
+    model = train_quadrant_net(x, y)
+    xt, yt = quadrant_data(256, 1)
     return model, x[:128], xt, yt
 
 

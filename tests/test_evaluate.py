@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import quantadv
+from conftest import quadrant_data, train_quadrant_net
 from quantadv import is_digital
 from quantadv.attacks import apgd, apgd_t, square
 from quantadv.defenses import Defended, SoftQuantization
@@ -18,17 +19,6 @@ from quantadv.quantize import lagrangian
 CLASSES = 4
 # Small budgets: the properties do not depend on them, the run time does.
 FAST = {"steps": 10, "classes": 3, "queries": 60, "batch_size": 64}
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.fc1 = nn.Linear(256, 32)
-        self.fc2 = nn.Linear(32, CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
 
 
 class Scaled(nn.Module):
@@ -52,32 +42,14 @@ class Noise(nn.Module):
         return (x + (noise - 0.5) * 4 / 255).clamp(0, 1)
 
 
-def _data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Four classes (a bright quadrant of an 8x8 image) plus noise, on the 8-bit grid."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, CLASSES, (n,), generator=g)
-    x = 0.35 * torch.rand(n, 1, 8, 8, generator=g)
-    for k in range(CLASSES):
-        r, c = divmod(k, 2)
-        x[labels == k, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] += 0.3
-    return (x.clamp(0, 1) * 255).round() / 255, labels
-
-
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    model = Tiny()
-    x, y = _data(512, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
+    x, y = quadrant_data(512, 0, bright=0.3, grid=True)
+    model = train_quadrant_net(x, y)
     for p in model.parameters():
         p.requires_grad_(False)
-    xt, yt = _data(48, 1)
-    return model.eval(), xt, yt
+    xt, yt = quadrant_data(48, 1, bright=0.3, grid=True)
+    return model, xt, yt
 
 
 EPS = 0.1  # 25.5 levels: rounding away from the original can leave the ball
