@@ -113,3 +113,36 @@ def test_reports_name_classes_where_the_dataset_knows_them():
     assert _class_text(names, 9) == "Ankle boot" and _class_text(names, 7) == "Sneaker"
     assert _class_names({"config": json.dumps({"data": {"entry": {"spec": "x.py:f"}}})}) is None
     assert _class_text(None, 3) == "3"
+
+
+def test_the_headline_is_the_per_image_minimum_over_attack_entries(tmp_path):
+    from quantadv.experiments.report import summary_tables
+    from quantadv.experiments.summary import headline
+
+    attacks = [{"name": "fgsm", "grid": {"eps": [0.05, 0.2]}},
+               {"name": "pgd", "params": {"norm": "linf", "step": 0.02, "steps": 3}, "grid": {"eps": [0.05, 0.2]}}]
+    cfg = load_config(write_setup(tmp_path, _config(experiment="head", attacks=attacks, postprocess=["none"],
+                                                    summary={"headline": ["fgsm", "pgd"]}), "head.yaml"))
+    run_experiment(cfg, quiet=True)
+    label_of = {r.run_id: r.attack.label for r in cfg.runs}
+    eps_of = {r.run_id: r.params["eps"] for r in cfg.runs}
+    robust: dict = {}
+    for r in load_results(cfg.store, as_frame=False):
+        ok = (not r["success"]) and r["clean_pred"] == r["label"]
+        robust.setdefault(eps_of[r["run_id"]], {}).setdefault(r["idx"], []).append((label_of[r["run_id"]], ok))
+    cells = robust_summary(cfg.store)
+    rows = headline(cells, ["fgsm", "pgd"])
+    assert sorted(json.loads(r["params"])["eps"] for r in rows) == [0.05, 0.2]
+    for row in rows:
+        per_image = robust[json.loads(row["params"])["eps"]]
+        assert row["images"] == len(per_image) and row["runs"] == 2
+        expected = sum(all(ok for _, ok in v) for v in per_image.values()) / len(per_image)
+        assert row["worst"] == pytest.approx(expected)
+        assert row["worst"] <= min(row["accuracies"])  # never above either entry alone
+        assert row["attack"] == "min(fgsm, pgd)"
+    table, _ = summary_tables(cfg.store, cfg.summary)
+    assert sum(r["attack"] == "min(fgsm, pgd)" for r in table) == 2
+
+    bad = _config(experiment="bad", attacks=attacks, summary={"headline": ["fgsm", "pgdd"]})
+    with pytest.raises(ConfigError, match="summary.headline: 'pgdd' is not an attack label"):
+        load_config(write_setup(tmp_path, bad, "bad.yaml"))

@@ -1167,11 +1167,21 @@ def _parse_postprocess(value: object) -> tuple[PostprocessSpec, ...]:
 
 
 def _parse_summary(value: object, attacks: tuple[AttackSpec, ...]) -> dict:
-    """``summary: {carry: eps, steps: [10, 20], any: true, compare: [[pgd, "pqgd:b=200"]]}``."""
+    """``summary: {carry: eps, steps: [10, 20], any: true, compare: [[pgd, "pqgd:b=200"]],
+    headline: [pgd40, oblivious], headline_by: eps}``."""
     if value is None:
         return {}
     d = {k: v for k, v in _mapping(value, "summary").items() if v is not None}  # types: schema.py
-    out: dict = {k: d[k] for k in ("carry", "steps", "any") if k in d}
+    out: dict = {k: d[k] for k in ("carry", "steps", "any", "headline_by") if k in d}
+    if "headline" in d:
+        labels = [a.label for a in attacks]
+        for label in d["headline"]:
+            if label not in labels:
+                raise ConfigError(f"summary.headline: {label!r} is not an attack label{_suggest(label, labels)}; "
+                                  f"labels: {_allowed(labels)}")
+        out["headline"] = list(d["headline"])
+    elif "headline_by" in d:
+        raise ConfigError("summary.headline_by needs summary.headline (the attack labels to take the minimum over)")
     if "compare" in d:
         pairs = d["compare"]
         labels = [a.label for a in attacks]

@@ -531,7 +531,7 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
     """The robust-accuracy rows (worst / average / std over repeats and adaptive modes, per
     criterion) and the paired comparisons a config's ``summary:`` options ask for
     (:mod:`quantadv.experiments.summary`)."""
-    from .summary import compare, robust_summary
+    from .summary import compare, headline, robust_summary
 
     carry = options.get("carry")
     criteria: list = ["final", *(["any"] if options.get("any") else []), *options.get("steps", [])]
@@ -545,6 +545,8 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
             continue
         if criterion == "final":
             final_cells = cells
+        if options.get("headline"):
+            cells = cells + headline(cells, options["headline"], options.get("headline_by") or carry or "eps")
         text = {"final": "output", "any": "any iterate"}.get(criterion, f"iterate <= {criterion}")
         if carry:
             text += f", carried over {carry}"

@@ -118,6 +118,11 @@ class SummaryOptions(_Strict):
     compare: Annotated[list[Annotated[list[str], Field(min_length=2, max_length=2)]], Field(
         min_length=1, description="a list of [a, b] pairs of attack labels (label or label:key=value,...)",
     )] | None = None
+    headline: Annotated[list[str], Field(
+        min_length=2, description="attack labels whose per-image minimum is the headline row, e.g. [pgd40, oblivious]",
+    )] | None = None
+    headline_by: str | None = Field(None, description="the grid parameter the headline rows are matched on "
+                                                      "(default: carry, else eps)")
 
 
 class Config(_Strict):

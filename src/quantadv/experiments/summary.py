@@ -15,6 +15,9 @@ Axes of a config that turn one (model, attack, parameters) cell into several run
   any iterate was (the criterion of attacks returning their best iterate, such as APGD).
 - ``carry="eps"``: for a grid over ``eps`` on the same images, an image broken at a smaller
   eps counts as broken at every larger one (the same perturbation is admissible there).
+- ``headline: [a, b, ...]``: several attack *entries* on the same model (an adaptive PGD and an
+  oblivious transfer attack, say) combine into one row per grid value: an image is robust only
+  if no run of any of them broke it (:func:`headline`).
 
 :func:`robust_summary` computes all of it from a store: one row per (model, attack label, grid
 parameters, post-processing), with the per-run accuracies, their mean and sample standard
@@ -244,4 +247,45 @@ def compare(cells: list[dict], a: str, b: str, n_boot: int = 5000, seed: int = 0
         for x, y in pairs:
             out.append({"model": model, "postprocess": pp, "a": f"{x['attack']} {x['params']}",
                         "b": f"{y['attack']} {y['params']}", **paired(x, y, n_boot, seed)})
+    return out
+
+
+def headline(cells: list[dict], labels: list[str], by: str = "eps") -> list[dict[str, Any]]:
+    """The per-image minimum over several attack entries: one row per (model, value of grid
+    parameter ``by``, post-processing) that the entries ``labels`` share.
+
+    An image is robust in the headline when it is robust in every run (repeat and adaptive mode)
+    of every listed entry's cell with that value of ``by`` -- the evaluation standard of
+    Athalye et al. (2018) and Carlini et al. (2019): report the strongest attack per image,
+    not per table. Entries may differ in their other parameters (an early-stopping adaptive
+    attack beside a transfer attack without early stop). A model that faces only some of the
+    entries gets the minimum over those it faces. Returns dicts shaped like
+    :func:`robust_summary`'s (``attack`` is ``"min(a, b)"``, ``params`` the JSON of
+    ``{by: value}``, ``accuracies`` the members' worst-case accuracies on the common images,
+    ``mean`` = ``worst`` = the headline, ``std`` 0).
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] not in labels:
+            continue
+        value = json.loads(c["params"]).get(by)
+        groups[(c["model"], json.dumps(value), c["postprocess"])].append(c)
+    out = []
+    for (model, value, pp), members in sorted(groups.items()):
+        common = sorted(set.intersection(*(set(c["idx"]) for c in members)))
+        if not common:
+            continue
+        flags = []
+        for c in members:
+            pos = {i: j for j, i in enumerate(c["idx"])}
+            flags.append([all(run[pos[i]] for run in c["robust"]) for i in common])
+        robust = [all(col) for col in zip(*flags, strict=True)]
+        worst = sum(robust) / len(common)
+        names = [label for label in labels if any(c["attack"] == label for c in members)]
+        out.append({
+            "model": model, "attack": f"min({', '.join(names)})", "params": json.dumps({by: json.loads(value)}),
+            "postprocess": pp, "images": len(common), "runs": sum(len(c["robust"]) for c in members),
+            "accuracies": [sum(f) / len(common) for f in flags], "by_mode": {}, "modes": [],
+            "mean": worst, "std": 0.0, "worst": worst, "idx": common, "robust": [robust],
+        })
     return out
