@@ -439,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
         "config": config.to_dict(),
         "attack_step": config.step_size if config.method.startswith("pgd") else None,
         "init": init,
+        "from_scratch": init is None,
         "command": command,
         "clean_accuracy": round(clean, 6),
         "history": [_history_entry(h) for h in result.history],
