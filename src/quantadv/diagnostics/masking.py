@@ -76,7 +76,7 @@ def signal_report(
     grid: int = 100,
     chunk: int = 500,
     per_image: bool = False,
-):
+) -> list[JacobianStats] | tuple[list[JacobianStats], dict]:
     """Table 1 / Table 7 of paper 004 on the first ``samples`` correctly classified images.
 
     Rows: the original network (``beta = 1``), NJS (``beta1`` of Eq. 10 from these images;
