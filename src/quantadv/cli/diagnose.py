@@ -158,7 +158,10 @@ def run(args: argparse.Namespace) -> int:
     for c in checks:
         print(c, flush=True)
     flagged = [c.name for c in checks if not c.passed]
-    print(f"\n{len(flagged)} of {len(checks)} checks flagged" + (f": {', '.join(flagged)}" if flagged else ""))
+    if checks_wanted:
+        print(f"\n{len(flagged)} of {len(checks)} checks flagged" + (f": {', '.join(flagged)}" if flagged else ""))
+    else:
+        print("masking checks skipped (--checks none)")
     if args.json is not None:
         _write_json(args, data_name, shown, x.shape[0], xs.shape[0], report, values, checks)
     return 1 if flagged else 0
