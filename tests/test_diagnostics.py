@@ -140,3 +140,44 @@ def test_cli_diagnose_gradients_writes_the_quantized_gradients(tmp_path, capsys)
         assert np.array_equal(z[f"quantized_{b}"], quantized_gradient(g, b).numpy())
     assert main(argv[:-4] + ["--gradients", str(tmp_path / "g.txt")]) == 2
     assert main(argv[:-2] + ["--gradient-b", "a,b"]) == 2
+
+
+def test_signal_report_per_image_values_agree_with_the_rows_and_chunking():
+    base, x, y = affine_problem(classes=4, side=6, n=9, dtype=torch.float32)
+    model = Scaled(base, 30.0).eval()
+    rows, values = signal_report(model, x, y, per_image=True, chunk=2)
+    whole = signal_report(model, x, y, chunk=500)
+    assert [r.jsv_mean for r in rows] == [r.jsv_mean for r in whole]  # chunking HNS changes nothing
+    assert [r.psi_norm for r in rows] == [r.psi_norm for r in whole]
+    n = rows[0].images
+    assert values["index"].shape == (n,) and bool((values["margin"] > 0).all())  # correctly classified only
+    for key, row in zip(("orig", "njs", "hns"), rows, strict=True):
+        assert float(values[f"psi_norm_{key}"].mean()) == pytest.approx(row.psi_norm, rel=1e-6)
+        assert float(values[f"grad_norm_{key}"].mean()) == pytest.approx(row.grad_norm, rel=1e-6)
+    # Eq. 10: beta1 makes the mean singular value 1; the per-image JSV means average to the row's
+    assert float(values["jsv_mean"].mean()) * values["beta_njs"] == pytest.approx(1.0, rel=1e-5)
+    assert float(values["jsv_mean"].mean()) == pytest.approx(rows[0].jsv_mean, rel=1e-6)
+
+
+def test_cli_diagnose_json_has_the_signal_rows_checks_and_per_image_values(tmp_path, capsys):
+    import json
+
+    from quantadv.cli import main
+
+    out = tmp_path / "d.json"
+    code = main(["diagnose", "--model", "fmnist-cnn", "--images", "6", "--signal-images", "10", "--steps", "2",
+                 "--checks", "one-step", "--threads", "1", "--no-progress", "--json", str(out)])
+    assert code in (0, 1)
+    doc = json.loads(out.read_text())
+    assert [r["beta"].split()[0] for r in doc["signal"]] == ["orig", "NJS", "HNS"]
+    assert doc["signal"][1]["jsv_mean"] == pytest.approx(1.0, rel=1e-4)
+    assert [c["name"] for c in doc["checks"]] == ["one-step"] and doc["check_images"] == 6
+    per = doc["per_image"]
+    n = doc["signal"][0]["images"]
+    assert doc["signal_images"] == 10 and 0 < n <= 10
+    assert all(len(per[k]) == n for k in ("index", "label", "margin", "psi_norm_orig", "grad_norm_hns"))
+    assert all(0 <= i < 10 for i in per["index"])
+    assert sum(per["psi_norm_njs"]) / n == pytest.approx(doc["signal"][1]["psi_norm"], rel=1e-5)
+    capsys.readouterr()
+    assert main(["diagnose", "--model", "fmnist-cnn", "--checks", "radius,bogus"]) == 2
+    assert "unknown check bogus" in capsys.readouterr().err

@@ -209,3 +209,73 @@ def test_attacks_import_nothing_from_the_layers_above():
                     assert not any(alias.name.startswith(f"quantadv.{a}") for a in above), path.name
     assert quantadv.diagnostics.jacobian_singular_values is _jacobian.jacobian_singular_values
     assert quantadv.diagnostics.input_jacobian is _jacobian.input_jacobian
+
+
+# ---- loss numerics: "ce" (log_softmax) vs "ce-clipped" (clipped probabilities) -----------------
+
+def _logit_grad(kind: str, logits: torch.Tensor, labels: torch.Tensor, targets=None) -> torch.Tensor:
+    from quantadv.attacks import attack_loss
+
+    z = logits.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(attack_loss(z, labels, targets, kind).sum(), z)
+    return g
+
+
+@pytest.mark.parametrize("margin", [17.0, 20.0, 40.0, 80.0])
+def test_clipped_ce_gradient_is_exactly_zero_where_log_softmax_ce_is_not(margin):
+    # three classes, true class 0 ahead by `margin`: in float32 p_0 rounds to 1, so "ce-clipped"
+    # (clip to [1e-7, 1 - 1e-7]) is flat; the log_softmax CE keeps -p_j != 0 on the other classes
+    # (d L_A / d z = y - p, L_A = log p_y), exp(-margin) and exp(-margin - 1) in closed form.
+    logits = torch.tensor([[margin, 0.0, -1.0]])
+    y = torch.tensor([0])
+    g_clip = _logit_grad("ce-clipped", logits, y)
+    g_ce = _logit_grad("ce", logits, y)
+    assert torch.equal(g_clip, torch.zeros_like(g_clip))
+    assert g_ce[0, 0] == 0  # the true-class term p_y - 1 has rounded away ...
+    expected = -torch.exp(torch.tensor([-margin, -margin - 1.0], dtype=torch.float64))
+    assert torch.allclose(g_ce[0, 1:].double(), expected, rtol=1e-4)  # ... the others have not
+    assert bool((g_ce[0, 1:] != 0).all())
+
+
+def test_clipped_ce_equals_ce_away_from_the_clip_and_flips_for_targets():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 10, generator=gen)  # margins of a few units: no probability near the clip
+    y = torch.randint(0, 10, (6,), generator=gen)
+    t = (y + 1) % 10
+    from quantadv.attacks import attack_loss
+
+    for targets in (None, t):
+        a = attack_loss(logits, y, targets, "ce-clipped")
+        b = attack_loss(logits, y, targets, "ce")
+        assert torch.allclose(a, b, atol=1e-6)
+        assert torch.allclose(_logit_grad("ce-clipped", logits, y, targets), _logit_grad("ce", logits, y, targets),
+                              atol=1e-6)
+    # targeted: a target with p_t below 1e-7 gives no gradient either
+    far = torch.tensor([[30.0, 0.0, -10.0]])
+    assert torch.equal(_logit_grad("ce-clipped", far, torch.tensor([0]), torch.tensor([2])), torch.zeros(1, 3))
+
+
+def test_naive_log_softmax_has_the_stable_gradient_until_underflow():
+    # why "ce-clipped" and not plain log(softmax(z)): under autograd the naive form's gradient is
+    # the same p - y (through the softmax) at margins 17-80; it only differs (NaN) once p_y = 0.
+    for margin in (17.0, 40.0, 80.0):
+        z = torch.tensor([[margin, 0.0, -1.0]], requires_grad=True)
+        (g,) = torch.autograd.grad(torch.log(torch.softmax(z, 1))[0, 0], z)
+        assert torch.equal(g, _logit_grad("ce", z.detach(), torch.tensor([0])))
+
+
+def test_pgd_with_clipped_ce_does_not_move_a_saturated_image():
+    # a linear model with a huge logit gap: p_y == 1 in float32 on every image; PGD on "ce-clipped"
+    # has a zero gradient (sign 0) and returns its start point; on "ce" it moves.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[1].weight.normal_()
+        net[1].bias.copy_(torch.tensor([60.0, 0.0, 0.0]))
+    x = torch.rand(4, 1, 4, 4) * 0.1
+    y = torch.zeros(4, dtype=torch.long)
+    assert bool((torch.softmax(net(x), 1)[:, 0] == 1).all())
+    stuck = pgd(net, x, y, eps=0.05, step=0.01, steps=3, random_start=False, loss="ce-clipped")
+    moved = pgd(net, x, y, eps=0.05, step=0.01, steps=3, random_start=False, loss="ce")
+    assert torch.equal(stuck, x)
+    assert not torch.equal(moved, x)

@@ -13,6 +13,16 @@ PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
 prints PASS or FLAG with its evidence; the exit code is 1 when any check flags (0 otherwise;
 2 for a usage error), so the command can gate a CI job.
 
+At scale (paper 004 re-judged on a whole test set)::
+
+    quantadv diagnose --model fmnist-cnn-bc --images 1000 --signal-images 10000 --json bc.json
+
+computes Tables 1 / 7 on the correctly classified images among the first 10,000 (one Jacobian
+per image), runs the checks on the first 1,000 (``--checks`` picks some, ``none`` skips them)
+and writes everything -- the settings, the three signal rows, every check with its numbers, and
+per image (``per_image``: dataset index, label, logit margin, NJS / HNS beta, ``||psi||``,
+``||grad||`` and the zero-gradient fraction at beta = 1 / NJS / HNS) -- to ``bc.json``.
+
 ``--gradients FILE.npz`` instead writes the loss gradient at a uniform random start in the
 eps-ball and its quantizations ``zeta(b g / max|g|)`` (paper 001, Eq. 4, at each ``--gradient-b``)
 and prints how they are distributed (paper 001, Fig. 2): no checks are run.
@@ -24,6 +34,7 @@ import argparse
 
 import torch
 
+from ..diagnostics.masking import CHECKS
 from ..errors import InputError
 from ._common import (
     add_deploy,
@@ -55,6 +66,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="float model for the transfer check (default: the manifest's --init model, if any)")
     add_deploy(p)
     p.add_argument("--tol", type=float, default=0.02, help="tolerance in accuracy (default: 0.02)")
+    p.add_argument("--signal-images", type=int, default=None, metavar="N",
+                   help="Tables 1 / 7 on every correctly classified image among the first N test images "
+                        "(default: the first 500 correctly classified among --images)")
+    p.add_argument("--checks", default=",".join(CHECKS), metavar="NAME,...",
+                   help=f"masking checks to run, comma-separated, or 'none' (default: {','.join(CHECKS)})")
+    p.add_argument("--json", default=None, metavar="FILE.json",
+                   help="also write the settings, signal rows, checks and per-image signal values as JSON")
     p.add_argument("--gradients", default=None, metavar="FILE.npz",
                    help="only write the loss gradients at a random start in the eps-ball and their quantizations "
                         "(paper 001 Eq. 4) to FILE.npz and print their statistics; no checks")
@@ -90,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--images must be >= 1, got {args.images}")
     if not args.eps > 0:
         raise InputError(f"--eps must be > 0, got {args.eps}")
+    checks_wanted = _parse_checks(args.checks)
+    if args.signal_images is not None and args.signal_images < 1:
+        raise InputError(f"--signal-images must be >= 1, got {args.signal_images}")
+    if args.json is not None and not args.json.endswith(".json"):
+        raise InputError(f"--json must name a .json file, got {args.json}")
     device = resolve_device(args.device)
     model = load_model(args.model, device).eval()
     meta = _manifest(args.model)
@@ -105,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     images, labels = data.load(data_name, "test")
     x = to_float(images[: args.images]).to(device)
     y = labels[: args.images].to(device)
+    if args.signal_images is None:
+        xs, ys, samples = x, y, 500
+    else:
+        xs, ys = to_float(images[: args.signal_images]).to(device), labels[: args.signal_images].to(device)
+        samples = xs.shape[0]
 
     if args.gradients is not None:
         return _gradients(args, model, x, y, data_name)
@@ -112,23 +140,78 @@ def run(args: argparse.Namespace) -> int:
     print(f"model {shown} on the first {x.shape[0]} {data_name} test images; {args.norm} eps={args.eps:g}, "
           f"{args.steps} steps", flush=True)
     with network_progress([model, surrogate], desc="diagnose: signal propagation", enabled=show_progress(args)) as bar:
-        report = signal_report(model, x, y)
-        write_line(bar, "\nsignal propagation (paper 004, Tables 1 / 7; correctly classified images):")
+        report, values = signal_report(model, xs, ys, samples=samples, per_image=True)
+        write_line(bar, f"\nsignal propagation (paper 004, Tables 1 / 7; {report[0].images} correctly classified "
+                        f"images of the first {xs.shape[0]}):")
         for row in report:
             write_line(bar, "  " + row.row())
-        write_line(bar, "\ngradient-masking checks (paper 004, Sec. 3.1):")
-        bar.set_description_str("diagnose: masking checks")
-        say = (lambda _line: None) if args.quiet else (lambda line: write_line(bar, line))
-        checks = masking_checks(model, x, y, eps=args.eps, norm=args.norm, step=args.step, steps=args.steps,
-                                surrogate=surrogate, tol=args.tol, seed=args.seed, log=say)
-    if surrogate is None:
+        checks = []
+        if checks_wanted:
+            write_line(bar, "\ngradient-masking checks (paper 004, Sec. 3.1):")
+            bar.set_description_str("diagnose: masking checks")
+            say = (lambda _line: None) if args.quiet else (lambda line: write_line(bar, line))
+            checks = masking_checks(model, x, y, eps=args.eps, norm=args.norm, step=args.step, steps=args.steps,
+                                    surrogate=surrogate, tol=args.tol, seed=args.seed, checks=checks_wanted, log=say)
+    if surrogate is None and "transfer" in checks_wanted:
         print("  (transfer check skipped: no --surrogate and no float --init model in the manifest)")
     print()
     for c in checks:
         print(c, flush=True)
     flagged = [c.name for c in checks if not c.passed]
-    print(f"\n{len(flagged)} of {len(checks)} checks flagged" + (f": {', '.join(flagged)}" if flagged else ""))
+    if checks_wanted:
+        print(f"\n{len(flagged)} of {len(checks)} checks flagged" + (f": {', '.join(flagged)}" if flagged else ""))
+    else:
+        print("masking checks skipped (--checks none)")
+    if args.json is not None:
+        _write_json(args, data_name, shown, x.shape[0], xs.shape[0], report, values, checks)
     return 1 if flagged else 0
+
+
+def _parse_checks(text: str) -> tuple[str, ...]:
+    if text.strip() == "none":
+        return ()
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in CHECKS]
+    if bad or not names:
+        raise InputError(f"--checks: unknown check {', '.join(bad) or repr(text)}; allowed: {', '.join(CHECKS)}, "
+                         "or 'none'")
+    return names
+
+
+def _write_json(args: argparse.Namespace, data_name: str, shown: str, n_checks: int, n_signal: int, report,
+                values: dict, checks) -> None:
+    """``--json``: settings, signal rows, checks and per-image values, written atomically."""
+    import dataclasses
+    import json
+    import math
+    import os
+    from pathlib import Path
+
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().tolist()
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, list):
+            return [plain(u) for u in v]
+        return v
+
+    doc = {
+        "model": shown, "data": data_name, "split": "test", "norm": args.norm, "eps": args.eps,
+        "step": args.step if args.step is not None else args.eps / 4, "steps": args.steps, "seed": args.seed,
+        "tol": args.tol, "check_images": n_checks, "signal_images": n_signal,
+        "signal": [dataclasses.asdict(r) for r in report],
+        "beta_njs": plain(values["beta_njs"]),
+        "checks": [{"name": c.name, "passed": c.passed, "verdict": c.verdict, "evidence": c.evidence,
+                    "values": {k: plain(float(v)) for k, v in c.values.items()}} for c in checks],
+        "per_image": {k: plain(v) for k, v in values.items() if k != "beta_njs"},
+    }
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(doc, allow_nan=False) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
 
 
 def _gradients(args: argparse.Namespace, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -26,7 +26,7 @@ from .._validate import check_labels
 
 __all__ = [
     "JACOBIAN_STRATEGIES", "JacobianStats", "input_jacobian", "jacobian_singular_values", "jacobian_stats",
-    "weights_sha256",
+    "signal_per_image", "weights_sha256",
 ]
 
 
@@ -49,6 +49,31 @@ class JacobianStats:
                 f"||sign(grad)|| {self.sign_grad_norm:.3e} | zero grads {self.zero_grad_fraction:.4f}")
 
 
+def signal_per_image(
+    jac: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float | torch.Tensor = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Per-image Table 1 / 7 quantities at temperature ``beta`` (a float or one per image).
+
+    Returns ``sv`` (N, d): the singular values of ``beta J``; ``psi_norm`` (N,): ``||p(beta) -
+    y||_2`` (Eq. 9); ``grad_norm`` (N,): ``||beta psi(beta) J||_2`` (Eq. 8, the input gradient
+    of ``CE(beta a, y)``); ``nonzero`` (N,): its number of non-zero components; ``zero_fraction``
+    (N,): the fraction that is exactly 0.
+    """
+    labels = check_labels(labels, logits.shape[0]).to(logits.device)
+    b = torch.as_tensor(beta, dtype=jac.dtype, device=jac.device).flatten()
+    b = b.expand(jac.shape[0]) if b.numel() == 1 else b
+    sv = torch.linalg.svdvals(jac) * b.view(-1, 1)
+    p = torch.softmax(logits * b.view(-1, 1), dim=1)
+    psi = p - torch.nn.functional.one_hot(labels, logits.shape[1]).to(p.dtype)
+    grad = b.view(-1, 1) * torch.einsum("bd,bdn->bn", psi, jac)
+    nonzero = (grad != 0).sum(dim=1)
+    return {"sv": sv, "psi_norm": psi.norm(dim=1), "grad_norm": grad.norm(dim=1), "nonzero": nonzero,
+            "zero_fraction": 1.0 - nonzero.to(torch.float64) / grad.shape[1]}
+
+
 def jacobian_stats(
     jac: torch.Tensor,
     logits: torch.Tensor,
@@ -59,23 +84,19 @@ def jacobian_stats(
     """Table 1 / 7 statistics from precomputed ``J`` and logits at temperature ``beta``.
 
     ``beta`` is a float or one value per image. Gradients are of the cross-entropy
-    ``l(beta) = CE(beta a, y)`` (Eq. 8: ``beta psi(beta) J``); JSV are those of ``beta J``.
+    ``l(beta) = CE(beta a, y)`` (Eq. 8: ``beta psi(beta) J``); JSV are those of ``beta J``
+    (mean and std over all singular values of all images). Means over images of
+    :func:`signal_per_image`.
     """
-    labels = check_labels(labels, logits.shape[0]).to(logits.device)
     b = torch.as_tensor(beta, dtype=jac.dtype, device=jac.device).flatten()
-    b = b.expand(jac.shape[0]) if b.numel() == 1 else b
-    sv = torch.linalg.svdvals(jac) * b.view(-1, 1)
-    p = torch.softmax(logits * b.view(-1, 1), dim=1)
-    psi = p - torch.nn.functional.one_hot(labels, logits.shape[1]).to(p.dtype)
-    grad = b.view(-1, 1) * torch.einsum("bd,bdn->bn", psi, jac)
-    nonzero = (grad != 0).sum(dim=1).to(torch.float64)
+    one = signal_per_image(jac, logits, labels, b)
     return JacobianStats(
         beta=name if name is not None else (f"{float(b[0]):.3g}" if bool((b == b[0]).all()) else "per-image"),
-        jsv_mean=float(sv.mean()),
-        jsv_std=float(sv.std()),
-        psi_norm=float(psi.norm(dim=1).mean()),
-        grad_norm=float(grad.norm(dim=1).mean()),
-        sign_grad_norm=float(nonzero.sqrt().mean()),
-        zero_grad_fraction=float((grad == 0).to(torch.float64).mean()),
+        jsv_mean=float(one["sv"].mean()),
+        jsv_std=float(one["sv"].std()),
+        psi_norm=float(one["psi_norm"].mean()),
+        grad_norm=float(one["grad_norm"].mean()),
+        sign_grad_norm=float(one["nonzero"].to(torch.float64).sqrt().mean()),
+        zero_grad_fraction=float(one["zero_fraction"].mean()),
         images=int(jac.shape[0]),
     )

@@ -74,32 +74,54 @@ def signal_report(
     *,
     samples: int = 500,
     grid: int = 100,
-) -> list[JacobianStats]:
+    chunk: int = 500,
+    per_image: bool = False,
+) -> list[JacobianStats] | tuple[list[JacobianStats], dict]:
     """Table 1 / Table 7 of paper 004 on the first ``samples`` correctly classified images.
 
     Rows: the original network (``beta = 1``), NJS (``beta1`` of Eq. 10 from these images;
-    without Prop. 1's per-step ``beta2``, as in Table 7) and HNS (per-image beta). One
-    Jacobian serves all three rows.
+    without Prop. 1's per-step ``beta2``, as in Table 7) and HNS (per-image beta, App. B.1).
+    One Jacobian serves all three rows; HNS's grid search runs ``chunk`` images at a time
+    (its ``(N, grid, d, d)`` intermediates stay small for a whole test set).
+
+    With ``per_image=True`` returns ``(rows, values)``: ``values`` holds per-image tensors
+    over the images used: ``index`` (position in ``images``), ``label``, ``margin`` (true
+    logit minus the largest other), ``beta_hns``, and for each of ``orig``, ``njs``, ``hns``
+    the ``psi_norm``, ``grad_norm`` and ``zero_fraction`` of
+    :func:`~quantadv.diagnostics.signal_per_image` plus ``jsv_mean`` (the image's mean
+    singular value of ``J``, at ``beta = 1``); ``beta_njs`` is the scalar ``beta1``.
     """
+    from ..attacks.losses import best_other_logit
     from ..attacks.temperature import hns_from_jacobian
+    from .jacobian import signal_per_image
 
     check_images(images)
     labels = check_labels(labels, images.shape[0]).to(images.device)
     with torch.no_grad():
         correct = torch.cat([model(images[i : i + 500]).argmax(1) == labels[i : i + 500]
                              for i in range(0, images.shape[0], 500)])
-    x, y = images[correct][:samples], labels[correct][:samples]
-    if x.shape[0] == 0:
-        x, y = images[:samples], labels[:samples]
+    index = correct.nonzero().flatten()[:samples]
+    if index.numel() == 0:
+        index = torch.arange(min(samples, images.shape[0]), device=images.device)
+    x, y = images[index], labels[index]
     jac, logits = input_jacobian(model, x)
     sv = torch.linalg.svdvals(jac)
     beta1 = float(sv.numel() / sv.to(torch.float64).sum().clamp_min(1e-300))
-    beta_hns, _, _ = hns_from_jacobian(jac, logits, grid=grid)
-    return [
-        jacobian_stats(jac, logits, y, 1.0, name="orig"),
-        jacobian_stats(jac, logits, y, beta1, name=f"NJS {beta1:.3g}"),
-        jacobian_stats(jac, logits, y, beta_hns.to(jac.dtype), name="HNS"),
-    ]
+    beta_hns = torch.cat([hns_from_jacobian(jac[i : i + chunk], logits[i : i + chunk], grid=grid)[0]
+                          for i in range(0, jac.shape[0], chunk)])
+    betas = {"orig": 1.0, "njs": beta1, "hns": beta_hns.to(jac.dtype)}
+    names = {"orig": "orig", "njs": f"NJS {beta1:.3g}", "hns": "HNS"}
+    rows = [jacobian_stats(jac, logits, y, b, name=names[k]) for k, b in betas.items()]
+    if not per_image:
+        return rows
+    values: dict = {"index": index, "label": y, "beta_njs": beta1, "beta_hns": beta_hns,
+                    "margin": logits.gather(1, y.unsqueeze(1)).squeeze(1) - best_other_logit(logits, y),
+                    "jsv_mean": sv.mean(dim=1)}
+    for k, b in betas.items():
+        one = signal_per_image(jac, logits, y, b)
+        for q in ("psi_norm", "grad_norm", "zero_fraction"):
+            values[f"{q}_{k}"] = one[q]
+    return rows, values
 
 
 def masking_checks(

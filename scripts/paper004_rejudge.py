@@ -1,0 +1,163 @@
+"""Paper 004 re-judged at scale (issue 17 §3): the page's tables from the runner's stores and the
+``quantadv diagnose --json`` files, plus the "why is PGD++ weaker" breakdown. Reads only.
+
+    .venv/bin/python scripts/paper004_rejudge.py \
+        --stores results/paper004-full-linf.db results/paper004-full-l2.db results/paper004-full-2k.db \
+        --diagnose results/paper004-diagnose
+
+prints markdown:
+
+1. per store, robust accuracy (%) of every (model, attack entry, grid point) over all its images
+   (misclassified clean images count as errors; ``robust_summary``, final iterate) and over "any
+   iterate" where the config asked for it;
+2. Tables 1 / 7 from the diagnose files (``<model>.json``) with, per model, the share of correctly
+   classified images whose logit margin exceeds 16.6 (``p_y`` rounds to 1 in float32: the
+   true-class term of ``psi`` is 0, and ``loss=ce-clipped`` has no gradient) and 87 (the other
+   classes' ``p_j`` underflow: ``loss=ce`` has no gradient either), and the masking checks;
+3. for each model, the images one attack broke and the other did not (default: PGD vs PGD++ NJS
+   in the first store, ``--why pgd pgd_pp-njs``), with the beta PGD++ used (``info.temperature``) and,
+   joined by dataset index with the diagnose file, the clean logit margin and the error signal
+   ``||psi||`` and gradient norm at beta = 1 and at NJS's beta1: what PGD++ changed on exactly
+   the images where it lost (or won).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from quantadv.experiments import load_results
+from quantadv.experiments.summary import robust_summary
+
+#: float32: p_y rounds to 1 above a logit margin of ~16.6 (1 - p_y < 2^-24); exp(-m) underflows
+#: (subnormal) above ~87 (~103 to exactly 0).
+MARGIN_ROUNDS = 16.6
+MARGIN_UNDERFLOWS = 87.3
+
+
+def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:
+    align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def cell_name(attack: str, params: str, varying: set[str]) -> str:
+    p = json.loads(params)
+    extra = ",".join(f"{k}={p[k]:g}" if isinstance(p[k], float) else f"{k}={p[k]}" for k in sorted(varying) if k in p)
+    return f"{attack}:{extra}" if extra else attack
+
+
+def accuracy_tables(store: Path) -> None:
+    final = robust_summary(store)
+    anyc = {(c["model"], c["attack"], c["params"]): c["mean"] for c in robust_summary(store, criterion="any")}
+    by_attack: dict[str, set[str]] = defaultdict(set)
+    for c in final:
+        by_attack[c["attack"]].add(c["params"])
+    varying = {a: {k for k in set().union(*(json.loads(p) for p in ps))
+                   if len({json.dumps(json.loads(p).get(k)) for p in ps}) > 1} for a, ps in by_attack.items()}
+    models = list(dict.fromkeys(c["model"] for c in final))
+    cols = list(dict.fromkeys(cell_name(c["attack"], c["params"], varying[c["attack"]]) for c in final))
+    acc = {(c["model"], cell_name(c["attack"], c["params"], varying[c["attack"]])): c for c in final}
+    print(f"\n### {store.name}: robust accuracy % (final iterate; any iterate in brackets)\n")
+    rows = []
+    for col in cols:
+        row = [col]
+        for m in models:
+            c = acc.get((m, col))
+            if c is None:
+                row.append("-")
+                continue
+            a = anyc.get((m, c["attack"], c["params"]))
+            row.append(f"{100 * c['mean']:.2f}" + (f" ({100 * a:.2f})" if a is not None and a != c["mean"] else ""))
+        rows.append(row)
+    images = sorted({c["images"] for c in final})
+    print(table(rows, ["attack"] + models))
+    print(f"\nimages per cell: {', '.join(map(str, images))}")
+
+
+def diagnose_tables(files: list[Path]) -> dict[str, dict]:
+    docs = {}
+    for f in files:
+        docs[f.stem] = json.loads(f.read_text())
+    rows, checks = [], []
+    for name, d in docs.items():
+        margins = d["per_image"]["margin"]
+        n = len(margins)
+        over = sum(m > MARGIN_ROUNDS for m in margins) / max(n, 1)
+        under = sum(m > MARGIN_UNDERFLOWS for m in margins) / max(n, 1)
+        for r in d["signal"]:
+            rows.append([name, r["beta"], f"{r['jsv_mean']:.3g}", f"{r['jsv_std']:.3g}", f"{r['psi_norm']:.3g}",
+                         f"{r['grad_norm']:.3g}", f"{r['zero_grad_fraction']:.4f}", str(r["images"]),
+                         f"{100 * over:.1f}" if r["beta"] == "orig" else "",
+                         f"{100 * under:.2f}" if r["beta"] == "orig" else ""])
+        for c in d["checks"]:
+            checks.append([name, c["name"], c["verdict"], c["evidence"]])
+    if rows:
+        print("\n### Table 1 / 7 (correctly classified images; paper's BNNs: JSV mean 16-45)\n")
+        print(table(rows, ["model", "beta", "JSV mean", "JSV std", "||psi||", "||grad||", "zero grads", "images",
+                           f"% margin > {MARGIN_ROUNDS}", f"% margin > {MARGIN_UNDERFLOWS}"]))
+    if checks:
+        print("\n### Masking checks (Sec. 3.1)\n")
+        print(table(checks, ["model", "check", "verdict", "evidence"], numeric=False))
+    return docs
+
+
+def why(store: Path, a: str, b: str, docs: dict[str, dict]) -> None:
+    """Images broken by exactly one of entries ``a`` and ``b`` (first grid point of each)."""
+    rows = [r for r in load_results(store, as_frame=False) if r["postprocess"] == "none" and r["attack"] in (a, b)]
+    first_params = {}
+    for r in rows:
+        first_params.setdefault((r["model"], r["attack"]), r["params"])
+    per: dict[str, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r["params"] == first_params[(r["model"], r["attack"])]:
+            per[r["model"]][r["attack"]][r["idx"]] = r
+    print(f"\n### Why: images broken by only one of {a} / {b} ({store.name}; medians; psi, grad at the clean image)\n")
+    out = []
+    for model, att in per.items():
+        if a not in att or b not in att:
+            continue
+        d = docs.get(model, {}).get("per_image")
+        pos = {i: k for k, i in enumerate(d["index"])} if d else {}
+        groups = {f"{a} only": [], f"{b} only": [], "both": []}
+        for idx, ra in att[a].items():
+            rb = att[b].get(idx)
+            if rb is None or ra["clean_pred"] != ra["label"]:
+                continue
+            key = {(1, 0): f"{a} only", (0, 1): f"{b} only", (1, 1): "both"}.get((ra["success"], rb["success"]))
+            if key:
+                groups[key].append((idx, rb))
+        for g, members in groups.items():
+            betas = [json.loads(rb["info"] or "{}").get("attack", {}).get("temperature") for _, rb in members]
+            betas = [t for t in betas if t is not None]
+
+            def med(field: str, members=members, d=d, pos=pos) -> str:
+                vals = [d[field][pos[i]] for i, _ in members if i in pos] if d else []
+                return f"{statistics.median(vals):.3g}" if vals else "-"
+
+            out.append([model, g, str(len(members)), f"{statistics.median(betas):.3g}" if betas else "-",
+                        med("margin"), med("psi_norm_orig"), med("psi_norm_njs"), med("grad_norm_orig"),
+                        med("grad_norm_njs")])
+    print(table(out, ["model", "broken by", "images", f"beta ({b})", "margin", "||psi|| beta=1", "||psi|| NJS",
+                      "||grad|| beta=1", "||grad|| NJS"]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stores", nargs="+", type=Path, default=[])
+    p.add_argument("--diagnose", type=Path, default=None, help="directory of quantadv diagnose --json files")
+    p.add_argument("--why", nargs=2, default=["pgd", "pgd_pp-njs"], metavar=("A", "B"),
+                   help="entries compared image by image in the first store (default: pgd pgd_pp-njs)")
+    args = p.parse_args()
+    for s in args.stores:
+        accuracy_tables(s)
+    docs = diagnose_tables(sorted(args.diagnose.glob("*.json"))) if args.diagnose else {}
+    if args.stores:
+        why(args.stores[0], *args.why, docs)
+
+
+if __name__ == "__main__":
+    main()
