@@ -18,6 +18,55 @@ def add_device_seed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: checked (N >= 1) and applied to torch."""
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
+def add_model_threat(p: argparse.ArgumentParser, *, count: str, count_default: int,
+                     eps_default: float | None) -> None:
+    """``--model``, ``--data``, the image count (``--n`` or ``--images``), ``--norm`` and ``--eps``:
+    the options of the commands that judge one model on the first test images (evaluate,
+    diagnose). ``eps_default=None`` makes ``--eps`` required."""
+    p.add_argument("--model", required=True, help="zoo name or path of a .safetensors file with manifest")
+    p.add_argument("--data", default=None, help="data set (default: the model's manifest 'data', else fashion-mnist)")
+    p.add_argument(count, type=int, default=count_default, help=f"first N test images (default: {count_default})")
+    p.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default: linf)")
+    if eps_default is None:
+        p.add_argument("--eps", type=float, required=True, help="radius in [0, 1] units (L-inf: in [0, 1])")
+    else:
+        p.add_argument("--eps", type=float, default=eps_default,
+                       help=f"radius in [0, 1] units (default: {eps_default:g})")
+
+
+def model_manifest(spec: str) -> dict:
+    """The manifest of ``--model`` (zoo name or ``X.safetensors``), or ``{}`` when it has none: the
+    manifest only supplies defaults (data set, float surrogate) to the commands."""
+    from .. import models
+
+    try:
+        if spec.endswith(".safetensors"):
+            return models.read_manifest(spec)
+        return models.manifest(spec)
+    except Exception:  # noqa: BLE001 - the manifest only supplies defaults here
+        return {}
+
+
+def first_test_images(data_name: str, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images of ``data_name`` as floats in [0, 1] on ``device``, and their labels."""
+    from .. import data, to_float
+
+    images, labels = data.load(data_name, "test")
+    return to_float(images[:n]).to(device), labels[:n].to(device)
+
+
 def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)

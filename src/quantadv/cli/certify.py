@@ -14,6 +14,8 @@ from ..errors import InputError
 from ._common import (
     add_device_seed,
     add_progress,
+    add_threads,
+    apply_threads,
     format_table,
     load_model,
     network_progress,
@@ -58,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=None,
                    help="use a Hoeffding lower bound at level 1-alpha on the margin instead of the estimate")
     p.add_argument("--out", default="certify-out", help="output folder (certificate.json, certified.png)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="print only the table (no progress lines or bar)")
     add_progress(p)
     add_device_seed(p)
@@ -83,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise InputError("--n must be a positive integer")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     eps = _parse_eps(args.eps)
     device = resolve_device(args.device)
     model = load_model(args.model, device)

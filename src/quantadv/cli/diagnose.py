@@ -39,9 +39,13 @@ from ..errors import InputError
 from ._common import (
     add_deploy,
     add_device_seed,
+    add_model_threat,
     add_progress,
+    add_threads,
+    apply_threads,
     deploy_model,
     load_model,
+    model_manifest,
     network_progress,
     resolve_device,
     show_progress,
@@ -55,11 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="gradient-masking checks (PASS/FLAG) and Jacobian statistics of a model",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--model", required=True, help="zoo name or path of a .safetensors file with manifest")
-    p.add_argument("--data", default=None, help="data set (default: the model's manifest 'data', else fashion-mnist)")
-    p.add_argument("--images", type=int, default=200, help="first N test images (default: 200)")
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default: linf)")
-    p.add_argument("--eps", type=float, default=0.1, help="radius in [0, 1] units (default: 0.1)")
+    add_model_threat(p, count="--images", count_default=200, eps_default=0.1)
     p.add_argument("--step", type=float, default=None, help="PGD step (default: eps / 4)")
     p.add_argument("--steps", type=int, default=20, help="PGD iterations (default: 20)")
     p.add_argument("--surrogate", default=None,
@@ -78,32 +78,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "(paper 001 Eq. 4) to FILE.npz and print their statistics; no checks")
     p.add_argument("--gradient-b", default="100,200,500,1000", metavar="B,...",
                    help="the b values of --gradients (default: 100,200,500,1000)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-attack accuracy lines")
     add_progress(p)
     add_device_seed(p)
     return p
 
 
-def _manifest(spec: str) -> dict:
-    from .. import models
-
-    try:
-        if spec.endswith(".safetensors"):
-            return models.read_manifest(spec)
-        return models.manifest(spec)
-    except Exception:  # noqa: BLE001 - the manifest only supplies defaults here
-        return {}
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import data, to_float
     from ..diagnostics import masking_checks, signal_report
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.images < 1:
         raise InputError(f"--images must be >= 1, got {args.images}")
     if not args.eps > 0:
@@ -115,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--json must name a .json file, got {args.json}")
     device = resolve_device(args.device)
     model = load_model(args.model, device).eval()
-    meta = _manifest(args.model)
+    meta = model_manifest(args.model)
     data_name = args.data or meta.get("data") or "fashion-mnist"
     surrogate_name = args.surrogate or ((meta.get("init") or {}).get("source") if meta.get("binary") else None)
     surrogate = load_model(surrogate_name, device).eval() if surrogate_name else None

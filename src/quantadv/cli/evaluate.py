@@ -19,15 +19,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from ..errors import InputError
 from ._common import (
     add_deploy,
     add_device_seed,
+    add_model_threat,
     add_progress,
+    add_threads,
+    apply_threads,
     deploy_model,
+    first_test_images,
     load_model,
+    model_manifest,
     network_progress,
     resolve_device,
     show_progress,
@@ -40,11 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="robust accuracy: AutoAttack's ensemble + BPDA/EOT/PGD++/transfer as needed, on 8-bit images",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--model", required=True, help="zoo name or path of a .safetensors file with manifest")
-    p.add_argument("--data", default=None, help="data set (default: the model's manifest 'data', else fashion-mnist)")
-    p.add_argument("--n", type=int, default=500, help="first N test images (default: 500)")
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default: linf)")
-    p.add_argument("--eps", type=float, required=True, help="radius in [0, 1] units (L-inf: in [0, 1])")
+    add_model_threat(p, count="--n", count_default=500, eps_default=None)
     p.add_argument("--png", default=None, metavar="DIR", help="write the verified 8-bit adversarial images there")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     p.add_argument("--no-digital", action="store_true",
@@ -55,21 +54,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--queries", type=int, default=5000, help="Square queries (default: 5000)")
     p.add_argument("--eot", type=int, default=10, help="draws per gradient of BPDA+EOT (default: 10)")
     add_deploy(p)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads(p)
     add_progress(p)
     add_device_seed(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data, to_float
     from ..eval import evaluate
-    from .diagnose import _manifest
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
     if args.norm == "linf" and not 0 <= args.eps <= 1:
@@ -79,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--png writes 8-bit adversarial images; drop --no-digital")
     device = resolve_device(args.device)
     model = load_model(args.model, device).eval()
-    data_name = args.data or _manifest(args.model).get("data") or "fashion-mnist"
+    data_name = args.data or model_manifest(args.model).get("data") or "fashion-mnist"
     if args.deploy is not None:
         model = deploy_model(model, args.deploy, data_name, device)
-    images, labels = data.load(data_name, "test")
-    x = to_float(images[: args.n]).to(device)
-    y = labels[: args.n].to(device)
+    x, y = first_test_images(data_name, args.n, device)
     progress = show_progress(args)
     shown = args.model if args.deploy is None else f"{args.model} ({args.deploy})"
     with network_progress([model], desc="evaluate", enabled=progress) as bar:

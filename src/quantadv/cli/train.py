@@ -62,7 +62,7 @@ from ..models.binary import (
     packed_state,
 )
 from ..models.training import ADVERSARIAL, OPTIMIZERS, SCHEDULES, TRADES_DEFAULT_BETA
-from ._common import add_device_seed, resolve_device
+from ._common import add_device_seed, add_threads, apply_threads, resolve_device
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -173,7 +173,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--resume", action="store_true", help="continue from NAME's checkpoint if there is one"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_seed(p)
     return p
@@ -348,10 +348,7 @@ def run(args: argparse.Namespace) -> int:
         val_steps=args.val_steps,
     )
     device = resolve_device(args.device)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     out_dir = Path(args.out_dir) if args.out_dir else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / f"{args.out}.checkpoint"
