@@ -146,3 +146,45 @@ def test_the_headline_is_the_per_image_minimum_over_attack_entries(tmp_path):
     bad = _config(experiment="bad", attacks=attacks, summary={"headline": ["fgsm", "pgdd"]})
     with pytest.raises(ConfigError, match="summary.headline: 'pgdd' is not an attack label"):
         load_config(write_setup(tmp_path, bad, "bad.yaml"))
+
+
+COIN_MODULE = '''
+"""A randomised "defense" whose every forward pass is a fair coin: class 0 or class 1."""
+import torch
+from torch import nn
+
+
+class Coin(nn.Module):
+    randomized = True  # draws random numbers in forward (quantadv.defenses.is_randomized)
+
+    def forward(self, x):
+        n = x.shape[0]
+        keep = x.flatten(1).sum(1) * 0.0  # differentiable in x, value 0
+        heads = torch.rand(n, device=x.device) < 0.5
+        logits = torch.zeros(n, 3, device=x.device) + keep[:, None]
+        return logits + torch.where(heads, 1.0, -1.0)[:, None] * torch.tensor([1.0, -1.0, -5.0], device=x.device)
+
+
+def build():
+    return Coin()
+
+
+def data(n=200):
+    return torch.full((n, 1, 4, 4), 128, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64)
+'''
+
+
+def test_a_randomised_model_is_judged_on_a_fresh_draw_not_on_the_draw_that_stopped_the_attack(tmp_path):
+    # Every early-stopping attack on the coin stops at a draw that says "class 1"; judged on that
+    # same draw every attacked image would count as broken. A fresh draw breaks about half.
+    (tmp_path / "coin.py").write_text(COIN_MODULE)
+    cfg = _config(experiment="coin", models=[{"entry": "coin.py:build", "label": "coin"}],
+                  data={"entry": "coin.py:data"}, batch_size=100, postprocess=["none"],
+                  attacks=[{"name": "pgd", "params": {"norm": "linf", "eps": 0.1, "step": 0.05, "steps": 20,
+                                                      "early_stop": True}}])
+    cfg = load_config(write_setup(tmp_path, cfg, "coin.yaml"))
+    run_experiment(cfg, quiet=True)
+    attacked = [r for r in load_results(cfg.store, as_frame=False) if r["clean_pred"] == r["label"]]
+    assert len(attacked) >= 60
+    rate = sum(bool(r["success"]) for r in attacked) / len(attacked)
+    assert 0.25 < rate < 0.75, rate

@@ -520,7 +520,7 @@ def _figure_html(plot: _Plot) -> str:
 ROBUST_TABLE = [("model", "model", ""), ("attack", "attack", ""), ("params", "params", ""),
                 ("postprocess", "post-processing", ""), ("criterion", "criterion", ""),
                 ("images", "images", "d"), ("runs", "runs", "d"), ("mean", "average acc.", ".3f"),
-                ("std", "std", ".3f"), ("worst", "worst-case acc.", ".3f")]
+                ("std", "std", ".3f"), ("worst", "worst-case acc.", ".3f"), ("by_mode", "average per mode", "")]
 PAIRED_TABLE = [("model", "model", ""), ("postprocess", "post-processing", ""), ("a", "A", ""),
                 ("b", "B", ""), ("images", "images", "d"), ("diff", "acc. A - B", ".3f"),
                 ("low", "95% low", ".3f"), ("high", "95% high", ".3f"), ("a_only", "broken by A only", "d"),
@@ -551,7 +551,9 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
         if carry:
             text += f", carried over {carry}"
         robust += [{**{k: c[k] for k in ("model", "attack", "postprocess", "images", "runs", "mean", "std",
-                                          "worst")}, "params": _params_text(c["params"]), "criterion": text}
+                                          "worst")}, "params": _params_text(c["params"]), "criterion": text,
+                    "by_mode": "; ".join(f"{m}={v:.3f}" for m, v in sorted(c["by_mode"].items()))
+                    if len(c["by_mode"]) > 1 else ""}
                    for c in cells]
     pairs = []
     for a, b in options.get("compare", []):

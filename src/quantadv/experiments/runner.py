@@ -813,8 +813,12 @@ def attack_batch(cfg: ExperimentConfig, work: Work, models: Models, batch: Batch
             a_pred = None
             a_extras.pop("first_adv", None)
         # The attack's own last forward pass judges its output, unless it averaged random draws
-        # (EOT), attacked another model (transfer), or does not report one: then the runner's pass does.
-        if a_pred is not None and eot == 1:
+        # (EOT), attacked another model (transfer), attacked a randomised defense (its pass is the
+        # very draw that made an early-stopping attack stop: judging on it would count lucky draws
+        # as breaks), or does not report one: then the runner's pass, on a fresh draw, does.
+        from ..defenses import is_randomized
+
+        if a_pred is not None and eot == 1 and not is_randomized(models.get(run.model)):
             pred[rows] = torch.tensor(a_pred, dtype=torch.int64)
         else:
             pred = None
