@@ -520,7 +520,8 @@ def _figure_html(plot: _Plot) -> str:
 ROBUST_TABLE = [("model", "model", ""), ("attack", "attack", ""), ("params", "params", ""),
                 ("postprocess", "post-processing", ""), ("criterion", "criterion", ""),
                 ("images", "images", "d"), ("runs", "runs", "d"), ("mean", "average acc.", ".3f"),
-                ("std", "std", ".3f"), ("worst", "worst-case acc.", ".3f")]
+                ("std", "std", ".3f"), ("lowest", "lowest run", ".3f"),
+                ("worst", "worst-case acc.", ".3f")]
 PAIRED_TABLE = [("model", "model", ""), ("postprocess", "post-processing", ""), ("a", "A", ""),
                 ("b", "B", ""), ("images", "images", "d"), ("diff", "acc. A - B", ".3f"),
                 ("low", "95% low", ".3f"), ("high", "95% high", ".3f"), ("a_only", "broken by A only", "d"),
@@ -549,13 +550,26 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
         if carry:
             text += f", carried over {carry}"
         robust += [{**{k: c[k] for k in ("model", "attack", "postprocess", "images", "runs", "mean", "std",
-                                          "worst")}, "params": _params_text(c["params"]), "criterion": text}
+                                          "lowest", "worst")}, "params": _params_text(c["params"]), "criterion": text}
                    for c in cells]
     pairs = []
     for a, b in options.get("compare", []):
         for row in compare(final_cells, a, b):
             pairs.append({**row, "a": _params_text_pair(row["a"]), "b": _params_text_pair(row["b"])})
     return robust, pairs
+
+
+def stored_summary_options(store: str | os.PathLike) -> dict:
+    """The ``summary:`` mapping of the config a store was written by (``{}`` without one)."""
+    with open_store(store) as st:
+        text = st.meta().get("config_yaml", "") or "{}"
+    with contextlib.suppress(Exception):  # a config without (or with an unreadable) summary: key
+        import yaml
+
+        stored = yaml.safe_load(text)
+        if isinstance(stored, dict) and isinstance(stored.get("summary"), dict):
+            return stored["summary"]
+    return {}
 
 
 def _params_text_pair(text: str) -> str:
@@ -610,14 +624,7 @@ def write_report(
         raise DataError(f"--out {str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    options: dict = {}
-    with contextlib.suppress(Exception):  # a config without (or with an unreadable) summary: key
-        import yaml
-
-        stored = yaml.safe_load(meta.get("config_yaml", "") or "{}")
-        if isinstance(stored, dict) and isinstance(stored.get("summary"), dict):
-            options = stored["summary"]
-    robust, pairs = summary_tables(store_path, options)
+    robust, pairs = summary_tables(store_path, stored_summary_options(store_path))
     _atomic_write(out_dir / "robust.csv", _csv_bytes(robust, [c for c, _, _ in ROBUST_TABLE]))
     if pairs:
         _atomic_write(out_dir / "paired.csv", _csv_bytes(pairs, [c for c, _, _ in PAIRED_TABLE]))
