@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from _figures import ROOT, pyplot, save
 
-ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
 NAMES = {"randdisc": "RandDisc (k=2)", "prd": "pRD (s=2, k=2)", "swrd": "swRD (s=2, k=2, beta=1)"}
 #: stores of other configs than the Table 1 analogs (read by clean / examples only)
@@ -50,11 +49,7 @@ def part_clean() -> None:
 
 def part_examples() -> None:
     """Fig. 7 analog from configs/paper003-examples.yaml: x, x', Q(x), Q(x') and the transfer accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     from quantadv.experiments.store import open_store
 
     df = _frame("paper003-examples")
@@ -95,9 +90,7 @@ def part_examples() -> None:
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle("mnist-5k, PGD-40 eps 0.32 on mnist-cnn", fontsize=8)
     fig.tight_layout()
-    out = IMG / "paper003-fig7-mnist.png"
-    fig.savefig(out, dpi=110)
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    save(fig, IMG / "paper003-fig7-mnist.png", dpi=110)
 
 
 def part_tables() -> None:
@@ -136,29 +129,21 @@ def part_tables() -> None:
 
 def part_combined() -> None:
     """Cells of paper003-mnist (images 0-49) and paper003-mnist-032 (50-149) together: 150 images."""
-    from quantadv.experiments.store import open_store
+    from quantadv.experiments.summary import robust_summary
 
-    per: dict[tuple[str, float, str], dict[int, bool]] = {}
+    per: dict[tuple[str, float], dict[str, dict[int, bool]]] = {}  # (model, eps) -> mode -> per-image robust
     for name in ("paper003-mnist.db", "paper003-mnist-032.db"):
-        path = ROOT / "results" / name
-        if not path.exists():
-            continue
-        with open_store(path) as st:
-            runs = {r["run_id"]: r for r in st.runs()}
-            for row in st.results():
-                run = runs[row["run_id"]]
-                eps = json.loads(run["params"])["eps"]
-                mode = json.loads(run["config"]).get("adaptive", "none")
-                robust = (not row["success"]) and row["clean_pred"] == row["label"]
-                per.setdefault((run["model"], eps, mode), {})[row["idx"]] = robust
+        for c in robust_summary(ROOT / "results" / name) if (ROOT / "results" / name).exists() else ():
+            if c["postprocess"] == "none" and c["runs"] == len(c["modes"]):  # one run per adaptive mode
+                for mode, flags in zip(c["modes"], c["robust"], strict=True):
+                    per.setdefault((c["model"], json.loads(c["params"])["eps"]), {}).setdefault(mode, {}).update(
+                        zip(c["idx"], flags, strict=True))
     print("| model | eps | images | naive | BPDA | BPDA+EOT | headline (per-image minimum) |")
     print("|---|---|---|---|---|---|---|")
-    for model in ("swrd", "randdisc"):
-        for eps in sorted({e for (m, e, _) in per if m == model}):
-            modes = [per.get((model, eps, m), {}) for m in ("none", "bpda", "bpda+eot")]
-            common = set.intersection(*(set(m) for m in modes)) if all(modes) else set()
-            if len(common) <= 50:  # only the cells the second store extends
-                continue
+    for (model, eps), by_mode in sorted(per.items(), key=lambda kv: (kv[0][0] != "swrd", kv[0])):
+        modes = [by_mode.get(m, {}) for m in ("none", "bpda", "bpda+eot")]
+        common = set.intersection(*(set(m) for m in modes))
+        if model in ("swrd", "randdisc") and len(common) > 50:  # only the cells the second store extends
             accs = [100 * sum(m[i] for i in common) / len(common) for m in modes]
             head = 100 * sum(all(m[i] for m in modes) for i in common) / len(common)
             print(f"| {model} | {eps:g} | {len(common)} | " + " | ".join(f"{a:.1f}" for a in accs)
@@ -166,11 +151,7 @@ def part_combined() -> None:
 
 
 def part_certify() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     base = ROOT / "results" / "paper003"
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for path in sorted(base.glob("certify-paper-*/certificate.json")):
@@ -208,9 +189,7 @@ def part_certify() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = IMG / "paper003-fig6-certified.png"
-    fig.savefig(out, dpi=110)
-    print(f"wrote {out.relative_to(ROOT)}")
+    save(fig, IMG / "paper003-fig6-certified.png", dpi=110)
 
 
 def part_export() -> None:
