@@ -30,6 +30,11 @@ def row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def header(*titles) -> str:
+    """The first two lines of a Markdown table."""
+    return row(*titles) + "\n" + row(*["---"] * len(titles))
+
+
 def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:
     """Markdown table of string cells; ``numeric`` right-aligns every column but the first."""
     return markdown([dict(enumerate(r)) for r in rows], [(i, h, "s" if numeric and i else "")

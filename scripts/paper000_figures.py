@@ -25,7 +25,7 @@ import math
 import sys
 
 import numpy as np
-from _figures import ROOT, pyplot, row, save
+from _figures import ROOT, header, pyplot, row, save
 
 from quantadv.eval import operating_characteristic
 from quantadv.experiments.tables import best_effort_rows
@@ -128,9 +128,8 @@ def acceptance(args) -> None:
     s0, sl = np.isfinite(d0), np.isfinite(dl)
     med0 = b["ddn", "none"]["median_d"]
     print(f"correctly classified images (attacked, counted): {m}")
-    print(row("output", "successes", "kept (of unquantized successes)", "median d",
-               "median d / unquantized", "mean d"))
-    print(row(*["---"] * 6))
+    print(header("output", "successes", "kept (of unquantized successes)", "median d",
+                 "median d / unquantized", "mean d"))
     for name, pp, d in (("unquantized", "none", d0), ("rounding R", "round_nearest", dr),
                         ("Q-lambda*", "lagrangian", dl)):
         c, s = b["ddn", pp], np.isfinite(d)
@@ -156,9 +155,8 @@ def fig5(args) -> None:
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     styles = {"none": ("k", "--"), "round_nearest": ("C3", ":"), "toward_original": ("C1", "-."),
               "gradient_sign": ("C2", "-"), "lagrangian": ("C0", "-")}
-    print(row("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
-               "P_suc(0.8)", "P_suc(1.0)"))
-    print(row(*["---"] * 7))
+    print(header("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
+                 "P_suc(0.8)", "P_suc(1.0)"))
     for pp, (c, ls) in styles.items():
         e = b["fgsm", pp]
         print(row(PP_NAMES[pp], pct(e["success_rate"]), f"{e['median_d']:.3f}",
@@ -208,8 +206,7 @@ def fig6(args) -> None:
             continue
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
         print(f"\n{title}: {MODELS[kind]}, {b['pgd2', 'none']['images']} correctly classified images")
-        print(row("attack", "output", "success", "median min d", "mean min d"))
-        print(row(*["---"] * 5))
+        print(header("attack", "output", "success", "median min d", "mean min d"))
         entries = [(att, pp, name, c, ls) for att, name, c in ATTACKS
                    for pp, ls in (("none", "--"), ("round_nearest", ":"), ("lagrangian", "-"))]
         _curves(kind, title, b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), entries,
@@ -231,8 +228,7 @@ def fig9(args) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
     print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
-    print(row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
-    print(row(*["---"] * 5))
+    print(header("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
     searched = {}
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
         b = _budget(kind)
@@ -251,8 +247,7 @@ def fig9(args) -> None:
     _save(fig, "fig09_limited_complexity.png")
     if any(searched.values()):
         print("\nThe bisected variants, unquantized vs rounded vs Q-lambda* (gradients: mean per image)")
-        print(row("model", "attack", "output", "success", "median min d", "gradients"))
-        print(row(*["---"] * 6))
+        print(header("model", "attack", "output", "success", "median min d", "gradients"))
     for kind, sb in searched.items():
         rows = _rows(f"paper000-search-{kind}", required=False) or []
         for att, name, _ in SEARCHED if sb else ():
@@ -275,9 +270,8 @@ def fig10(args) -> None:
                 ("ddn", "none", "DDN unquantized (reference)", "gray", "--"),
                 ("ddn", "round_nearest", "DDN then R (reference)", "gray", ":"))
     print("\nFig. 10: DDN 2 x 50 steps, best of the two step sizes per image")
-    print(row("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
-               "P_suc(d_bar = 5)"))
-    print(row(*["---"] * 7))
+    print(header("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
+                 "P_suc(d_bar = 5)"))
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
         b = _budget(kind)
         if b is None:
@@ -294,8 +288,7 @@ def fig10(args) -> None:
 def table2(args) -> None:
     """Pixel statistics of Q-lambda* on the best-effort FGSM and PGD2 outputs, from the
     stores' ``info`` column (the runner keeps ``both_pixels``, ``lambda_pixels``, ``j_size``)."""
-    print(row("model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"))
-    print(row(*["---"] * 7))
+    print(header("model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"))
     for kind in ("natural", "robust"):
         for att, name, store in (("fgsm", "FGSM", "fgsm"), ("pgd2", "PGD2", "budget")):
             rows = _rows(f"paper000-{store}-{kind}", required=False) or []
