@@ -32,8 +32,8 @@ POINTS = (2.0, 5.0, 8.0, 12.0)
 HEAD = "| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |"
 
 
-def fmt(v: float) -> str:
-    return "-" if np.isnan(v) else f"{v:.3f}"
+def fmt(v: float | None) -> str:
+    return "-" if v is None or np.isnan(v) else f"{v:.3f}"
 
 
 def cells(path: Path) -> dict:
@@ -45,7 +45,7 @@ def cells(path: Path) -> dict:
 
 def line(fmt_: str, label: str, e: dict, share: bool = True) -> str:
     kept = f"{e['successes']}/{e['images']}" + (f" ({100 * e['success_rate']:.1f}%)" if share else "")
-    return f"| {fmt_} | {label} | {kept} | {fmt(e['median_d'] or np.nan)} | {fmt(e['mean_d'] or np.nan)} |"
+    return f"| {fmt_} | {label} | {kept} | {fmt(e['median_d'])} | {fmt(e['mean_d'])} |"
 
 
 def reference(clean, pp: str, fmt_: str) -> str:
@@ -80,14 +80,14 @@ def colour() -> None:
     e = b["ddn", "none"]
     print(f"tinted test accuracy {(acc.clean_pred == acc.label).mean():.3f} ({len(acc)} images); {e['images']} "
           f"attacked of the first {n}; DDN float: {e['successes']}/{e['images']} adversarial, median d "
-          f"{fmt(e['median_d'] or np.nan)}\n")
+          f"{fmt(e['median_d'])}\n")
     print(HEAD)
     for q in (75, 90):
         for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
             print(reference(df[df.attack == "clean"], f"reencode-q{q}-{lab}", f"JPEG q{q} {sub}"))
             for key, label in JPEG.items():
                 print(line(f"JPEG q{q} {sub}", label, b["ddn", f"{key}-q{q}-{lab}"]))
-    print(HEAD.replace("format", "original files"))
+    print("\n" + HEAD.replace("format", "original files"))
     for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
         b = {k[2]: v for k, v in cells(ROOT / "results" / f"jpeg-colour-inplace-{lab}.db").items()}
         for key, label in {"none": "DDN float output (not a file)", **JPEG}.items():

@@ -14,7 +14,8 @@ PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdo
 Conventions (docs/experiments.md): success rates and operating characteristics are over the
 correctly classified images; ``P_suc(d_bar)`` is paper 000 Eq. 32 (failures count against
 the attack); ``d`` is Eq. 31 in pixel units; the best effort of an attack entry is, per
-image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2).
+image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2), computed by
+``quantadv.experiments.tables`` (``quantadv report STORE --markdown --at D ...`` prints it too).
 """
 
 from __future__ import annotations
