@@ -4,12 +4,13 @@
                                                   # (results/paper003-clean-{mnist,fmnist}.db)
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
                                                   # (results/paper003-examples.db)
-    python scripts/paper003_figures.py tables     # Table 1 analog from results/paper003-*.db
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
     python scripts/paper003_figures.py export     # per-image outcomes + certificates -> docs/img/paper003/
     python scripts/paper003_figures.py combined   # swRD / RandDisc on 150 images (two stores)
 
-Every part reads stores and prints Markdown; figures go to docs/img/.
+Every part reads stores and prints Markdown; figures go to docs/img/. The Table 1 analogs (robust
+accuracy per model and eps: naive / BPDA / BPDA+EOT / headline) are ``quantadv report
+results/paper003-<name>.db --markdown`` (``quantadv.experiments.tables.robust_grid``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from _figures import ROOT, pyplot, save
 
 IMG = ROOT / "docs" / "img"
 NAMES = {"randdisc": "RandDisc (k=2)", "prd": "pRD (s=2, k=2)", "swrd": "swRD (s=2, k=2, beta=1)"}
-#: stores of other configs than the Table 1 analogs (read by clean / examples only)
+#: stores of other configs than the Table 1 analogs (read by clean / examples only, not exported)
 OTHER = ("paper003-clean-mnist", "paper003-clean-fmnist", "paper003-examples")
 
 
@@ -91,40 +92,6 @@ def part_examples() -> None:
     fig.suptitle("mnist-5k, PGD-40 eps 0.32 on mnist-cnn", fontsize=8)
     fig.tight_layout()
     save(fig, IMG / "paper003-fig7-mnist.png", dpi=110)
-
-
-def part_tables() -> None:
-    from quantadv.experiments.store import open_store
-    from quantadv.experiments.summary import robust_summary
-
-    for store in sorted(p for p in (ROOT / "results").glob("paper003-*.db") if p.stem not in OTHER):
-        cells = robust_summary(store)
-        with open_store(store) as st:
-            model_of = {r["run_id"]: r["model"] for r in st.runs()}
-            clean: dict[str, list[bool]] = {}
-            for row in st.results():
-                clean.setdefault(model_of[row["run_id"]], []).append(row["clean_pred"] == row["label"])
-        print(f"\n{store.name}: robust accuracy (%), PGD-40 step eps/20; none / bpda / bpda+eot / headline "
-              "(per-image minimum over the modes); images per cell in brackets\n")
-        eps_all = sorted({json.loads(c["params"])["eps"] for c in cells})
-        print("| model | clean (one draw, mean over runs) | " + " | ".join(f"eps {e:g}" for e in eps_all) + " |")
-        print("|---|---|" + "---|" * len(eps_all))
-        for model in dict.fromkeys(c["model"] for c in cells):
-            out = []
-            for e in eps_all:
-                cell = [c for c in cells if c["model"] == model and json.loads(c["params"])["eps"] == e]
-                if not cell:
-                    out.append("not run")
-                    continue
-                c = cell[0]
-                if len(c["by_mode"]) == 1:
-                    out.append(f"{100 * c['worst']:.0f} [{c['images']}]")
-                else:
-                    by = c["by_mode"]
-                    modes = " / ".join(f"{100 * by[m]:.0f}" if m in by else "-" for m in ("none", "bpda", "bpda+eot"))
-                    out.append(f"{modes} / **{100 * c['worst']:.0f}** [{c['images']}]")
-            cl = clean.get(model, [])
-            print(f"| {model} | {100 * sum(cl) / max(1, len(cl)):.0f} | " + " | ".join(out) + " |")
 
 
 def part_combined() -> None:
@@ -224,7 +191,7 @@ def part_export() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    parts = {"clean": part_clean, "examples": part_examples, "tables": part_tables, "certify": part_certify,
+    parts = {"clean": part_clean, "examples": part_examples, "certify": part_certify,
              "export": part_export, "combined": part_combined}
     for arg in sys.argv[1:] or list(parts):
         parts[arg]()

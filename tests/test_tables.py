@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from quantadv.cli import main
 from quantadv.experiments import load_config, load_results, run_experiment
 from quantadv.experiments.summary import robust_summary
-from quantadv.experiments.tables import best_effort_rows, markdown, p_suc_key
+from quantadv.experiments.tables import best_effort_rows, markdown, p_suc_key, robust_grid
 from test_experiments import write_setup
 
 
@@ -74,5 +75,23 @@ def test_report_markdown_prints_the_store_tables(tmp_path, capsys):
         assert line.endswith(f"| {r[p_suc_key(1.0)]:.1%} | {r[p_suc_key(100.0)]:.1%} |")
     cells = robust_summary(cfg.store)
     assert all(c["lowest"] == min(c["accuracies"]) and c["worst"] <= c["lowest"] <= c["mean"] for c in cells)
-    assert "lowest run" in out and out.count("| lin | pgd |") == 2 + len(cells)
+    assert "lowest run" in out and "Robust accuracy (%) by eps" in out
+    assert out.count("| lin | pgd |") == 2 + len(cells) + 2  # best effort, robust table, grid (per pp)
     assert not (tmp_path / "report").exists()  # --markdown alone writes no files
+
+
+def test_robust_grid_puts_modes_and_the_headline_per_eps():
+    def cell(model, eps, by_mode, worst, images=50):
+        return {"model": model, "attack": "pgd", "postprocess": "none", "params": json.dumps({"eps": eps}),
+                "by_mode": by_mode, "worst": worst, "images": images}
+
+    cells = [cell("nat", 0.1, {"none": 0.5}, 0.5), cell("nat", 0.2, {"none": 0.125}, 0.125),
+             cell("swrd", 0.1, {"none": 0.9, "bpda": 0.7, "bpda+eot": 0.66, "bpda:softq": 0.8}, 0.6, 40),
+             {**cell("nat", 0.0, {"none": 1.0}, 1.0), "params": json.dumps({"steps": 3})}]  # no eps: left out
+    rows = [{"model": m, "label": 1, "clean_pred": int(i < k)} for m, k in (("nat", 3), ("swrd", 1)) for i in range(4)]
+    lines = robust_grid(cells, rows).splitlines()
+    assert lines[0] == "| model | attack | postprocess | clean | eps 0.1 | eps 0.2 |"
+    assert lines[2] == "| nat | pgd | none | 75 | 50 [50] | 12 [50] |"
+    # modes in a fixed order (others after), the per-image headline in bold, a missing eps said so
+    assert lines[3] == "| swrd | pgd | none | 25 | 90 / 70 / 66 / 80 / **60** [40] | not run |"
+    assert robust_grid(cells[-1:], rows) is None

@@ -7,13 +7,18 @@
   at chosen budgets. An entry with one grid point gives that run's own numbers.
 * :func:`markdown`: any list of row dicts as a Markdown table, one format spec per column.
 
+* :func:`robust_grid`: robust accuracy per model and eps, per adaptive mode and the headline
+  (paper 003's Table 1 layout), from :func:`quantadv.experiments.summary.robust_summary`.
+
 The robust-accuracy and paired tables come from :func:`quantadv.experiments.report.summary_tables`
-(:mod:`quantadv.experiments.summary`); :func:`markdown_tables` prints all three.
+(:mod:`quantadv.experiments.summary`); :func:`markdown_tables` prints them all.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,6 +78,51 @@ def best_effort_rows(rows: Sequence[dict], *, at: Sequence[float] = (), inclusiv
     return out
 
 
+#: the adaptive modes in the order of a cell of :func:`robust_grid` (others follow, sorted)
+MODES = ("none", "bpda", "bpda+eot")
+
+
+def _mode_cell(cell: dict) -> str:
+    """Robust accuracy (%) of one cell of :func:`~quantadv.experiments.summary.robust_summary`: for
+    several adaptive modes "none / bpda / bpda+eot / **headline**" (headline: the per-image minimum)."""
+    if len(cell["by_mode"]) == 1:
+        return f"{100 * cell['worst']:.0f} [{cell['images']}]"
+    by = cell["by_mode"]
+    modes = [*MODES, *sorted(m for m in by if m not in MODES)]
+    shown = " / ".join(f"{100 * by[m]:.0f}" if m in by else "-" for m in modes)
+    return f"{shown} / **{100 * cell['worst']:.0f}** [{cell['images']}]"
+
+
+def robust_grid(cells: Sequence[dict], rows: Sequence[dict], param: str = "eps") -> str | None:
+    """The cells of :func:`~quantadv.experiments.summary.robust_summary` with a numeric grid
+    parameter ``param`` as a Markdown table: one row per (model, attack entry, post-processing)
+    with the model's clean accuracy (% of all its stored outcomes: one draw per image and run behind
+    a randomised defense), one column per value of ``param``; each cell the robust accuracy (%),
+    per adaptive mode and the headline for defended models (paper 003's Table 1 layout), images in
+    brackets. ``None`` when no cell has ``param``."""
+    def value(c: dict) -> Any:
+        v = json.loads(c["params"]).get(param)
+        return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    cells = [c for c in cells if value(c) is not None]
+    if not cells:
+        return None
+    clean: dict[str, list[bool]] = defaultdict(list)
+    for r in rows:
+        clean[r["model"]].append(r["clean_pred"] == r["label"])
+    table: dict[tuple, dict] = {}
+    for c in cells:
+        key = (c["model"], c["attack"], c["postprocess"])
+        row = table.setdefault(key, {"model": key[0], "attack": key[1], "postprocess": key[2],
+                                     "clean": 100 * float(np.mean(clean[key[0]]))})
+        row.setdefault(value(c), _mode_cell(c))
+    values = sorted({value(c) for c in cells})
+    columns: list[Column] = [("model", "model", ""), ("attack", "attack", ""), ("postprocess", "postprocess", ""),
+                             ("clean", "clean", ".0f")]
+    columns += [(lambda r, v=v: r.get(v, "not run"), f"{param} {v:g}", "") for v in values]
+    return markdown(list(table.values()), columns, align=False)
+
+
 BEST_COLUMNS: list[Column] = [("model", "model", ""), ("attack", "attack", ""), ("postprocess", "postprocess", ""),
                               ("grid_points", "grid points", "d"), ("images", "images", "d"),
                               ("successes", "successes", "d"), ("success_rate", "success", ".1%"),
@@ -86,13 +136,20 @@ def markdown_tables(store: str | os.PathLike, *, at: Sequence[float] = (), inclu
     own) as Markdown text."""
     from .report import PAIRED_TABLE, ROBUST_TABLE, stored_summary_options, summary_tables
     from .store import load_results
+    from .summary import robust_summary
 
     rows = load_results(store, as_frame=False)
     cols = BEST_COLUMNS + [(p_suc_key(t), f"P_suc({t:g})", ".1%") for t in at]
     parts = ["## Best effort per attack entry (correctly classified images)\n",
              markdown(best_effort_rows(rows, at=at, inclusive=inclusive), cols)]
-    robust, pairs = summary_tables(store, stored_summary_options(store) if options is None else options)
+    options = stored_summary_options(store) if options is None else options
+    robust, pairs = summary_tables(store, options)
     parts += ["\n## Robust accuracy over repeats and adaptive modes\n", markdown(robust, ROBUST_TABLE)]
+    grid = robust_grid(robust_summary(store), rows)
+    if grid:
+        parts += ["\n## Robust accuracy (%) by eps (the attack's output, each eps on its own; defended models: "
+                  "none / bpda / bpda+eot / **headline**, the per-image minimum over the modes; images in "
+                  "brackets)\n", grid]
     if pairs:
         parts += ["\n## Paired comparisons\n", markdown(pairs, PAIRED_TABLE)]
     return "\n".join(parts) + "\n"
