@@ -1,7 +1,5 @@
 """Paper 003 (RandDisc / pRD / swRD): the numbers and figures of docs/paper-003-vector-quantization.md.
 
-    python scripts/paper003_figures.py clean      # clean accuracy behind each quantizer (Sec. 4.1, 4.4)
-                                                  # (results/paper003-clean-{mnist,fmnist}.db)
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
                                                   # (results/paper003-examples.db)
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
@@ -10,7 +8,8 @@
 
 Every part reads stores and prints Markdown; figures go to docs/img/. The Table 1 analogs (robust
 accuracy per model and eps: naive / BPDA / BPDA+EOT / headline) are ``quantadv report
-results/paper003-<name>.db --markdown`` (``quantadv.experiments.tables.robust_grid``).
+results/paper003-<name>.db --markdown`` (``quantadv.experiments.tables.robust_grid``), the clean
+accuracies its column "clean" for ``results/paper003-clean-{mnist,fmnist}.db``.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from _figures import ROOT, pyplot, save
 
 IMG = ROOT / "docs" / "img"
 NAMES = {"randdisc": "RandDisc (k=2)", "prd": "pRD (s=2, k=2)", "swrd": "swRD (s=2, k=2, beta=1)"}
-#: stores of other configs than the Table 1 analogs (read by clean / examples only, not exported)
+#: stores of other configs than the Table 1 analogs (not exported)
 OTHER = ("paper003-clean-mnist", "paper003-clean-fmnist", "paper003-examples")
 
 
@@ -35,17 +34,6 @@ def _frame(name: str):
     if not path.exists():
         sys.exit(f"{path} is missing: run quantadv run configs/{name}.yaml first")
     return load_results(path, as_frame=True)
-
-
-def part_clean() -> None:
-    """Clean accuracy (clean_pred of configs/paper003-clean-*.yaml, one draw per image)."""
-    print("| data (first 1000 test images) | classifier | no defense | " + " | ".join(NAMES.values()) + " |")
-    print("|---|---|---|" + "---|" * len(NAMES))
-    for ds, data, natural in (("mnist", "mnist-5k", "mnist-cnn"), ("fmnist", "fashion-mnist", "fmnist-cnn")):
-        df = _frame(f"paper003-clean-{ds}")
-        acc = {m: f"{100 * (g.clean_pred == g.label).mean():.1f}%" for m, g in df.groupby("model")}
-        print(f"| {data} | {natural} | {acc['natural']} | " + " | ".join(acc[k] for k in NAMES) + " |")
-        print(f"| {data} | {natural}-swrd (t-swRD) | {acc['t-swrd-clf']} | - | - | {acc['t-swrd']} |")
 
 
 def part_examples() -> None:
@@ -191,7 +179,7 @@ def part_export() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    parts = {"clean": part_clean, "examples": part_examples, "certify": part_certify,
+    parts = {"examples": part_examples, "certify": part_certify,
              "export": part_export, "combined": part_combined}
     for arg in sys.argv[1:] or list(parts):
         parts[arg]()

@@ -42,7 +42,7 @@ def test_misclassified_images_are_left_out_and_the_curve_never_exceeds_the_succe
     images = [(i, bool(rng.random() < 0.7), float(rng.uniform(0, 10))) for i in range(40)]
     rows = _rows({"r": images}, misclassified={3, 7})
     (row,) = best_effort_rows(rows, at=list(np.linspace(0, 12, 25)))
-    assert row["images"] == 38 and 3 not in row["idx"].tolist()
+    assert row["images"] == 38 and 3 not in row["idx"].tolist() and row["clean_accuracy"] == pytest.approx(38 / 40)
     expected = [ok for i, ok, _ in images if i not in (3, 7)]
     assert row["success_rate"] == pytest.approx(sum(expected) / 38)
     curve = [row[p_suc_key(t)] for t in np.linspace(0, 12, 25)]

@@ -59,9 +59,10 @@ def best_effort_rows(rows: Sequence[dict], *, at: Sequence[float] = (), inclusiv
     ``rows`` are a store's result rows (:func:`quantadv.experiments.load_results` with
     ``as_frame=False``). Returns the fields of the report's best-effort table (``model``,
     ``attack``, ``postprocess``, ``grid_points``, ``images``, ``success_rate``, ``mean_d``,
-    ``median_d``, ...) plus ``successes``, ``P_suc(t)`` for every budget ``t`` in ``at`` (Eq. 32:
-    fraction of the images with a success at ``d < t``, ``<=`` when ``inclusive``), and per image
-    ``idx`` and ``d_min`` (``inf`` where no grid point succeeded), for curves.
+    ``median_d``, ...; ``images`` counts the clean-correct ones) plus ``clean_accuracy`` (over all
+    the images), ``successes``, ``P_suc(t)`` for every budget ``t`` in ``at`` (Eq. 32: fraction of
+    the images with a success at ``d < t``, ``<=`` when ``inclusive``), and per image ``idx`` and
+    ``d_min`` (``inf`` where no grid point succeeded), for curves.
     """
     from .report import best_efforts, best_table
 
@@ -70,7 +71,8 @@ def best_effort_rows(rows: Sequence[dict], *, at: Sequence[float] = (), inclusiv
     for row, entry in zip(best_table(best), best.values(), strict=True):
         cc = entry["clean_correct"]
         d_min = np.where(entry["success"][cc], entry["d"][cc], np.inf)
-        row.update(idx=entry["images"][cc], d_min=d_min, successes=int(np.isfinite(d_min).sum()))
+        row.update(idx=entry["images"][cc], d_min=d_min, successes=int(np.isfinite(d_min).sum()),
+                   clean_accuracy=float(cc.mean()) if cc.size else None)
         if len(at) and d_min.size:
             _, p = operating_characteristic(d_min, np.isfinite(d_min), list(at), inclusive=inclusive)
             row.update({p_suc_key(t): float(v) for t, v in zip(at, p.tolist(), strict=True)})
@@ -124,7 +126,8 @@ def robust_grid(cells: Sequence[dict], rows: Sequence[dict], param: str = "eps")
 
 
 BEST_COLUMNS: list[Column] = [("model", "model", ""), ("attack", "attack", ""), ("postprocess", "postprocess", ""),
-                              ("grid_points", "grid points", "d"), ("images", "images", "d"),
+                              ("grid_points", "grid points", "d"), ("clean_accuracy", "clean", ".1%"),
+                              ("images", "attacked", "d"),
                               ("successes", "successes", "d"), ("success_rate", "success", ".1%"),
                               ("median_d", "median min d", ".3f"), ("mean_d", "mean min d", ".3f")]
 
