@@ -138,13 +138,18 @@ def markdown_tables(store: str | os.PathLike, *, at: Sequence[float] = (), inclu
     comparisons of a store (``options``: a config's ``summary:`` mapping; default the store's
     own) as Markdown text."""
     from .report import PAIRED_TABLE, ROBUST_TABLE, stored_summary_options, summary_tables
-    from .store import load_results
+    from .store import load_results, open_store
     from .summary import robust_summary
 
     rows = load_results(store, as_frame=False)
+    with open_store(store) as st:  # config order: runs as registered, post-processing as listed
+        entries = list(dict.fromkeys((r["model"], r["attack"]) for r in st.runs()))
+        pps = json.loads(st.meta().get("postprocess", "[]") or "[]")
+    best = sorted(best_effort_rows(rows, at=at, inclusive=inclusive), key=lambda r: (
+        entries.index((r["model"], r["attack"])) if (r["model"], r["attack"]) in entries else len(entries),
+        pps.index(r["postprocess"]) if r["postprocess"] in pps else len(pps)))
     cols = BEST_COLUMNS + [(p_suc_key(t), f"P_suc({t:g})", ".1%") for t in at]
-    parts = ["## Best effort per attack entry (correctly classified images)\n",
-             markdown(best_effort_rows(rows, at=at, inclusive=inclusive), cols)]
+    parts = ["## Best effort per attack entry (correctly classified images)\n", markdown(best, cols)]
     options = stored_summary_options(store) if options is None else options
     robust, pairs = summary_tables(store, options)
     parts += ["\n## Robust accuracy over repeats and adaptive modes\n", markdown(robust, ROBUST_TABLE)]
