@@ -3,7 +3,6 @@
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
                                                   # (results/paper003-examples.db)
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
-    python scripts/paper003_figures.py export     # per-image outcomes + certificates -> docs/img/paper003/
     python scripts/paper003_figures.py combined   # swRD / RandDisc on 150 images (two stores)
 
 Every part reads stores and prints Markdown; figures go to docs/img/. The Table 1 analogs (robust
@@ -23,8 +22,6 @@ from _figures import ROOT, pyplot, save
 
 IMG = ROOT / "docs" / "img"
 NAMES = {"randdisc": "RandDisc (k=2)", "prd": "pRD (s=2, k=2)", "swrd": "swRD (s=2, k=2, beta=1)"}
-#: stores of other configs than the Table 1 analogs (not exported)
-OTHER = ("paper003-clean-mnist", "paper003-clean-fmnist", "paper003-examples")
 
 
 def _frame(name: str):
@@ -147,39 +144,8 @@ def part_certify() -> None:
     save(fig, IMG / "paper003-fig6-certified.png", dpi=110)
 
 
-def part_export() -> None:
-    """Per-image outcomes of the stores and the certificates, small enough to commit (docs/img/paper003/)."""
-    import csv
-    import gzip
-    import shutil
-
-    from quantadv.experiments.store import open_store
-
-    out_dir = IMG / "paper003"
-    out_dir.mkdir(exist_ok=True)
-    for store in sorted(p for p in (ROOT / "results").glob("paper003-*.db") if p.stem not in OTHER):
-        with open_store(store) as st:
-            runs = {r["run_id"]: r for r in st.runs()}
-            rows = st.results()
-        path = out_dir / f"outcomes-{store.stem.removeprefix('paper003-')}.csv.gz"
-        with gzip.open(path, "wt", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["model", "eps", "adaptive", "idx", "label", "clean_pred", "adv_pred", "success", "linf"])
-            for r in rows:
-                run = runs[r["run_id"]]
-                cfg = json.loads(run["config"])
-                w.writerow([run["model"], json.loads(run["params"])["eps"], cfg.get("adaptive", "none"), r["idx"],
-                            r["label"], r["clean_pred"], r["adv_pred"], int(r["success"]), f"{r['linf']:.4f}"])
-        print(f"wrote {path.relative_to(ROOT)} ({len(rows)} rows)")
-    for cert in sorted((ROOT / "results" / "paper003").glob("certify-*/certificate.json")):
-        dst = out_dir / f"{cert.parent.name}.json"
-        shutil.copyfile(cert, dst)
-        print(f"wrote {dst.relative_to(ROOT)}")
-
-
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    parts = {"examples": part_examples, "certify": part_certify,
-             "export": part_export, "combined": part_combined}
+    parts = {"examples": part_examples, "certify": part_certify, "combined": part_combined}
     for arg in sys.argv[1:] or list(parts):
         parts[arg]()

@@ -641,8 +641,13 @@ def write_report(
     _atomic_write(out_dir / "best_effort.csv", _csv_bytes(btable, [c for c, _, _ in BEST_TABLE]))
     from .store import RESULT_COLUMNS
 
-    columns = ["model", "attack", "attack_name", "params", *RESULT_COLUMNS]
-    _atomic_write(out_dir / "results.csv", _csv_bytes(rows, columns))
+    axes = {}  # per run: the adaptive mode and the repeat index of its config (docs/experiments.md)
+    for r in runs:
+        with contextlib.suppress(TypeError, ValueError):
+            config = json.loads(r["config"])
+            axes[r["run_id"]] = {"adaptive": config.get("adaptive", "none"), "repeat": int(config.get("repeat", 0))}
+    columns = ["model", "attack", "attack_name", "params", "adaptive", "repeat", *RESULT_COLUMNS]
+    _atomic_write(out_dir / "results.csv", _csv_bytes([{**r, **axes.get(r["run_id"], {})} for r in rows], columns))
 
     name = meta.get("experiment", store_path.stem)
     versions = sorted({r["code_version"] for r in runs} | {s["code_version"] for s in sessions})
