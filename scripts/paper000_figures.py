@@ -73,8 +73,6 @@ def pct(v: float) -> str:
 # --------------------------------------------------------------------------------- Fig. 2
 def fig2(args) -> None:
     """E(D^2)/n after rounding vs rho^2/n before: Eq. 16, Monte Carlo, Eq. 15, Eq. 17."""
-    import torch
-
     from quantadv import theory
 
     n, samples = 784, args.mc_samples
@@ -83,16 +81,7 @@ def fig2(args) -> None:
     exact = theory.expected_rounding_distortion(rho, n) / n
     highres = theory.high_resolution_distortion(rho, n) / n
     fgsm = theory.fgsm_rounding_distortion(rho, n) / n
-    gen = torch.Generator().manual_seed(0)
-    mc, se = [], []
-    for r in rho:
-        u = torch.randn(samples, n, generator=gen, dtype=torch.float64)
-        u = u / u.norm(dim=1, keepdim=True) * r
-        e = torch.ceil(u - 0.5)                              # R: halves go down (Eq. 13)
-        p = (e ** 2).sum(1).numpy() / n
-        mc.append(p.mean())
-        se.append(p.std(ddof=1) / math.sqrt(samples))
-    mc, se = np.array(mc), np.array(se)
+    mc, se = (v / n for v in theory.monte_carlo_rounding_distortion(rho, n, samples, seed=0))
     z = np.abs(mc - exact) / np.maximum(se, 1e-12)
     # crossover: rounding shrinks the perturbation while E(D^2) < rho^2
     fine = np.linspace(0.001, 0.5, 5000)
