@@ -1,12 +1,12 @@
 """Tables and figures of docs/jpeg.md from the store of ``quantadv run configs/jpeg-fmnist.yaml``.
 
     python scripts/jpeg_figures.py [results/jpeg-fmnist.db]   # markdown tables; docs/img/jpeg/*.png
-    python scripts/jpeg_figures.py --integrated [results/jpeg-ddn-integrated.db]   # part 3's table
     python scripts/jpeg_figures.py --colour        # results/jpeg-colour*.db: the colour tables
 
 Counts are over the attacked (correctly classified) images; median / mean d over the successes;
 the operating characteristic is the fraction of attacked images adversarial with d <= D
-(``quantadv report STORE --markdown --at 2 5 8 12 --inclusive`` prints the same numbers).
+(``quantadv report STORE --markdown --at 2 5 8 12 --inclusive`` prints the DDN rows' numbers; the
+table of part 3 is ``quantadv report results/jpeg-ddn-integrated.db --markdown``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def cells(path: Path) -> dict:
     return {(r["model"], r["attack"], r["postprocess"]): r for r in rows}
 
 
-def line(fmt_: str, label: str, e: dict, share: bool = True) -> str:
-    kept = f"{e['successes']}/{e['images']}" + (f" ({100 * e['success_rate']:.1f}%)" if share else "")
+def line(fmt_: str, label: str, e: dict) -> str:
+    kept = f"{e['successes']}/{e['images']} ({100 * e['success_rate']:.1f}%)"
     return f"| {fmt_} | {label} | {kept} | {fmt(e['median_d'])} | {fmt(e['mean_d'])} |"
 
 
@@ -57,18 +57,6 @@ def reference(clean, pp: str, fmt_: str) -> str:
 
 def curve(e: dict) -> np.ndarray:
     return operating_characteristic(e["d_min"], np.isfinite(e["d_min"]), GRID, inclusive=True)[1].numpy()
-
-
-def integrated(path: Path) -> None:
-    """configs/jpeg-ddn-integrated.yaml: DDN then lagrangian_jpeg vs JPEG rounding every iteration."""
-    b = {k[1:]: v for k, v in cells(path).items()}
-    print("| quality | variant | success (on the decoded file) | median d | mean d |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for q in (50, 75, 90):
-        for attack, pp, label in (("ddn-float", f"lagrangian-q{q}", "DDN then lagrangian_jpeg"),
-                                  (f"ddn-q{q}", "none", "DDN with JPEG rounding every iteration"),
-                                  (f"ddn-q{q}", f"lagrangian-q{q}", "... then lagrangian_jpeg on it")):
-            print(line(str(q), label, b[attack, pp], share=False))
 
 
 def colour() -> None:
@@ -97,11 +85,7 @@ def colour() -> None:
 def main() -> None:
     if "--colour" in sys.argv:
         return colour()
-    args = [a for a in sys.argv[1:] if a != "--integrated"]
-    name = "jpeg-ddn-integrated" if "--integrated" in sys.argv else "jpeg-fmnist"
-    store = Path(args[0] if args else ROOT / "results" / f"{name}.db")
-    if "--integrated" in sys.argv:
-        return integrated(store)
+    store = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results" / "jpeg-fmnist.db")
     df = load_results(store, as_frame=True)
     n_images = df.idx.nunique()
     df = df[df.clean_pred == df.label]  # the attacked images
