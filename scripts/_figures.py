@@ -1,8 +1,10 @@
-"""Helpers shared by the figure scripts: matplotlib set-up, saving a PNG, markdown rows."""
+"""Helpers shared by the figure scripts: matplotlib set-up, saving a PNG, Markdown rows and tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from quantadv.experiments.tables import markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +23,19 @@ def save(fig, path: Path, dpi: int = 100) -> None:
     """Write ``fig`` to ``path`` (PNG without a software tag, so reruns give the same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path}")
 
 
 def row(*cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def header(*titles) -> str:
+    """The first two lines of a Markdown table."""
+    return row(*titles) + "\n" + row(*["---"] * len(titles))
+
+
+def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:
+    """Markdown table of string cells; ``numeric`` right-aligns every column but the first."""
+    return markdown([dict(enumerate(r)) for r in rows], [(i, h, "s" if numeric and i else "")
+                                                          for i, h in enumerate(header)])

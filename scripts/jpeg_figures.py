@@ -1,11 +1,12 @@
 """Tables and figures of docs/jpeg.md from the store of ``quantadv run configs/jpeg-fmnist.yaml``.
 
     python scripts/jpeg_figures.py [results/jpeg-fmnist.db]   # markdown tables; docs/img/jpeg/*.png
-    python scripts/jpeg_figures.py --integrated [results/jpeg-ddn-integrated.db]   # part 3's table
     python scripts/jpeg_figures.py --colour        # results/jpeg-colour*.db: the colour tables
 
 Counts are over the attacked (correctly classified) images; median / mean d over the successes;
-the operating characteristic is the fraction of attacked images adversarial with d <= D.
+the operating characteristic is the fraction of attacked images adversarial with d <= D
+(``quantadv report STORE --markdown --at 2 5 8 12 --inclusive`` prints the DDN rows' numbers; the
+table of part 3 is ``quantadv report results/jpeg-ddn-integrated.db --markdown``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from pathlib import Path
 import numpy as np
 from _figures import ROOT, pyplot, save
 
+from quantadv.eval import operating_characteristic
+from quantadv.experiments import load_results
+from quantadv.experiments.tables import best_effort_rows, p_suc_key
+
 IMG = ROOT / "docs" / "img" / "jpeg"
 QUALITIES = (50, 75, 90, 95)
 JPEG = {"reencode": "(a) Pillow re-encoding of DDN's output", "dct": "(b) DCT rounding",
@@ -23,117 +28,97 @@ JPEG = {"reencode": "(a) Pillow re-encoding of DDN's output", "dct": "(b) DCT ro
 PNG = {"none": "DDN float output (not an image)", "round_nearest": "R (round the pixels)",
        "lagrangian": "Q-lambda* (paper 000)"}
 GRID = np.linspace(0, 30, 301)
+POINTS = (2.0, 5.0, 8.0, 12.0)
+HEAD = "| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |"
 
 
-def fmt(v: float) -> str:
-    return "-" if np.isnan(v) else f"{v:.3f}"
+def fmt(v: float | None) -> str:
+    return "-" if v is None or np.isnan(v) else f"{v:.3f}"
 
 
-def cell(sub) -> tuple[int, int, float, float]:
-    """(successes, attacked, median d, mean d over the successes) of one (model, entry, pp)."""
-    ok = sub.d[sub.success.astype(bool)]
-    return int(len(ok)), len(sub), float(ok.median()) if len(ok) else np.nan, float(ok.mean()) if len(ok) else np.nan
+def cells(path: Path) -> dict:
+    """(model, attack, postprocess) -> its best effort over the attacked images (quantadv.experiments.tables):
+    successes, median / mean d of the successes, P_suc(D) with d <= D at POINTS, per-image d_min."""
+    rows = best_effort_rows(load_results(path, as_frame=False), at=POINTS, inclusive=True)
+    return {(r["model"], r["attack"], r["postprocess"]): r for r in rows}
 
 
-def curve(sub) -> np.ndarray:
-    d = np.where(sub.success.to_numpy(bool), sub.d.to_numpy(float), np.inf)
-    return (d[None, :] <= GRID[:, None]).mean(axis=1)
+def line(fmt_: str, label: str, e: dict) -> str:
+    kept = f"{e['successes']}/{e['images']} ({100 * e['success_rate']:.1f}%)"
+    return f"| {fmt_} | {label} | {kept} | {fmt(e['median_d'])} | {fmt(e['mean_d'])} |"
 
 
-def integrated(df) -> None:
-    """configs/jpeg-ddn-integrated.yaml: DDN then lagrangian_jpeg vs JPEG rounding every iteration."""
-    print("| quality | variant | success (on the decoded file) | median d | mean d |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for q in (50, 75, 90):
-        for attack, pp, label in (("ddn-float", f"lagrangian-q{q}", "DDN then lagrangian_jpeg"),
-                                  (f"ddn-q{q}", "none", "DDN with JPEG rounding every iteration"),
-                                  (f"ddn-q{q}", f"lagrangian-q{q}", "... then lagrangian_jpeg on it")):
-            s, k, med, mean = cell(df[(df.attack == attack) & (df.postprocess == pp)])
-            print(f"| {q} | {label} | {s}/{k} | {fmt(med)} | {fmt(mean)} |")
+def reference(clean, pp: str, fmt_: str) -> str:
+    """The clean original saved as JPEG (rows of the ``clean`` entry): misclassified, median d over all."""
+    ref = clean[clean.postprocess == pp]
+    return (f"| {fmt_} | the clean original saved as JPEG (reference) | {int(ref.success.sum())}/{len(ref)} "
+            f"misclassified | {fmt(float(ref.d.median()))} | - |")
+
+
+def curve(e: dict) -> np.ndarray:
+    return operating_characteristic(e["d_min"], np.isfinite(e["d_min"]), GRID, inclusive=True)[1].numpy()
 
 
 def colour() -> None:
     """configs/jpeg-colour*.yaml: 4:4:4 vs 4:2:0 from PNG originals, and in place from q85 files."""
-    from quantadv.experiments import load_results
-
-    def frame(name: str):
-        df = load_results(ROOT / "results" / f"{name}.db", as_frame=True)
-        return df[df.clean_pred == df.label].assign(n=df.idx.nunique())
-
     acc = load_results(ROOT / "results" / "jpeg-colour-accuracy.db", as_frame=True)
-    df = frame("jpeg-colour")
-    ddn, clean = df[df.attack == "ddn"], df[df.attack == "clean"]
-    s, k, med, _ = cell(ddn[ddn.postprocess == "none"])
-    print(f"tinted test accuracy {(acc.clean_pred == acc.label).mean():.3f} ({len(acc)} images); {k} attacked of the "
-          f"first {df.n.iloc[0]}; DDN float: {s}/{k} adversarial, median d {fmt(med)}\n")
-    print("| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
+    df = load_results(ROOT / "results" / "jpeg-colour.db", as_frame=True)
+    n, df = df.idx.nunique(), df[df.clean_pred == df.label]
+    b = {k[1:]: v for k, v in cells(ROOT / "results" / "jpeg-colour.db").items()}
+    e = b["ddn", "none"]
+    print(f"tinted test accuracy {(acc.clean_pred == acc.label).mean():.3f} ({len(acc)} images); {e['images']} "
+          f"attacked of the first {n}; DDN float: {e['successes']}/{e['images']} adversarial, median d "
+          f"{fmt(e['median_d'])}\n")
+    print(HEAD)
     for q in (75, 90):
         for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
-            ref = clean[clean.postprocess == f"reencode-q{q}-{lab}"]
-            print(f"| JPEG q{q} {sub} | the clean original saved as JPEG (reference) | {int(ref.success.sum())}/"
-                  f"{len(ref)} misclassified | {fmt(float(ref.d.median()))} | - |")
+            print(reference(df[df.attack == "clean"], f"reencode-q{q}-{lab}", f"JPEG q{q} {sub}"))
             for key, label in JPEG.items():
-                s, k, med, mean = cell(ddn[ddn.postprocess == f"{key}-q{q}-{lab}"])
-                print(f"| JPEG q{q} {sub} | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
-    print("\n| original files | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
+                print(line(f"JPEG q{q} {sub}", label, b["ddn", f"{key}-q{q}-{lab}"]))
+    print("\n" + HEAD.replace("format", "original files"))
     for sub, lab in (("4:4:4", "444"), ("4:2:0", "420")):
-        df = frame(f"jpeg-colour-inplace-{lab}")
+        b = {k[2]: v for k, v in cells(ROOT / "results" / f"jpeg-colour-inplace-{lab}.db").items()}
         for key, label in {"none": "DDN float output (not a file)", **JPEG}.items():
-            s, k, med, mean = cell(df[df.postprocess == key])
-            print(f"| q85 {sub} | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
+            print(line(f"q85 {sub}", label, b[key]))
 
 
 def main() -> None:
-    from quantadv.experiments import load_results
-
     if "--colour" in sys.argv:
         return colour()
-    args = [a for a in sys.argv[1:] if a != "--integrated"]
-    name = "jpeg-ddn-integrated" if "--integrated" in sys.argv else "jpeg-fmnist"
-    store = Path(args[0] if args else ROOT / "results" / f"{name}.db")
+    store = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results" / "jpeg-fmnist.db")
     df = load_results(store, as_frame=True)
     n_images = df.idx.nunique()
     df = df[df.clean_pred == df.label]  # the attacked images
-    if "--integrated" in sys.argv:
-        return integrated(df)
+    b = cells(store)
     plt = pyplot()
     for model, m in df.groupby("model", sort=False):
         ddn, clean = m[m.attack == "ddn"], m[m.attack == "clean"]
-        n = ddn[ddn.postprocess == "none"].idx.nunique()
-        print(f"\n### {model}: {n} attacked images (correctly classified among the first {n_images})\n")
-        print("| format | method | success kept | median d | mean d |\n| --- | --- | ---: | ---: | ---: |")
+        print(f"\n### {model}: {b[model, 'ddn', 'none']['images']} attacked images (correctly classified among the "
+              f"first {n_images})\n")
+        print(HEAD)
         for pp, label in PNG.items():
-            s, k, med, mean = cell(ddn[ddn.postprocess == pp])
-            print(f"| PNG | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
-        curves = {"PNG float": ("k:", ddn[ddn.postprocess == "none"]),
-                  "PNG Q-lambda*": ("k-", ddn[ddn.postprocess == "lagrangian"]),
-                  "PNG R": ("k--", ddn[ddn.postprocess == "round_nearest"])}
+            print(line("PNG", label, b[model, "ddn", pp]))
         for q in QUALITIES:
-            ref = clean[clean.postprocess == f"reencode-q{q}"]
-            print(f"| JPEG q{q} | the clean original saved as JPEG (reference) | {int(ref.success.sum())}/{len(ref)} "
-                  f"misclassified | {fmt(float(ref.d.median()))} | - |")
+            print(reference(clean, f"reencode-q{q}", f"JPEG q{q}"))
             for key, label in JPEG.items():
-                s, k, med, mean = cell(ddn[ddn.postprocess == f"{key}-q{q}"])
-                print(f"| JPEG q{q} | {label} | {s}/{k} ({100 * s / k:.1f}%) | {fmt(med)} | {fmt(mean)} |")
+                print(line(f"JPEG q{q}", label, b[model, "ddn", f"{key}-q{q}"]))
         base = ddn[ddn.postprocess == "none"].set_index("idx").calls
         calls = np.concatenate([(ddn[ddn.postprocess == f"lagrangian-q{q}"].set_index("idx").calls - base).to_numpy()
                                 for q in QUALITIES])
         print(f"\nlagrangian_jpeg network calls per image (q50-95): mean {calls.mean():.1f}, max {calls.max():.0f}")
         print(f"\nOperating characteristic of {model} (success rate with d <= D):\n")
-        points = (2.0, 5.0, 8.0, 12.0)
-        print("| curve | " + " | ".join(f"D = {p:g}" for p in points) + " |\n| --- |" + " ---: |" * len(points))
-        rows = dict(curves) | {f"JPEG q{q} {key}": ("", ddn[ddn.postprocess == f"{key}-q{q}"])
-                               for q in QUALITIES for key in JPEG}
-        for label, (_, sub) in rows.items():
-            c = curve(sub)
-            print(f"| {label} | " + " | ".join(f"{100 * c[int(np.argmin(np.abs(GRID - p)))]:.1f}%" for p in points)
-                  + " |")
+        print("| curve | " + " | ".join(f"D = {p:g}" for p in POINTS) + " |\n| --- |" + " ---: |" * len(POINTS))
+        curves = {"PNG float": ("k:", "none"), "PNG Q-lambda*": ("k-", "lagrangian"), "PNG R": ("k--", "round_nearest")}
+        for label, pp in [(k, v[1]) for k, v in curves.items()] + [
+                (f"JPEG q{q} {key}", f"{key}-q{q}") for q in QUALITIES for key in JPEG]:
+            e = b[model, "ddn", pp]
+            print(f"| {label} | " + " | ".join(f"{100 * e[p_suc_key(p)]:.1f}%" for p in POINTS) + " |")
         fig, axes = plt.subplots(1, len(QUALITIES), figsize=(16, 4), sharey=True)
         for ax, q in zip(axes, QUALITIES, strict=True):
-            for label, (style, sub) in curves.items():
-                ax.plot(GRID, curve(sub), style, label=label)
+            for label, (style, pp) in curves.items():
+                ax.plot(GRID, curve(b[model, "ddn", pp]), style, label=label)
             for key, style in zip(JPEG, ("C3-", "C1-", "C0-"), strict=True):
-                ax.plot(GRID, curve(ddn[ddn.postprocess == f"{key}-q{q}"]), style, label=f"JPEG {key}")
+                ax.plot(GRID, curve(b[model, "ddn", f"{key}-q{q}"]), style, label=f"JPEG {key}")
             ax.axvline(float(clean[clean.postprocess == f"reencode-q{q}"].d.median()), color="grey", lw=0.8)
             ax.set(title=f"{model}, quality {q}", xlabel="distortion d (pixel units)")
         axes[0].set_ylabel("success rate with d <= D")

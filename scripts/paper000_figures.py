@@ -14,7 +14,8 @@ PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdo
 Conventions (docs/experiments.md): success rates and operating characteristics are over the
 correctly classified images; ``P_suc(d_bar)`` is paper 000 Eq. 32 (failures count against
 the attack); ``d`` is Eq. 31 in pixel units; the best effort of an attack entry is, per
-image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2).
+image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2), computed by
+``quantadv.experiments.tables`` (``quantadv report STORE --markdown --at D ...`` prints it too).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
-from _figures import pyplot, row, save
+from _figures import ROOT, header, pyplot, row, save
 
-ROOT = Path(__file__).resolve().parents[1]
+from quantadv.eval import operating_characteristic
+from quantadv.experiments.tables import best_effort_rows
+
 RESULTS = ROOT / "results"
 OUT = ROOT / "docs" / "img" / "paper000"
 MODELS = {"natural": "fmnist-cnn", "robust": "fmnist-cnn-at-l2"}
@@ -40,39 +42,37 @@ def _save(fig, name: str) -> None:
     save(fig, OUT / name)
 
 
-def _load(store: str):
+def _rows(store: str, required: bool = True):
+    """The store's result rows, or None (or exit) when it is missing."""
     from quantadv.experiments import load_results
 
     path = RESULTS / f"{store}.db"
     if not path.exists():
-        sys.exit(f"{path} is missing: run 'quantadv run configs/{store}.yaml' first")
-    df = load_results(path, as_frame=True)
-    return df[df.clean_pred == df.label]          # the correctly classified images
+        if required:
+            sys.exit(f"{path} is missing: run 'quantadv run configs/{store}.yaml' first")
+        return None
+    return load_results(path, as_frame=False)
 
 
-def best(df, attack: str, pp: str):
-    """Per image (correctly classified), min d over the entry's grid among successes."""
-    sub = df[(df.attack == attack) & (df.postprocess == pp)]
-    d = np.where(sub.success.to_numpy(bool), sub.d.to_numpy(float), np.inf)
-    tmp = sub.assign(dmin=d).groupby("idx").dmin.min()
-    return tmp.index.to_numpy(), tmp.to_numpy()
+def _best(store: str, required: bool = True) -> dict | None:
+    """(attack, postprocess) -> the best effort over the entry's grid (quantadv.experiments.tables:
+    per correctly classified image the lowest d that succeeds, Sec. 5.1.2)."""
+    rows = _rows(store, required)
+    return None if rows is None else {(r["attack"], r["postprocess"]): r for r in best_effort_rows(rows)}
 
 
-def oc(dmin: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Eq. 32: fraction of the M images with a success at d < d_bar."""
-    return (dmin[None, :] < grid[:, None]).mean(axis=1)
+def oc(b: dict, budgets) -> np.ndarray:
+    """Eq. 32 at ``budgets``: fraction of the M images with a success at d < d_bar."""
+    return operating_characteristic(b["d_min"], np.isfinite(b["d_min"]), budgets)[1].numpy()
 
 
-def _summary(dmin: np.ndarray) -> tuple[float, float]:
-    ok = np.isfinite(dmin)
-    return ok.mean(), (float(np.median(dmin[ok])) if ok.any() else math.nan)
+def pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
 
 
 # --------------------------------------------------------------------------------- Fig. 2
 def fig2(args) -> None:
     """E(D^2)/n after rounding vs rho^2/n before: Eq. 16, Monte Carlo, Eq. 15, Eq. 17."""
-    import torch
-
     from quantadv import theory
 
     n, samples = 784, args.mc_samples
@@ -81,16 +81,7 @@ def fig2(args) -> None:
     exact = theory.expected_rounding_distortion(rho, n) / n
     highres = theory.high_resolution_distortion(rho, n) / n
     fgsm = theory.fgsm_rounding_distortion(rho, n) / n
-    gen = torch.Generator().manual_seed(0)
-    mc, se = [], []
-    for r in rho:
-        u = torch.randn(samples, n, generator=gen, dtype=torch.float64)
-        u = u / u.norm(dim=1, keepdim=True) * r
-        e = torch.ceil(u - 0.5)                              # R: halves go down (Eq. 13)
-        p = (e ** 2).sum(1).numpy() / n
-        mc.append(p.mean())
-        se.append(p.std(ddof=1) / math.sqrt(samples))
-    mc, se = np.array(mc), np.array(se)
+    mc, se = (v / n for v in theory.monte_carlo_rounding_distortion(rho, n, samples, seed=0))
     z = np.abs(mc - exact) / np.maximum(se, 1e-12)
     # crossover: rounding shrinks the perturbation while E(D^2) < rho^2
     fine = np.linspace(0.001, 0.5, 5000)
@@ -121,54 +112,49 @@ def fig2(args) -> None:
 
 # ------------------------------------------------------------------------------ acceptance
 def acceptance(args) -> None:
-    df = _load("paper000-acceptance")
-    _, d0 = best(df, "ddn", "none")
-    _, dr = best(df, "ddn", "round_nearest")
-    _, dl = best(df, "ddn", "lagrangian")
+    b = _best("paper000-acceptance")
+    d0, dr, dl = (b["ddn", pp]["d_min"] for pp in ("none", "round_nearest", "lagrangian"))
     m = len(d0)
-    s0, sr, sl = np.isfinite(d0), np.isfinite(dr), np.isfinite(dl)
-    med0 = float(np.median(d0[s0]))
+    s0, sl = np.isfinite(d0), np.isfinite(dl)
+    med0 = b["ddn", "none"]["median_d"]
     print(f"correctly classified images (attacked, counted): {m}")
-    print(row("output", "successes", "kept (of unquantized successes)", "median d",
-               "median d / unquantized", "mean d"))
-    print(row(*["---"] * 6))
-    for name, d, s in (("unquantized", d0, s0), ("rounding R", dr, sr), ("Q-lambda*", dl, sl)):
-        kept = (s & s0).sum() / s0.sum()
-        med = float(np.median(d[s]))
-        print(row(name, f"{s.sum()} / {m}", f"{100 * kept:.1f}%", f"{med:.3f}",
-                   f"{med / med0:.4f}", f"{d[s].mean():.3f}"))
+    print(header("output", "successes", "kept (of unquantized successes)", "median d",
+                 "median d / unquantized", "mean d"))
+    for name, pp, d in (("unquantized", "none", d0), ("rounding R", "round_nearest", dr),
+                        ("Q-lambda*", "lagrangian", dl)):
+        c, s = b["ddn", pp], np.isfinite(d)
+        print(row(name, f"{c['successes']} / {m}", pct((s & s0).sum() / s0.sum()), f"{c['median_d']:.3f}",
+                   f"{c['median_d'] / med0:.4f}", f"{c['mean_d']:.3f}"))
     both = s0 & sl
     print(f"on the {both.sum()} images both succeed: median d ratio "
           f"{np.median(dl[both]) / np.median(d0[both]):.4f}, mean per-image ratio "
           f"{np.mean(dl[both] / d0[both]):.4f}, max per-image ratio {np.max(dl[both] / d0[both]):.3f}")
-    lag = df[(df.postprocess == "lagrangian")]
-    non = df[(df.postprocess == "none")]
-    print(f"calls per image: DDN {non.calls.mean():.1f}; DDN + Q-lambda* {lag.calls.mean():.1f} "
-          f"(max {lag.calls.max()})")
-    accept = (s & s0).sum() / s0.sum() >= 0.99 and np.median(dl[sl]) <= 1.02 * med0
+    rows = [r for r in _rows("paper000-acceptance") if r["clean_pred"] == r["label"]]
+    calls = {pp: [r["calls"] for r in rows if r["postprocess"] == pp] for pp in ("none", "lagrangian")}
+    print(f"calls per image: DDN {np.mean(calls['none']):.1f}; DDN + Q-lambda* {np.mean(calls['lagrangian']):.1f} "
+          f"(max {max(calls['lagrangian'])})")
+    accept = (sl & s0).sum() / s0.sum() >= 0.99 and b["ddn", "lagrangian"]["median_d"] <= 1.02 * med0
     print(f"acceptance (>= 99% kept, median d <= 1.02x): {'PASS' if accept else 'FAIL'}")
 
 
 # ---------------------------------------------------------------------------------- Fig. 5
 def fig5(args) -> None:
-    df = _load("paper000-fig05")
+    b = _best("paper000-fig05")
     grid = np.linspace(0, 1.2, 601)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     styles = {"none": ("k", "--"), "round_nearest": ("C3", ":"), "toward_original": ("C1", "-."),
               "gradient_sign": ("C2", "-"), "lagrangian": ("C0", "-")}
-    print(row("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
-               "P_suc(0.8)", "P_suc(1.0)"))
-    print(row(*["---"] * 7))
+    print(header("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
+                 "P_suc(0.8)", "P_suc(1.0)"))
     for pp, (c, ls) in styles.items():
-        _, d = best(df, "fgsm", pp)
-        s, med = _summary(d)
-        print(row(PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.3f}",
-                   *(f"{100 * oc(d, np.array([t]))[0]:.1f}%" for t in (0.4, 0.6, 0.8, 1.0))))
-        ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=PP_NAMES[pp])
+        e = b["fgsm", pp]
+        print(row(PP_NAMES[pp], pct(e["success_rate"]), f"{e['median_d']:.3f}",
+                   *(pct(v) for v in oc(e, [0.4, 0.6, 0.8, 1.0]))))
+        ax.plot(grid, oc(e, grid), color=c, ls=ls, lw=1.3, label=PP_NAMES[pp])
     ax.set_xlabel("distortion  d_bar  (Eq. 31, pixel units)")
     ax.set_ylabel("P_suc(d_bar)  (Eq. 32)")
-    ax.set_title(f"Fig. 5: FGSM, eps in [0.1, 1] px, fmnist-cnn ({len(d)} images)")
+    ax.set_title(f"Fig. 5: FGSM, eps in [0.1, 1] px, fmnist-cnn ({e['images']} images)")
     ax.legend(fontsize=7)
     _save(fig, "fig05_fgsm_subquantization.png")
 
@@ -178,98 +164,91 @@ ATTACKS = (("fgsm", "FGSM", "C1"), ("ifgsm", "I-FGSM", "C2"), ("pgd2", "PGD2", "
            ("cw", "CW", "C3"))
 
 
-def _budget(kind: str, store: str = "budget"):
-    path = RESULTS / f"paper000-{store}-{kind}.db"
-    return _load(f"paper000-{store}-{kind}") if path.exists() else None
+def _budget(kind: str, store: str = "budget") -> dict | None:
+    """Best efforts of paper000-{store}-{kind}; for the budget stores FGSM comes from the
+    non-integer eps grid of paper000-fgsm-{kind} when that store exists."""
+    b = _best(f"paper000-{store}-{kind}", required=False)
+    if b is not None and store == "budget":
+        b.update({k: v for k, v in (_best(f"paper000-fgsm-{kind}", required=False) or {}).items()
+                  if k[0] == "fgsm"})
+    return b
 
 
-def _best_for(kind: str, df, att: str, pp: str):
-    """FGSM comes from the non-integer eps grid (paper000-fgsm-*), the rest from df."""
-    if att == "fgsm":
-        fg = _budget(kind, "fgsm")
-        if fg is not None:
-            return best(fg, att, pp)
-    return best(df, att, pp)
+def _curves(kind: str, title: str, b: dict, ax, grid, entries, cells, label=None) -> None:
+    """Print one table row (``cells(best effort, name)``) and draw one curve per (attack,
+    postprocess, name, colour, style)."""
+    for att, pp, name, c, ls in entries:
+        e = b[att, pp]
+        print(row(*cells(e, name)))
+        ax.plot(grid, oc(e, grid), color=c, ls=ls, lw=1.3, label=label(name, pp) if label else name)
+    ax.set_title(f"{title}: {MODELS[kind]} ({e['images']} images)")
+    ax.set_xlabel("distortion  d_bar  (pixel units)")
+    ax.set_ylabel("P_suc(d_bar)")
 
 
 def fig6(args) -> None:
     plt = pyplot()
     for kind, fname, title in (("natural", "fig06_natural.png", "Fig. 6"),
                                ("robust", "fig07_robust.png", "Fig. 7")):
-        df = _budget(kind)
-        if df is None:
+        b = _budget(kind)
+        if b is None:
             print(f"(no store for the {kind} model)")
             continue
-        m = df.idx.nunique()
-        dmax = 40 if kind == "natural" else 60
-        grid = np.linspace(0, dmax, 801)
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        print(f"\n{title}: {MODELS[kind]}, {m} correctly classified images")
-        print(row("attack", "output", "success", "median min d", "mean min d"))
-        print(row(*["---"] * 5))
-        for att, name, c in ATTACKS:
-            for pp, ls in (("none", "--"), ("round_nearest", ":"), ("lagrangian", "-")):
-                _, d = _best_for(kind, df, att, pp)
-                s, med = _summary(d)
-                print(row(name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}",
-                           f"{d[np.isfinite(d)].mean():.2f}"))
-                ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.2,
-                        label=f"{name}, {PP_NAMES[pp]}")
-        ax.set_xlabel("distortion  d_bar  (pixel units)")
-        ax.set_ylabel("P_suc(d_bar)")
-        ax.set_title(f"{title}: {MODELS[kind]} ({m} images); dashed none, dotted R, plain Q-lambda*")
-        ax.title.set_fontsize(7)
+        print(f"\n{title}: {MODELS[kind]}, {b['pgd2', 'none']['images']} correctly classified images")
+        print(header("attack", "output", "success", "median min d", "mean min d"))
+        entries = [(att, pp, name, c, ls) for att, name, c in ATTACKS
+                   for pp, ls in (("none", "--"), ("round_nearest", ":"), ("lagrangian", "-"))]
+        _curves(kind, title, b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), entries,
+                lambda e, n: (n, PP_NAMES[e["postprocess"]], pct(e["success_rate"]), f"{e['median_d']:.2f}",
+                              f"{e['mean_d']:.2f}"),
+                lambda name, pp: f"{name}, {PP_NAMES[pp]}")
+        ax.set_title(f"{title}: {MODELS[kind]} ({b['pgd2', 'none']['images']} images); dashed none, dotted R, "
+                     "plain Q-lambda*", fontsize=7)
         ax.legend(fontsize=5.5, ncol=2)
         _save(fig, fname)
+
+
+SEARCHED = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
+            ("pgd2-search", "PGD2, eps bisected (Sec. 5.4)", "C0"))
 
 
 def fig9(args) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
-    searched = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
-                ("pgd2-search", "PGD2, eps bisected (Sec. 5.4)", "C0"))
-    searched_tables = []
     print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
-    print(row("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
-    print(row(*["---"] * 5))
+    print(header("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
+    searched = {}
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
-        df = _budget(kind)
-        if df is None:
+        b = _budget(kind)
+        if b is None:
             ax.set_title(f"{kind}: not run")
             continue
-        grid = np.linspace(0, 40 if kind == "natural" else 60, 801)
-        _, ref = best(df, "pgd2", "lagrangian")
-        refmed = _summary(ref)[1]
-        sdf = _budget(kind, "search")  # the budget-search variants, when their store exists
-        curves = [(df, att, name, c, "-") for att, name, c in entries]
-        if sdf is not None:
-            curves += [(sdf, att, name, c, "--") for att, name, c in searched]
-        for src, att, name, c, ls in curves:
-            pp = "none" if att.startswith("ddn") else "lagrangian"
-            _, d = _best_for(kind, src, att, pp)
-            s, med = _summary(d)
-            print(row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.2f}",
-                       f"{100 * oc(d, np.array([refmed]))[0]:.1f}%"))
-            ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
-        if sdf is not None:
-            searched_tables.append((kind, sdf))
-        ax.set_title(f"Fig. 9: {MODELS[kind]} ({df.idx.nunique()} images)")
-        ax.set_xlabel("distortion  d_bar  (pixel units)")
-        ax.set_ylabel("P_suc(d_bar)")
+        searched[kind] = _budget(kind, "search")  # the budget-search variants, when their store exists
+        b.update(searched[kind] or {})
+        ref = b["pgd2", "lagrangian"]["median_d"]
+        curves = [(att, "none" if att.startswith("ddn") else "lagrangian", name, c, "-") for att, name, c in entries]
+        curves += [(att, "lagrangian", name, c, "--") for att, name, c in SEARCHED if searched[kind]]
+        _curves(kind, "Fig. 9", b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), curves,
+                lambda e, n, m=MODELS[kind], ref=ref: (m, n, pct(e["success_rate"]), f"{e['median_d']:.2f}",
+                                                       pct(oc(e, [ref])[0])))
         ax.legend(fontsize=6)
     _save(fig, "fig09_limited_complexity.png")
-    if searched_tables:
+    if any(searched.values()):
         print("\nThe bisected variants, unquantized vs rounded vs Q-lambda* (gradients: mean per image)")
-        print(row("model", "attack", "output", "success", "median min d", "gradients"))
-        print(row(*["---"] * 6))
-    for kind, sdf in searched_tables:
-        for att, name, _ in searched:
-            grads = sdf[(sdf.attack == att) & (sdf.postprocess == "none")].groupby("idx").grads.sum().mean()
+        print(header("model", "attack", "output", "success", "median min d", "gradients"))
+    for kind, sb in searched.items():
+        rows = _rows(f"paper000-search-{kind}", required=False) or []
+        for att, name, _ in SEARCHED if sb else ():
+            per_image: dict[int, int] = {}
+            for r in rows:
+                if r["attack"] == att and r["postprocess"] == "none" and r["clean_pred"] == r["label"]:
+                    per_image[r["idx"]] = per_image.get(r["idx"], 0) + r["grads"]
             for pp in ("none", "round_nearest", "lagrangian"):
-                _, d = best(sdf, att, pp)
-                s, med = _summary(d)
-                print(row(MODELS[kind], name, PP_NAMES[pp], f"{100 * s:.1f}%", f"{med:.2f}", f"{grads:.1f}"))
+                e = sb[att, pp]
+                print(row(MODELS[kind], name, PP_NAMES[pp], pct(e["success_rate"]), f"{e['median_d']:.2f}",
+                          f"{np.mean(list(per_image.values())):.1f}"))
 
 
 def fig10(args) -> None:
@@ -281,25 +260,16 @@ def fig10(args) -> None:
                 ("ddn", "none", "DDN unquantized (reference)", "gray", "--"),
                 ("ddn", "round_nearest", "DDN then R (reference)", "gray", ":"))
     print("\nFig. 10: DDN 2 x 50 steps, best of the two step sizes per image")
-    print(row("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
-               "P_suc(d_bar = 5)"))
-    print(row(*["---"] * 7))
+    print(header("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
+                 "P_suc(d_bar = 5)"))
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
-        df = _budget(kind)
-        if df is None:
+        b = _budget(kind)
+        if b is None:
             ax.set_title(f"{kind}: not run")
             continue
-        grid = np.linspace(0, 25 if kind == "natural" else 50, 801)
-        for att, pp, name, c, ls in variants:
-            _, d = best(df, att, pp)
-            s, med = _summary(d)
-            print(row(MODELS[kind], name, f"{100 * s:.1f}%", f"{med:.3f}",
-                       f"{d[np.isfinite(d)].mean():.3f}",
-                       *(f"{100 * oc(d, np.array([t]))[0]:.1f}%" for t in (2.0, 5.0))))
-            ax.plot(grid, oc(d, grid), color=c, ls=ls, lw=1.3, label=name)
-        ax.set_title(f"Fig. 10: {MODELS[kind]} ({df.idx.nunique()} images)")
-        ax.set_xlabel("distortion  d_bar  (pixel units)")
-        ax.set_ylabel("P_suc(d_bar)")
+        _curves(kind, "Fig. 10", b, ax, np.linspace(0, 25 if kind == "natural" else 50, 801), variants,
+                lambda e, n, m=MODELS[kind]: (m, n, pct(e["success_rate"]), f"{e['median_d']:.3f}",
+                                              f"{e['mean_d']:.3f}", *map(pct, oc(e, [2.0, 5.0]))))
         ax.legend(fontsize=6)
     _save(fig, "fig10_ddn_variants.png")
 
@@ -308,23 +278,22 @@ def fig10(args) -> None:
 def table2(args) -> None:
     """Pixel statistics of Q-lambda* on the best-effort FGSM and PGD2 outputs, from the
     stores' ``info`` column (the runner keeps ``both_pixels``, ``lambda_pixels``, ``j_size``)."""
-    print(row("model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"))
-    print(row(*["---"] * 7))
+    print(header("model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"))
     for kind in ("natural", "robust"):
-        df = _budget(kind)
-        if df is None:
-            continue
-        for att, name in (("fgsm", "FGSM"), ("pgd2", "PGD2")):
-            src = _budget(kind, "fgsm") if att == "fgsm" else df
-            sub = src[(src.attack == att) & (src.postprocess == "lagrangian") & src.success]
-            pick = sub.loc[sub.groupby("idx").d.idxmin()]
-            if "info" not in pick or pick["info"].isna().any():
+        for att, name, store in (("fgsm", "FGSM", "fgsm"), ("pgd2", "PGD2", "budget")):
+            rows = _rows(f"paper000-{store}-{kind}", required=False) or []
+            pick: dict[int, dict] = {}  # per image the Q-lambda* success of lowest d
+            for r in rows:
+                if (r["attack"] == att and r["postprocess"] == "lagrangian" and r["success"]
+                        and r["clean_pred"] == r["label"] and (r["idx"] not in pick or r["d"] < pick[r["idx"]]["d"])):
+                    pick[r["idx"]] = r
+            if not pick:
+                continue
+            if any(r["info"] is None for r in pick.values()):
                 sys.exit(f"{MODELS[kind]} {name}: the store has no Q-lambda* info column; re-run its config")
-            q = [json.loads(text)["postprocess"] for text in pick["info"]]
-            n = 784
-            b, lam = (100 * np.mean([r[k] / n for r in q]) for k in ("both_pixels", "lambda_pixels"))
-            print(row(MODELS[kind], name, len(pick), f"{b:.1f}%", f"{lam:.1f}%", f"{b + lam:.1f}%",
-                       f"{100 * np.mean([r['j_size'] / n for r in q]):.1f}%"))
+            q = [json.loads(r["info"])["postprocess"] for r in pick.values()]
+            both, lam, j = (100 * np.mean([r[k] / 784 for r in q]) for k in ("both_pixels", "lambda_pixels", "j_size"))
+            print(row(MODELS[kind], name, len(pick), f"{both:.1f}%", f"{lam:.1f}%", f"{both + lam:.1f}%", f"{j:.1f}%"))
 
 
 COMMANDS = {"fig2": fig2, "acceptance": acceptance, "fig5": fig5, "fig6": fig6, "fig9": fig9,

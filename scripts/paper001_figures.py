@@ -1,19 +1,17 @@
-"""Tables, figures and significance tests of docs/paper-001-quantized-gradients.md (paper 001).
+"""Figures of docs/paper-001-quantized-gradients.md (paper 001); its tables come from ``quantadv report``.
 
 Reads the stores of ``quantadv run configs/paper001-<name>.yaml`` (``results/paper001-<name>.db``),
 keeps a compact per-image extract next to the figures (``docs/img/paper001/outcomes-<name>.csv.gz``,
-committed, so the page can be rebuilt without the stores), writes PNGs to ``docs/img/paper001/`` and
-the markdown tables to ``docs/img/paper001/tables-<name>.md``.
+committed, so the figures can be redrawn without the stores) and writes PNGs to ``docs/img/paper001/``.
 
-    python scripts/paper001_figures.py mnist fmnist         # tables + figures per experiment
+    python scripts/paper001_figures.py mnist fmnist         # Figs. 3 / 4 analogs and the b sweep
     python scripts/paper001_figures.py hist                 # Fig. 2 histograms (quantadv diagnose --gradients)
+    quantadv report results/paper001-mnist.db --markdown    # the tables: average / lowest run / worst case
+                                                            # per criterion (robust.csv), paired tests
 
 Conventions: accuracy is over all images of the subset (misclassified ones are not attacked and
-count as errors), ``1 - success``; "worst" and "avg" are the minimum and mean over the independent
-runs (``repeat``) of one attack; "k steps" is the ``k``-th iterate of the 100-step run (a k-step
-attack with a fixed step size). Paired tests compare attacks on the same images: McNemar's exact
-test on the first run's outcomes and a bootstrap interval (over images, 5,000 resamples) of the
-difference in average accuracy over runs.
+count as errors), ``1 - success``, averaged over the independent runs (``repeat``) of one attack;
+"k steps" is the ``k``-th iterate of the 100-step run (a k-step attack with a fixed step size).
 """
 
 from __future__ import annotations
@@ -26,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from _figures import pyplot, save
-
-from quantadv.experiments.summary import bootstrap_diff, mcnemar_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -107,186 +103,49 @@ def per_image(df, method: str, eps: float, col: str, steps: int = 100):
     return ~mat.to_numpy(dtype=bool)
 
 
-def table_rows(df, eps: float, methods: list[str], cols: list[tuple[str, str]]):
-    out = []
-    for m in methods:
-        cells = [m]
-        nrep = 0
-        for col, _ in cols:
-            robust = per_image(df, m, eps, col)
-            if robust is None:
-                cells += ["-", "-"]
-                continue
-            acc = robust.mean(axis=1) * 100
-            nrep = max(nrep, len(acc))
-            cells += [f"{acc.min():.1f}", f"{acc.mean():.1f}"]
-        if nrep:
-            out.append(cells + [str(nrep)])
-    return out
+#: the attacks of the figures, in the order of the legends
+ORDER = ["PGD", "PGD (step 0.0375)", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000",
+         "BLOB", "BLOB_QG_100", "BLOB_QG_200", "APGD-CE", "APGD-DLR"]
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+def acc(df, method: str, eps: float, col: str, runs: int | None = None) -> float:
+    """Accuracy (%) of ``method``, mean over its (first ``runs``) complete runs; NaN when not run."""
+    robust = per_image(df, method, eps, col)
+    return np.nan if robust is None else robust[:runs].mean() * 100
 
 
-def report(name: str) -> None:
+def figures(name: str) -> None:
+    """Figs. 3 and 4 analogs and the b sweep of one experiment (the tables: quantadv report --markdown)."""
     df = extract(name)
     eps0 = HEADLINE_EPS[name]
-    n_images = df.idx.nunique()
-    n_attacked = int((~df[df.method == "PGD"].skipped).groupby(df.idx).first().sum()) if "PGD" in set(df.method) else 0
-    order = ["PGD", "PGD (step 0.0375)", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000",
-             "BLOB", "BLOB_QG_100", "BLOB_QG_200", "APGD-CE", "APGD-DLR"]
-    methods = [m for m in order if m in set(df.method)]
-    parts = [f"# paper 001 tables: {MODEL[name]}, {n_images} images ({n_attacked} correctly classified, "
-             f"attacked), L-inf eps {eps0}, step 0.01\n"]
-    cols = [("at20", "20"), ("at50", "50"), ("at100", "100"), ("any", "any")]
-    header = ["attack"] + [f"{lab} steps {w}" if lab != "any" else f"any iterate {w}"
-                           for _, lab in cols for w in ("worst", "avg")] + ["runs"]
-    parts.append("## Accuracy (%) after 20 / 50 / 100 steps; worst and average over independent runs\n")
-    parts.append(md_table(header, table_rows(df, eps0, methods, cols)))
-    parts.append("\n'any iterate': broken at some iterate of the 100-step run (APGD's criterion: it returns "
-                 "its best iterate); APGD rows are 100-step runs, so only their 100-step and 'any' cells exist.\n")
-
-    # restarts analog: an image is broken if any of the R runs breaks it
-    rows = []
-    for m in methods:
-        robust = per_image(df, m, eps0, "at100")
-        if robust is None or len(robust) < 2:
-            continue
-        rows.append([m, str(len(robust)), f"{robust.all(axis=0).mean() * 100:.1f}",
-                     f"{robust.mean() * 100:.1f}"])
-    eng = df[(df.restarts > 1) & np.isclose(df.eps, eps0)]
-    for (m, r), sub in eng.groupby(["method", "restarts"]):
-        if sub.idx.nunique() < n_images:
-            continue  # still running
-        rows.append([f"{m} (engine restarts)", str(r), f"{(1 - sub.success.mean()) * 100:.1f}", "-"])
-    parts.append("## Restarts (Table 3/5 analog): accuracy (%) when an image counts as broken if any of R "
-                 "runs breaks it (100 steps)\n")
-    parts.append(md_table(["attack", "R", "accuracy over R restarts", "avg single run"], rows))
-    broken = {m: sub.sort_values("idx").success.to_numpy(dtype=bool)
-              for (m, _), sub in eng.groupby(["method", "restarts"]) if sub.idx.nunique() == n_images}
-    lines = []
-    for a, b in (("PQGD_200", "PGD"), ("BLOB_QG_200", "BLOB"), ("BLOB", "PGD"), ("BLOB_QG_200", "PGD")):
-        if a in broken and b in broken:
-            n01, n10, p = mcnemar_exact(broken[a], broken[b])
-            lines.append(f"- engine restarts, {a} vs {b}: broken only by {a} {n01}, only by {b} {n10}, "
-                         f"McNemar exact p = {p:.3g}")
-    apgd = per_image(df, "APGD-CE", eps0, "at100")
-    if apgd is not None and broken:
-        best = max(broken, key=lambda m: broken[m].sum())
-        n01, n10, p = mcnemar_exact(~apgd.all(axis=0), broken[best])
-        lines.append(f"- APGD-CE, any of its {len(apgd)} runs, vs {best} with 10 engine restarts: broken only by "
-                     f"APGD {n01}, only by {best} {n10}, McNemar exact p = {p:.3g}")
-    if lines:
-        parts.append("\n" + "\n".join(lines))
-
-    # significance
-    parts.append("\n## Paired differences (same images): accuracy of A minus accuracy of B, points\n")
-    pairs = [(f"PQGD_{b}", "PGD") for b in (100, 200, 500, 1000)] + [
-        ("BLOB", "PGD"), ("BLOB_QG_200", "BLOB"), ("BLOB_QG_100", "BLOB"),
-        ("PQGD_10", "PGD"), ("PQGD_5000", "PGD"), ("PQGD_100", "PGD (step 0.0375)"),
-        ("PQGD_200", "PGD (step 0.0375)"), ("APGD-CE", "PGD"), ("APGD-DLR", "PGD"), ("APGD-CE", "PQGD_200"),
-        ("APGD-CE", "BLOB_QG_200"),
-        ("APGD-DLR", "BLOB_QG_200")]
-    rows = []
-    for a, b in pairs:
-        for col in ("at20", "at100", "any"):
-            ra, rb = per_image(df, a, eps0, col), per_image(df, b, eps0, col)
-            if ra is None or rb is None or ra.shape[1] != rb.shape[1]:
-                continue
-            diff = (ra.mean() - rb.mean()) * 100
-            lo, hi = bootstrap_diff(ra.mean(axis=0), rb.mean(axis=0))
-            n01, n10, p = mcnemar_exact(~ra[0], ~rb[0])
-            spread = (rb.mean(axis=1).max() - rb.mean(axis=1).min()) * 100 if len(rb) > 1 else float("nan")
-            ci_excludes_0 = not (lo <= 0 <= hi)
-            who = "A" if diff < 0 else "B"
-            if ci_excludes_0 and p < 0.05:
-                verdict = f"{who} stronger"
-            elif ci_excludes_0 or p < 0.05:
-                verdict = f"{who} stronger? (one test only)"
-            else:
-                verdict = "noise"
-            rows.append([f"{a} vs {b}", col.replace("at", "") if col != "any" else "any", f"{diff:+.2f}",
-                         f"[{lo * 100:+.2f}, {hi * 100:+.2f}]", f"{n01}/{n10}", f"{p:.3g}",
-                         "-" if math.isnan(spread) else f"{spread:.1f}", verdict])
-    parts.append(md_table(["A vs B", "steps", "diff (avg acc)", "95% bootstrap", "McNemar A-only/B-only (run 1)",
-                           "p (exact)", "B run-to-run spread", "reading"], rows))
-    parts.append("\nA negative difference means A leaves fewer images robust (A is the stronger attack). "
-                 "Reading: 'stronger' when the bootstrap interval excludes 0 and McNemar's p < 0.05; "
-                 "'(one test only)' when just one of them says so; 'noise' otherwise.\n")
-
-    # eps sweep (Fig. 3) and b sweep (Sec. 4.5)
-    sweep_methods = ["PGD", "PQGD_200", "PQGD_1000"]
-    eps_values = sorted(set(df[df.method.isin(sweep_methods)].eps))
-    rows = []
-    for m in sweep_methods:
-        cells = [m]
-        for e in eps_values:
-            robust = per_image(df, m, e, "at100")
-            cells.append("-" if robust is None else f"{robust.mean() * 100:.1f}")
-        rows.append(cells)
-    parts.append("\n## Accuracy (%) vs eps, 100 steps (Fig. 3 analog; mean over the runs available)\n")
-    parts.append(md_table(["attack"] + [f"eps {e:g}" for e in eps_values], rows))
-    bs = [m for m in ["PGD", "PQGD_10", "PQGD_100", "PQGD_200", "PQGD_500", "PQGD_1000", "PQGD_5000"]
-          if m in set(df.method)]
-    rows = []
-    for col in ("at10", "at20", "at50", "at100"):
-        cells = [col.replace("at", "") + " steps"]
-        for m in bs:
-            robust = per_image(df, m, eps0, col)
-            cells.append("-" if robust is None else f"{robust[:1].mean() * 100:.1f}")
-        rows.append(cells)
-    parts.append(f"\n## b sweep (Sec. 4.5), eps {eps0}, accuracy (%) of the first run (b = 1 is PGD)\n")
-    parts.append(md_table(["steps"] + ["b=1 (PGD)" if m == "PGD" else "b=" + m.split("_")[1] for m in bs], rows))
-    text = "\n".join(parts) + "\n"
-    (OUT / f"tables-{name}.md").write_text(text)
-    print(text)
-    print(f"wrote {(OUT / f'tables-{name}.md').relative_to(ROOT)}")
-    figures(name, df, eps0, methods, eps_values, bs)
-
-
-def figures(name, df, eps0, methods, eps_values, bs) -> None:
+    methods = [m for m in ORDER if m in set(df.method)]
+    bs = [m for m in methods if m == "PGD" or m.startswith("PQGD_")]
+    eps_values = sorted(set(df[df.method.isin(["PGD", "PQGD_200", "PQGD_1000"])].eps))
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     ax = axes[0]
     steps = list(range(10, 101, 10))
     for m in methods:
         if m.startswith("APGD"):
-            robust = per_image(df, m, eps0, "at100")
-            if robust is not None:
-                ax.scatter([100], [robust.mean() * 100], marker="x", label=m, zorder=3)
-            continue
-        ys = []
-        for k in steps:
-            robust = per_image(df, m, eps0, f"at{k}")
-            ys.append(np.nan if robust is None else robust.mean() * 100)
-        if m in ("PGD", "PGD (step 0.0375)", "PQGD_100", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
-            ax.plot(steps, ys, marker=".", label=m)
+            if per_image(df, m, eps0, "at100") is not None:
+                ax.scatter([100], [acc(df, m, eps0, "at100")], marker="x", label=m, zorder=3)
+        elif m in ("PGD", "PGD (step 0.0375)", "PQGD_100", "PQGD_200", "PQGD_1000", "BLOB", "BLOB_QG_200", "PQGD_5000"):
+            ax.plot(steps, [acc(df, m, eps0, f"at{k}") for k in steps], marker=".", label=m)
     ax.set_xlabel("steps")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"Fig. 4 analog: {MODEL[name]}, eps {eps0}")
     ax.legend(fontsize=6)
     ax = axes[1]
     for m in ["PGD", "PQGD_200", "PQGD_1000"]:
-        ys = []
-        for e in eps_values:
-            robust = per_image(df, m, e, "at100")
-            ys.append(np.nan if robust is None else robust.mean() * 100)
-        ax.plot(eps_values, ys, marker="o", label=m)
+        ax.plot(eps_values, [acc(df, m, e, "at100") for e in eps_values], marker="o", label=m)
     ax.set_xlabel("eps (L-inf, [0,1] units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Fig. 3 analog: 100 steps")
     ax.legend(fontsize=6)
     ax = axes[2]
-    bvals = [1 if m == "PGD" else int(m.split("_")[1]) for m in bs]
     for col in ("at20", "at100"):
-        ys = []
-        for m in bs:
-            robust = per_image(df, m, eps0, col)
-            ys.append(np.nan if robust is None else robust[:1].mean() * 100)
-        ax.plot(bvals, ys, marker="o", label=col.replace("at", "") + " steps")
+        ax.plot([1 if m == "PGD" else int(m.split("_")[1]) for m in bs], [acc(df, m, eps0, col, 1) for m in bs],
+                marker="o", label=col.replace("at", "") + " steps")
     ax.set_xscale("log")
     ax.set_xlabel("b (1 = PGD)")
     ax.set_ylabel("accuracy (%)")
@@ -330,7 +189,7 @@ def main() -> None:
         if w == "hist":
             hist()
         else:
-            report(w)
+            figures(w)
 
 
 if __name__ == "__main__":

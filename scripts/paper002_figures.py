@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _figures import ROOT, pyplot, save
+
 OUT = ROOT / "docs" / "img" / "paper002"
 
 
@@ -46,12 +47,7 @@ def table(store: dict, name: str) -> dict:
 
 
 def figure(store: dict, name: str, headline: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.alpha": 0.3})
+    plt = pyplot()
     eps = [0.0] + list(store["eps"])
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
     palette = {"natural": "tab:green", "pgd-at": "tab:red", "sq": "tab:purple", "nsq": "tab:blue"}
@@ -76,10 +72,7 @@ def figure(store: dict, name: str, headline: dict) -> None:
     axes[0].set_ylabel(f"accuracy ({store['n']} images)")
     for ax in axes:
         ax.legend(fontsize=6)
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{name}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight", metadata={"Software": None})
-    print(f"\nwrote {path.relative_to(ROOT)}")
+    save(fig, OUT / f"{name}.png")
 
 
 def kalpha(paths: list[Path]) -> None:

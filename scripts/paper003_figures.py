@@ -1,31 +1,27 @@
 """Paper 003 (RandDisc / pRD / swRD): the numbers and figures of docs/paper-003-vector-quantization.md.
 
-    python scripts/paper003_figures.py clean      # clean accuracy behind each quantizer (Sec. 4.1, 4.4)
-                                                  # (results/paper003-clean-{mnist,fmnist}.db)
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
                                                   # (results/paper003-examples.db)
-    python scripts/paper003_figures.py tables     # Table 1 analog from results/paper003-*.db
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
-    python scripts/paper003_figures.py export     # per-image outcomes + certificates -> docs/img/paper003/
     python scripts/paper003_figures.py combined   # swRD / RandDisc on 150 images (two stores)
 
-Every part reads stores and prints Markdown; figures go to docs/img/.
+Every part reads stores and prints Markdown; figures go to docs/img/. The Table 1 analogs (robust
+accuracy per model and eps: naive / BPDA / BPDA+EOT / headline) are ``quantadv report
+results/paper003-<name>.db --markdown`` (``quantadv.experiments.tables.robust_grid``), the clean
+accuracies its column "clean" for ``results/paper003-clean-{mnist,fmnist}.db``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from _figures import ROOT, pyplot, save
 
-ROOT = Path(__file__).resolve().parents[1]
 IMG = ROOT / "docs" / "img"
 NAMES = {"randdisc": "RandDisc (k=2)", "prd": "pRD (s=2, k=2)", "swrd": "swRD (s=2, k=2, beta=1)"}
-#: stores of other configs than the Table 1 analogs (read by clean / examples only)
-OTHER = ("paper003-clean-mnist", "paper003-clean-fmnist", "paper003-examples")
 
 
 def _frame(name: str):
@@ -37,24 +33,9 @@ def _frame(name: str):
     return load_results(path, as_frame=True)
 
 
-def part_clean() -> None:
-    """Clean accuracy (clean_pred of configs/paper003-clean-*.yaml, one draw per image)."""
-    print("| data (first 1000 test images) | classifier | no defense | " + " | ".join(NAMES.values()) + " |")
-    print("|---|---|---|" + "---|" * len(NAMES))
-    for ds, data, natural in (("mnist", "mnist-5k", "mnist-cnn"), ("fmnist", "fashion-mnist", "fmnist-cnn")):
-        df = _frame(f"paper003-clean-{ds}")
-        acc = {m: f"{100 * (g.clean_pred == g.label).mean():.1f}%" for m, g in df.groupby("model")}
-        print(f"| {data} | {natural} | {acc['natural']} | " + " | ".join(acc[k] for k in NAMES) + " |")
-        print(f"| {data} | {natural}-swrd (t-swRD) | {acc['t-swrd-clf']} | - | - | {acc['t-swrd']} |")
-
-
 def part_examples() -> None:
     """Fig. 7 analog from configs/paper003-examples.yaml: x, x', Q(x), Q(x') and the transfer accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     from quantadv.experiments.store import open_store
 
     df = _frame("paper003-examples")
@@ -95,70 +76,26 @@ def part_examples() -> None:
                 ax.set_ylabel(label, fontsize=7)
     fig.suptitle("mnist-5k, PGD-40 eps 0.32 on mnist-cnn", fontsize=8)
     fig.tight_layout()
-    out = IMG / "paper003-fig7-mnist.png"
-    fig.savefig(out, dpi=110)
-    print(f"\nwrote {out.relative_to(ROOT)}")
-
-
-def part_tables() -> None:
-    from quantadv.experiments.store import open_store
-    from quantadv.experiments.summary import robust_summary
-
-    for store in sorted(p for p in (ROOT / "results").glob("paper003-*.db") if p.stem not in OTHER):
-        cells = robust_summary(store)
-        with open_store(store) as st:
-            model_of = {r["run_id"]: r["model"] for r in st.runs()}
-            clean: dict[str, list[bool]] = {}
-            for row in st.results():
-                clean.setdefault(model_of[row["run_id"]], []).append(row["clean_pred"] == row["label"])
-        print(f"\n{store.name}: robust accuracy (%), PGD-40 step eps/20; none / bpda / bpda+eot / headline "
-              "(per-image minimum over the modes); images per cell in brackets\n")
-        eps_all = sorted({json.loads(c["params"])["eps"] for c in cells})
-        print("| model | clean (one draw, mean over runs) | " + " | ".join(f"eps {e:g}" for e in eps_all) + " |")
-        print("|---|---|" + "---|" * len(eps_all))
-        for model in dict.fromkeys(c["model"] for c in cells):
-            out = []
-            for e in eps_all:
-                cell = [c for c in cells if c["model"] == model and json.loads(c["params"])["eps"] == e]
-                if not cell:
-                    out.append("not run")
-                    continue
-                c = cell[0]
-                if len(c["by_mode"]) == 1:
-                    out.append(f"{100 * c['worst']:.0f} [{c['images']}]")
-                else:
-                    by = c["by_mode"]
-                    modes = " / ".join(f"{100 * by[m]:.0f}" if m in by else "-" for m in ("none", "bpda", "bpda+eot"))
-                    out.append(f"{modes} / **{100 * c['worst']:.0f}** [{c['images']}]")
-            cl = clean.get(model, [])
-            print(f"| {model} | {100 * sum(cl) / max(1, len(cl)):.0f} | " + " | ".join(out) + " |")
+    save(fig, IMG / "paper003-fig7-mnist.png", dpi=110)
 
 
 def part_combined() -> None:
     """Cells of paper003-mnist (images 0-49) and paper003-mnist-032 (50-149) together: 150 images."""
-    from quantadv.experiments.store import open_store
+    from quantadv.experiments.summary import robust_summary
 
-    per: dict[tuple[str, float, str], dict[int, bool]] = {}
+    per: dict[tuple[str, float], dict[str, dict[int, bool]]] = {}  # (model, eps) -> mode -> per-image robust
     for name in ("paper003-mnist.db", "paper003-mnist-032.db"):
-        path = ROOT / "results" / name
-        if not path.exists():
-            continue
-        with open_store(path) as st:
-            runs = {r["run_id"]: r for r in st.runs()}
-            for row in st.results():
-                run = runs[row["run_id"]]
-                eps = json.loads(run["params"])["eps"]
-                mode = json.loads(run["config"]).get("adaptive", "none")
-                robust = (not row["success"]) and row["clean_pred"] == row["label"]
-                per.setdefault((run["model"], eps, mode), {})[row["idx"]] = robust
+        for c in robust_summary(ROOT / "results" / name) if (ROOT / "results" / name).exists() else ():
+            if c["postprocess"] == "none" and c["runs"] == len(c["modes"]):  # one run per adaptive mode
+                for mode, flags in zip(c["modes"], c["robust"], strict=True):
+                    per.setdefault((c["model"], json.loads(c["params"])["eps"]), {}).setdefault(mode, {}).update(
+                        zip(c["idx"], flags, strict=True))
     print("| model | eps | images | naive | BPDA | BPDA+EOT | headline (per-image minimum) |")
     print("|---|---|---|---|---|---|---|")
-    for model in ("swrd", "randdisc"):
-        for eps in sorted({e for (m, e, _) in per if m == model}):
-            modes = [per.get((model, eps, m), {}) for m in ("none", "bpda", "bpda+eot")]
-            common = set.intersection(*(set(m) for m in modes)) if all(modes) else set()
-            if len(common) <= 50:  # only the cells the second store extends
-                continue
+    for (model, eps), by_mode in sorted(per.items(), key=lambda kv: (kv[0][0] != "swrd", kv[0])):
+        modes = [by_mode.get(m, {}) for m in ("none", "bpda", "bpda+eot")]
+        common = set.intersection(*(set(m) for m in modes))
+        if model in ("swrd", "randdisc") and len(common) > 50:  # only the cells the second store extends
             accs = [100 * sum(m[i] for i in common) / len(common) for m in modes]
             head = 100 * sum(all(m[i] for m in modes) for i in common) / len(common)
             print(f"| {model} | {eps:g} | {len(common)} | " + " | ".join(f"{a:.1f}" for a in accs)
@@ -166,11 +103,7 @@ def part_combined() -> None:
 
 
 def part_certify() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     base = ROOT / "results" / "paper003"
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for path in sorted(base.glob("certify-paper-*/certificate.json")):
@@ -208,44 +141,11 @@ def part_certify() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out = IMG / "paper003-fig6-certified.png"
-    fig.savefig(out, dpi=110)
-    print(f"wrote {out.relative_to(ROOT)}")
-
-
-def part_export() -> None:
-    """Per-image outcomes of the stores and the certificates, small enough to commit (docs/img/paper003/)."""
-    import csv
-    import gzip
-    import shutil
-
-    from quantadv.experiments.store import open_store
-
-    out_dir = IMG / "paper003"
-    out_dir.mkdir(exist_ok=True)
-    for store in sorted(p for p in (ROOT / "results").glob("paper003-*.db") if p.stem not in OTHER):
-        with open_store(store) as st:
-            runs = {r["run_id"]: r for r in st.runs()}
-            rows = st.results()
-        path = out_dir / f"outcomes-{store.stem.removeprefix('paper003-')}.csv.gz"
-        with gzip.open(path, "wt", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["model", "eps", "adaptive", "idx", "label", "clean_pred", "adv_pred", "success", "linf"])
-            for r in rows:
-                run = runs[r["run_id"]]
-                cfg = json.loads(run["config"])
-                w.writerow([run["model"], json.loads(run["params"])["eps"], cfg.get("adaptive", "none"), r["idx"],
-                            r["label"], r["clean_pred"], r["adv_pred"], int(r["success"]), f"{r['linf']:.4f}"])
-        print(f"wrote {path.relative_to(ROOT)} ({len(rows)} rows)")
-    for cert in sorted((ROOT / "results" / "paper003").glob("certify-*/certificate.json")):
-        dst = out_dir / f"{cert.parent.name}.json"
-        shutil.copyfile(cert, dst)
-        print(f"wrote {dst.relative_to(ROOT)}")
+    save(fig, IMG / "paper003-fig6-certified.png", dpi=110)
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    parts = {"clean": part_clean, "examples": part_examples, "tables": part_tables, "certify": part_certify,
-             "export": part_export, "combined": part_combined}
+    parts = {"examples": part_examples, "certify": part_certify, "combined": part_combined}
     for arg in sys.argv[1:] or list(parts):
         parts[arg]()

@@ -14,6 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
+from _figures import pyplot, save, table
+
 ORDER = ["fmnist-cnn", "fmnist-cnn-at-linf", "fmnist-cnn-bc", "fmnist-cnn-mdtanh", "fmnist-cnn-waq",
          "fmnist-cnn-bc-at-linf", "fmnist-cnn*5"]
 LABEL = {"fmnist-cnn": "REF (float)", "fmnist-cnn-at-linf": "Adv. train (float)", "fmnist-cnn-bc": "BC",
@@ -24,13 +26,6 @@ LABEL = {"fmnist-cnn": "REF (float)", "fmnist-cnn-at-linf": "Adv. train (float)"
 def pct(res: dict, key: str) -> str:
     v = res.get(key)
     return f"{100 * v['acc']:.1f}" if isinstance(v, dict) else "-"
-
-
-def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:
-    align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def main() -> None:
@@ -85,11 +80,7 @@ def main() -> None:
             rows.append([LABEL[n], c["name"], "PASS" if c["passed"] else "**FLAG**", c["evidence"]])
     print(table(rows, ["model", "check", "verdict", "evidence"], numeric=False))
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = [("clean", "clean"), ("pgd_linf", "PGD"), ("pgdpp_linf_njs", "PGD++ NJS"), ("pgdpp_linf_hns", "PGD++ HNS"),
             ("apgd_dlr_linf", "APGD-DLR")]
     fig, ax = plt.subplots(figsize=(9, 3.6))
@@ -102,9 +93,7 @@ def main() -> None:
     ax.set_ylim(0, 118)
     ax.set_title(f"Fashion-MNIST, first {res[names[0]]['n']} test images, L-inf eps 0.1, 20 steps")
     ax.legend(fontsize=7, ncol=5)
-    fig.tight_layout()
-    fig.savefig(img / "fig1.png", dpi=110)
-    print(f"\nwrote {img / 'fig1.png'}")
+    save(fig, img / "fig1.png", dpi=110)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
 from quantadv.errors import ConfigError
-from quantadv.experiments import load_config, load_results, run_experiment
+from quantadv.experiments import load_config, load_results, run_experiment, write_report
 from quantadv.experiments.summary import robust_summary
 from test_experiments import BASE_CONFIG, write_setup
 
@@ -71,6 +72,11 @@ def test_repeats_are_independent_runs_with_worst_and_average_accuracy(tmp_path):
     assert cell["mean"] == pytest.approx(sum(accs) / 3)
     worst = sum(all(v[i] for v in robust.values()) for i in range(20)) / 20
     assert cell["worst"] == pytest.approx(worst) and cell["worst"] <= min(accs)
+    write_report(cfg.store, tmp_path / "report")  # results.csv says which repeat each outcome is
+    with open(tmp_path / "report" / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {(r["run_id"], r["repeat"]) for r in table} == {(r.run_id, str(r.repeat)) for r in cfg.runs}
+    assert {r["adaptive"] for r in table} == {"none"}
 
     bad = _config(experiment="bad", attacks=[{"name": "fgsm", "repeat": 2, "params": {"eps": 0.1}}])
     with pytest.raises(ConfigError, match="repeat"):
@@ -97,6 +103,9 @@ def test_a_defended_model_is_attacked_three_ways_and_the_headline_is_the_per_ima
     (cell,) = robust_summary(cfg.store)
     assert cell["modes"] == ["bpda", "bpda+eot", "none"] and cell["runs"] == 3
     assert cell["worst"] <= min(cell["by_mode"].values())
+    write_report(cfg.store, tmp_path / "report")  # results.csv names each outcome's mode
+    with open(tmp_path / "report" / "results.csv") as f:
+        assert {(r["run_id"], r["adaptive"]) for r in csv.DictReader(f)} == set(mode_of.items())
 
     plain = _config(experiment="plain", models=[{"entry": "tiny.py:build", "adaptive": ["none"]}])
     with pytest.raises(ConfigError, match="defended model"):

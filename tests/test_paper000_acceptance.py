@@ -53,19 +53,19 @@ def test_configs_present():
 
 
 def test_operating_characteristic_and_best_effort():
-    pd = pytest.importorskip("pandas")
+    """The script's curves come from quantadv.experiments.tables' best effort (tests/test_tables.py)."""
+    from quantadv.experiments.tables import best_effort_rows
+
     fig = _module(ROOT / "scripts" / "paper000_figures.py", "paper000_figures")
-    df = pd.DataFrame({
-        "attack": ["a"] * 6, "postprocess": ["none"] * 6,
-        "idx": [0, 0, 1, 1, 2, 2],
-        "success": [True, True, False, True, False, False],
-        "d": [3.0, 2.0, 1.0, 5.0, 0.5, 0.1],
-    })
-    idx, dmin = fig.best(df, "a", "none")
-    assert idx.tolist() == [0, 1, 2]
-    assert dmin.tolist() == [2.0, 5.0, np.inf]        # failures never count, whatever their d
+    rows = [{"model": "m", "attack": "a", "postprocess": "none", "run_id": f"r{k}", "idx": i, "success": ok,
+             "d": d, "l2": d, "linf": d, "label": 0, "clean_pred": 0}
+            for k, (i, ok, d) in enumerate([(0, True, 3.0), (0, True, 2.0), (1, False, 1.0), (1, True, 5.0),
+                                            (2, False, 0.5), (2, False, 0.1)])]
+    (best,) = best_effort_rows(rows)
+    assert best["idx"].tolist() == [0, 1, 2]
+    assert best["d_min"].tolist() == [2.0, 5.0, np.inf]        # failures never count, whatever their d
     # Eq. 32: strict inequality, failures count against the attack (M = 3)
-    assert fig.oc(dmin, np.array([2.0, 2.5, 10.0])).tolist() == pytest.approx([0, 1 / 3, 2 / 3])
+    assert fig.oc(best, np.array([2.0, 2.5, 10.0])).tolist() == pytest.approx([0, 1 / 3, 2 / 3])
 
 
 @pytest.fixture(scope="module")

@@ -146,3 +146,18 @@ def test_bad_arguments():
         high_resolution_distortion(float("nan"), 10)
     with pytest.raises(InputError, match="level"):
         rounding_tail_probability(-1, 1.0, 10)
+
+
+def test_the_library_monte_carlo_agrees_with_eq16_and_is_seeded():
+    from quantadv.theory import monte_carlo_rounding_distortion
+
+    rho = np.array([3.0, 8.0, 20.0])
+    mean, se = monte_carlo_rounding_distortion(rho, 784, 400, seed=3)
+    assert mean.shape == se.shape == (3,) and np.all(se > 0)
+    assert np.all(np.abs(mean - expected_rounding_distortion(rho, 784)) < 5 * se + 1e-9)
+    again, _ = monte_carlo_rounding_distortion(rho, 784, 400, seed=3)
+    assert np.array_equal(mean, again)
+    scalar, _ = monte_carlo_rounding_distortion(8.0, 784, 400, seed=3)
+    assert scalar.shape == ()
+    with pytest.raises(InputError):
+        monte_carlo_rounding_distortion(1.0, 784, 1)

@@ -129,3 +129,31 @@ def fgsm_rounding_distortion(rho: object, n: object) -> float | np.ndarray:
     rounded = np.ceil(epsilon - 0.5)
     out = n * rounded**2
     return _result(out, r.ndim == 0)
+
+
+def monte_carlo_rounding_distortion(
+    rho: object, n: object, samples: int = 2000, *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Monte Carlo estimate of ``E(D^2)`` (Eq. 14) and its standard error, per ``rho``.
+
+    Draws ``samples`` perturbations ``U`` uniform on the sphere of radius ``rho`` in ``R^n``
+    (Gaussian directions, float64, one ``torch`` generator seeded with ``seed`` for all the
+    ``rho`` in turn), rounds them with ``R`` (Eq. 12; halves go down, Eq. 13) and averages
+    ``||R(U)||^2``: the check of :func:`expected_rounding_distortion` (Eq. 16) the paper's Fig. 2
+    shows. Returns two float64 arrays of the shape of ``rho`` (squared pixel units).
+    """
+    import torch
+
+    n = _check_n(n)
+    r = _check_rho(rho)
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 2:
+        raise InputError(f"samples must be an integer >= 2, got {samples!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    mean, se = [], []
+    for radius in r.reshape(-1):
+        u = torch.randn(int(samples), n, generator=gen, dtype=torch.float64)
+        u = u / u.norm(dim=1, keepdim=True) * float(radius)
+        d2 = torch.ceil(u - 0.5).square().sum(1).numpy()
+        mean.append(d2.mean())
+        se.append(d2.std(ddof=1) / math.sqrt(samples))
+    return np.array(mean).reshape(r.shape), np.array(se).reshape(r.shape)

@@ -2,7 +2,14 @@
 
 Writes ``DIR/index.html`` (self-contained: plots embedded as PNG, tables, the config, the
 machines and the code version), every plot as a PNG and an SVG file, and the tables as CSV
-(``runs.csv``, ``best_effort.csv``, ``results.csv``). The store is opened read-only.
+(``runs.csv``, ``best_effort.csv``, ``results.csv``, ``robust.csv``, ``paired.csv``). The store is
+opened read-only.
+
+``--markdown`` prints the tables as Markdown instead (no files unless ``--out`` is given too):
+the best effort per attack entry over the correctly classified images (success, median / mean d
+of the successes; ``--at D ...`` adds the operating characteristic P_suc(D), paper 000 Eq. 32),
+the robust accuracy (average, std, lowest run, worst case over repeats and adaptive modes, per
+criterion of the config's ``summary:``) and the paired comparisons.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", help="output directory (default: report/<store name>)")
     p.add_argument("--images", type=int, default=8, metavar="N",
                    help="images per image grid (default 8)")
+    p.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    p.add_argument("--at", type=float, nargs="+", default=[], metavar="D",
+                   help="with --markdown: P_suc(D) columns (success with d < D; paper 000 Eq. 32)")
+    p.add_argument("--inclusive", action="store_true", help="with --at: count d <= D instead of d < D")
     return p
 
 
@@ -32,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise InputError(f"--images must be >= 1, got {args.images}")
     store = Path(args.store)
+    if args.markdown:
+        from ..experiments.tables import markdown_tables
+
+        print(markdown_tables(store, at=args.at, inclusive=args.inclusive), end="")
+        if not args.out:
+            return 0
     out = Path(args.out) if args.out else Path("report") / store.stem
     index = write_report(store, out, max_images=args.images)
     print(f"report: {index}")

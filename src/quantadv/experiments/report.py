@@ -520,7 +520,8 @@ def _figure_html(plot: _Plot) -> str:
 ROBUST_TABLE = [("model", "model", ""), ("attack", "attack", ""), ("params", "params", ""),
                 ("postprocess", "post-processing", ""), ("criterion", "criterion", ""),
                 ("images", "images", "d"), ("runs", "runs", "d"), ("mean", "average acc.", ".3f"),
-                ("std", "std", ".3f"), ("worst", "worst-case acc.", ".3f"), ("by_mode", "average per mode", "")]
+                ("std", "std", ".3f"), ("lowest", "lowest run", ".3f"),
+                ("worst", "worst-case acc.", ".3f"), ("by_mode", "average per mode", "")]
 PAIRED_TABLE = [("model", "model", ""), ("postprocess", "post-processing", ""), ("a", "A", ""),
                 ("b", "B", ""), ("images", "images", "d"), ("diff", "acc. A - B", ".3f"),
                 ("low", "95% low", ".3f"), ("high", "95% high", ".3f"), ("a_only", "broken by A only", "d"),
@@ -551,7 +552,7 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
         if carry:
             text += f", carried over {carry}"
         robust += [{**{k: c[k] for k in ("model", "attack", "postprocess", "images", "runs", "mean", "std",
-                                          "worst")}, "params": _params_text(c["params"]), "criterion": text,
+                                          "lowest", "worst")}, "params": _params_text(c["params"]), "criterion": text,
                     "by_mode": "; ".join(f"{m}={v:.3f}" for m, v in sorted(c["by_mode"].items()))
                     if len(c["by_mode"]) > 1 else ""}
                    for c in cells]
@@ -560,6 +561,19 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
         for row in compare(final_cells, a, b):
             pairs.append({**row, "a": _params_text_pair(row["a"]), "b": _params_text_pair(row["b"])})
     return robust, pairs
+
+
+def stored_summary_options(store: str | os.PathLike) -> dict:
+    """The ``summary:`` mapping of the config a store was written by (``{}`` without one)."""
+    with open_store(store) as st:
+        text = st.meta().get("config_yaml", "") or "{}"
+    with contextlib.suppress(Exception):  # a config without (or with an unreadable) summary: key
+        import yaml
+
+        stored = yaml.safe_load(text)
+        if isinstance(stored, dict) and isinstance(stored.get("summary"), dict):
+            return stored["summary"]
+    return {}
 
 
 def _params_text_pair(text: str) -> str:
@@ -614,14 +628,7 @@ def write_report(
         raise DataError(f"--out {str(out_dir)!r} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    options: dict = {}
-    with contextlib.suppress(Exception):  # a config without (or with an unreadable) summary: key
-        import yaml
-
-        stored = yaml.safe_load(meta.get("config_yaml", "") or "{}")
-        if isinstance(stored, dict) and isinstance(stored.get("summary"), dict):
-            options = stored["summary"]
-    robust, pairs = summary_tables(store_path, options)
+    robust, pairs = summary_tables(store_path, stored_summary_options(store_path))
     _atomic_write(out_dir / "robust.csv", _csv_bytes(robust, [c for c, _, _ in ROBUST_TABLE]))
     if pairs:
         _atomic_write(out_dir / "paired.csv", _csv_bytes(pairs, [c for c, _, _ in PAIRED_TABLE]))
@@ -638,8 +645,13 @@ def write_report(
     _atomic_write(out_dir / "best_effort.csv", _csv_bytes(btable, [c for c, _, _ in BEST_TABLE]))
     from .store import RESULT_COLUMNS
 
-    columns = ["model", "attack", "attack_name", "params", *RESULT_COLUMNS]
-    _atomic_write(out_dir / "results.csv", _csv_bytes(rows, columns))
+    axes = {}  # per run: the adaptive mode and the repeat index of its config (docs/experiments.md)
+    for r in runs:
+        with contextlib.suppress(TypeError, ValueError):
+            config = json.loads(r["config"])
+            axes[r["run_id"]] = {"adaptive": config.get("adaptive", "none"), "repeat": int(config.get("repeat", 0))}
+    columns = ["model", "attack", "attack_name", "params", "adaptive", "repeat", *RESULT_COLUMNS]
+    _atomic_write(out_dir / "results.csv", _csv_bytes([{**r, **axes.get(r["run_id"], {})} for r in rows], columns))
 
     name = meta.get("experiment", store_path.stem)
     versions = sorted({r["code_version"] for r in runs} | {s["code_version"] for s in sessions})
