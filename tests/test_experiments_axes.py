@@ -197,3 +197,19 @@ def test_a_randomised_model_is_judged_on_a_fresh_draw_not_on_the_draw_that_stopp
     assert len(attacked) >= 60
     rate = sum(bool(r["success"]) for r in attacked) / len(attacked)
     assert 0.25 < rate < 0.75, rate
+
+
+def test_a_changed_summary_reaches_the_report_of_an_existing_store(tmp_path):
+    # summary: is not part of any run id: running the edited config again computes nothing and
+    # the report reads the new options.
+    from quantadv.experiments.report import stored_summary_options
+
+    attacks = [{"name": "fgsm", "grid": {"eps": [0.05, 0.2]}}]
+    first = load_config(write_setup(tmp_path, _config(experiment="sum", attacks=attacks), "a.yaml"))
+    run_experiment(first, quiet=True)
+    assert stored_summary_options(first.store) == {}
+    edited = load_config(write_setup(tmp_path, _config(experiment="sum", attacks=attacks,
+                                                       summary={"carry": "eps"}), "b.yaml"))
+    assert edited.experiment_hash == first.experiment_hash
+    run_experiment(edited, quiet=True)
+    assert stored_summary_options(first.store) == {"carry": "eps"}

@@ -346,6 +346,12 @@ class ResultsStore:
                 "targets, postprocess or save_images changed). The store was not modified. Give "
                 "the new config another experiment name, pass --store, or move the old store away"
             )
+        if not self.readonly and identity.config_yaml and meta.get("config_yaml") != identity.config_yaml:
+            # Same runs (same hash): only what no run id depends on changed -- comments, the
+            # description, the report's summary: options. The report reads the latest text.
+            with self.conn:
+                self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('config_yaml', ?)",
+                                  (identity.config_yaml,))
 
     def extend_to(self, identity: StoreIdentity, run_ids: Iterable[str]) -> bool:
         """Let a config that *extends* this store's config write into it (``quantadv run --extend``).
