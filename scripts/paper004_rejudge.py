@@ -5,16 +5,13 @@
         --stores results/paper004-full-linf.db results/paper004-full-l2.db results/paper004-full-2k.db \
         --diagnose results/paper004-diagnose
 
-prints markdown:
+prints markdown (the accuracy tables of each store come from ``quantadv report STORE --markdown``):
 
-1. per store, robust accuracy (%) of every (model, attack entry, grid point) over all its images
-   (misclassified clean images count as errors; ``robust_summary``, final iterate) and over "any
-   iterate" where the config asked for it;
-2. Tables 1 / 7 from the diagnose files (``<model>.json``) with, per model, the share of correctly
+1. Tables 1 / 7 from the diagnose files (``<model>.json``) with, per model, the share of correctly
    classified images whose logit margin exceeds 16.6 (``p_y`` rounds to 1 in float32: the
    true-class term of ``psi`` is 0, and ``loss=ce-clipped`` has no gradient) and 87 (the other
    classes' ``p_j`` underflow: ``loss=ce`` has no gradient either), and the masking checks;
-3. for each model, the images one attack broke and the other did not (default: PGD vs PGD++ NJS
+2. for each model, the images one attack broke and the other did not (default: PGD vs PGD++ NJS
    in the first store, ``--why pgd pgd_pp-njs``), with the beta PGD++ used (``info.temperature``) and,
    joined by dataset index with the diagnose file, the clean logit margin and the error signal
    ``||psi||`` and gradient norm at beta = 1 and at NJS's beta1: what PGD++ changed on exactly
@@ -29,53 +26,14 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from _figures import table
+
 from quantadv.experiments import load_results
-from quantadv.experiments.summary import robust_summary
 
 #: float32: p_y rounds to 1 above a logit margin of ~16.6 (1 - p_y < 2^-24); exp(-m) underflows
 #: (subnormal) above ~87 (~103 to exactly 0).
 MARGIN_ROUNDS = 16.6
 MARGIN_UNDERFLOWS = 87.3
-
-
-def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:
-    align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def cell_name(attack: str, params: str, varying: set[str]) -> str:
-    p = json.loads(params)
-    extra = ",".join(f"{k}={p[k]:g}" if isinstance(p[k], float) else f"{k}={p[k]}" for k in sorted(varying) if k in p)
-    return f"{attack}:{extra}" if extra else attack
-
-
-def accuracy_tables(store: Path) -> None:
-    final = robust_summary(store)
-    anyc = {(c["model"], c["attack"], c["params"]): c["mean"] for c in robust_summary(store, criterion="any")}
-    by_attack: dict[str, set[str]] = defaultdict(set)
-    for c in final:
-        by_attack[c["attack"]].add(c["params"])
-    varying = {a: {k for k in set().union(*(json.loads(p) for p in ps))
-                   if len({json.dumps(json.loads(p).get(k)) for p in ps}) > 1} for a, ps in by_attack.items()}
-    models = list(dict.fromkeys(c["model"] for c in final))
-    cols = list(dict.fromkeys(cell_name(c["attack"], c["params"], varying[c["attack"]]) for c in final))
-    acc = {(c["model"], cell_name(c["attack"], c["params"], varying[c["attack"]])): c for c in final}
-    print(f"\n### {store.name}: robust accuracy % (final iterate; any iterate in brackets)\n")
-    rows = []
-    for col in cols:
-        row = [col]
-        for m in models:
-            c = acc.get((m, col))
-            if c is None:
-                row.append("-")
-                continue
-            a = anyc.get((m, c["attack"], c["params"]))
-            row.append(f"{100 * c['mean']:.2f}" + (f" ({100 * a:.2f})" if a is not None and a != c["mean"] else ""))
-        rows.append(row)
-    images = sorted({c["images"] for c in final})
-    print(table(rows, ["attack"] + models))
-    print(f"\nimages per cell: {', '.join(map(str, images))}")
 
 
 def diagnose_tables(files: list[Path]) -> dict[str, dict]:
@@ -147,13 +105,11 @@ def why(store: Path, a: str, b: str, docs: dict[str, dict]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stores", nargs="+", type=Path, default=[])
+    p.add_argument("--stores", nargs="+", type=Path, default=[], help="stores; the first one feeds --why")
     p.add_argument("--diagnose", type=Path, default=None, help="directory of quantadv diagnose --json files")
     p.add_argument("--why", nargs=2, default=["pgd", "pgd_pp-njs"], metavar=("A", "B"),
                    help="entries compared image by image in the first store (default: pgd pgd_pp-njs)")
     args = p.parse_args()
-    for s in args.stores:
-        accuracy_tables(s)
     docs = diagnose_tables(sorted(args.diagnose.glob("*.json"))) if args.diagnose else {}
     if args.stores:
         why(args.stores[0], *args.why, docs)
