@@ -1,12 +1,13 @@
-"""Tables and figures of docs/paper-002-soft-quantization.md from the JSON stores of the eval scripts.
+"""Figures of docs/paper-002-soft-quantization.md from the runner's stores (tables: quantadv report --markdown).
 
-    python scripts/paper002_figures.py results/paper002/mnist.json results/paper002/fmnist-a.json+fmnist-b.json
-    python scripts/paper002_figures.py --kalpha results/paper002-kalpha.db+results/paper002-kalpha-clean.db
+    python scripts/paper002_figures.py results/paper002-mnist.db results/paper002-fmnist.db
+    python scripts/paper002_figures.py --kalpha results/paper002-kalpha.db results/paper002-kalpha-clean.db
 
-For every store: one markdown table (robust accuracy per model, attack, loss and eps over the
-store's images; eps 0 is clean accuracy on the same images) plus the per-image headline: an
-image counts as robust at eps only if *no* attack and loss of the store broke it there. Writes
-``docs/img/paper002/<store>.png`` (Fig. 3 analog: one panel per loss, plus the per-image minimum).
+Per store (configs/paper002-*.yaml) ``<out>/<data>.png``, the Fig. 3 analog of paper 002: robust
+accuracy vs eps (eps 0: clean accuracy), breaks carried to larger eps (``summary.carry``), per model
+for PGD as deployed (adaptive none, solid) and BPDA+PGD (dashed), one panel per loss, and the
+per-image headline: an image counts as robust at eps only if no run of the store's ``summary.headline``
+entries broke it there. ``--kalpha ATTACKED CLEAN`` prints the K / alpha table (App. B analog).
 """
 
 from __future__ import annotations
@@ -15,112 +16,81 @@ import argparse
 import json
 from pathlib import Path
 
-from _figures import ROOT, pyplot, save
+from _figures import ROOT, pyplot, save, table
 
-OUT = ROOT / "docs" / "img" / "paper002"
+from quantadv.experiments import load_results
+from quantadv.experiments.report import stored_summary_options
+from quantadv.experiments.store import open_store
+from quantadv.experiments.summary import headline, robust_summary
 
-
-def robust(flags: list[bool]) -> float:
-    return 1 - sum(flags) / len(flags)
-
-
-def table(store: dict, name: str) -> dict:
-    eps = [f"{e:g}" for e in store["eps"]]
-    print(f"\n#### {name}: {store['data']}, first {store['n']} test images, {store['steps']}-step PGD "
-          f"(step 2.5 eps / steps, random start)\n")
-    print("| model | attack | loss | clean | " + " | ".join(f"eps {e}" for e in eps) + " |")
-    print("| --- | --- | --- | ---: | " + " | ".join("---:" for _ in eps) + " |")
-    headline = {}
-    for label, rec in store["models"].items():
-        clean = 1 - robust(rec["clean_ok"])  # fraction correct
-        broken_any = {e: [not ok for ok in rec["clean_ok"]] for e in eps}
-        for key, res in rec["attacks"].items():
-            attack, loss = key.split("/")
-            cells = " | ".join(f"{100 * robust(res['broken'][e]):.0f}%" for e in eps)
-            print(f"| {label} | {attack} | {loss} | {100 * clean:.0f}% | {cells} |")
-            for e in eps:
-                broken_any[e] = [a or b for a, b in zip(broken_any[e], res["broken"][e], strict=True)]
-        cells = " | ".join(f"**{100 * robust(broken_any[e]):.0f}%**" for e in eps)
-        print(f"| {label} | **per-image minimum over all rows** | | {100 * clean:.0f}% | {cells} |")
-        headline[label] = {"clean": clean, **{e: robust(broken_any[e]) for e in eps}}
-    return headline
+PANELS = {"pgd-ce": "cross-entropy loss", "pgd-cw": "CW-inf (margin) loss"}  # attack entries of the configs
+COLOURS = {"natural": "tab:green", "pgd-at": "tab:red", "pgd-at02": "tab:orange", "trades": "tab:orange",
+           "sq": "tab:purple", "nsq": "tab:blue"}
 
 
-def figure(store: dict, name: str, headline: dict) -> None:
+def figure(store: Path, out: Path) -> None:
+    rows = load_results(store, as_frame=False)
+    with open_store(store) as st:
+        models = list(dict.fromkeys(r["model"] for r in st.runs()))  # config order
+    clean = {m: sum(r["clean_pred"] == r["label"] for r in rows if r["model"] == m) /
+             sum(r["model"] == m for r in rows) for m in models}
+    cells = [c for c in robust_summary(store, carry="eps") if c["postprocess"] == "none"]
+    labels = stored_summary_options(store).get("headline") or sorted({c["attack"] for c in cells})
+    name = store.stem.removeprefix("paper002-")
     plt = pyplot()
-    eps = [0.0] + list(store["eps"])
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), sharey=True)
-    palette = {"natural": "tab:green", "pgd-at": "tab:red", "sq": "tab:purple", "nsq": "tab:blue"}
-    colour = {label: palette.get(label, f"C{i}") for i, label in enumerate(store["models"])}
-    for ax, loss in zip(axes[:2], ("ce", "margin"), strict=True):
-        for label, rec in store["models"].items():
-            clean = sum(rec["clean_ok"]) / len(rec["clean_ok"])
-            for key, res in rec["attacks"].items():
-                attack, l_ = key.split("/")
-                if l_ != loss or attack not in ("pgd", "bpda"):
-                    continue
-                ys = [clean] + [robust(res["broken"][f"{e:g}"]) for e in store["eps"]]
-                ax.plot(eps, ys, marker="o", ms=3, ls="-" if attack == "pgd" else "--", color=colour[label],
-                        label=f"{label} {'PGD' if attack == 'pgd' else 'BPDA+PGD'}")
-        ax.set_title(f"{name}: {'cross-entropy' if loss == 'ce' else 'CW-inf (margin)'} loss")
-        ax.set_xlabel("L-inf eps")
-    for label, h in headline.items():
-        axes[2].plot(eps, [h["clean"]] + [h[f"{e:g}"] for e in store["eps"]], marker="o", ms=3, label=label,
-                     color=colour[label])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
+
+    def curve(ax, model: str, picked: list[dict], acc, **style) -> None:
+        points = sorted((json.loads(c["params"])["eps"], acc(c)) for c in picked)
+        if points:
+            ax.plot([0.0] + [e for e, _ in points], [clean[model]] + [a for _, a in points], marker="o", ms=3,
+                    color=COLOURS.get(model, f"C{models.index(model)}"), **style)
+
+    for ax, (entry, title) in zip(axes, PANELS.items(), strict=False):
+        for m in models:
+            here = [c for c in cells if c["model"] == m and c["attack"] == entry]
+            for mode, ls, shown in (("none", "-", "PGD"), ("bpda", "--", "BPDA+PGD")):
+                curve(ax, m, [c for c in here if mode in c["by_mode"]], lambda c, mode=mode: c["by_mode"][mode],
+                      ls=ls, label=f"{m} {shown}")
+        ax.set_title(f"{name}: {title}")
+    for m in models:
+        curve(axes[2], m, [c for c in headline(cells, labels) if c["model"] == m], lambda c: c["worst"], label=m)
     axes[2].set_title("per-image minimum over every attack")
-    axes[2].set_xlabel("L-inf eps")
-    axes[0].set_ylabel(f"accuracy ({store['n']} images)")
+    axes[0].set_ylabel(f"accuracy ({max(c['images'] for c in cells)} images)")
     for ax in axes:
+        ax.set_xlabel("L-inf eps")
         ax.legend(fontsize=6)
-    save(fig, OUT / f"{name}.png")
+    save(fig, out / f"{name}.png")
 
 
-def kalpha(paths: list[Path]) -> None:
+def kalpha(attacked: Path, clean_store: Path) -> None:
     """The K / alpha table from the stores of configs/paper002-kalpha.yaml and paper002-kalpha-clean.yaml."""
-    import pandas as pd
-
-    from quantadv.experiments import load_results
-
-    df = pd.concat([load_results(p, as_frame=True) for p in paths])
-    clean = df[df.attack == "clean"].groupby("model").apply(lambda g: (g.clean_pred == g.label).mean())
-    att = df[df.attack != "clean"]
-    print(f"\n#### K / alpha study: NSQ fine-tuned from fmnist-cnn (configs/entries/nsq.py); clean on "
-          f"{df[df.attack == 'clean'].idx.nunique()} test images (natural fmnist-cnn: {100 * clean['natural']:.1f}%); "
-          f"BPDA+PGD at eps 0.1 on {att.idx.nunique()} images\n")
-    print("| K | alpha | SQ clean | NSQ clean | bpda/ce | bpda/margin | min over rows | train s |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for model, g in att.groupby("model"):
+    clean = {c["model"]: c["worst"] for c in robust_summary(clean_store)}  # identity attack: clean accuracy
+    cells = robust_summary(attacked)
+    loss = {(c["model"], json.loads(c["params"])["loss"]): c for c in cells}
+    print(f"NSQ fine-tuned from fmnist-cnn; natural fmnist-cnn clean: {100 * clean['natural']:.1f}%; "
+          f"BPDA+PGD at eps 0.1 on {cells[0]['images']} images\n")
+    lines = []
+    for h in headline(cells, sorted({c["attack"] for c in cells})):
+        model = h["model"]
         k, a = model.removeprefix("nsq-K").split("-a")
-        robust = {json.loads(p)["loss"]: ~sub.set_index("idx").success.astype(bool)
-                  for p, sub in g.groupby("params")}
-        both = robust["ce"] & robust["margin"]
         meta = sorted((ROOT / "results" / "paper002" / "kalpha").glob(f"nsq-K{k}-alpha{a}-*.json"))
-        secs = f"{json.loads(meta[0].read_text())['train_seconds']:.0f}" if meta else "-"
-        print(f"| {k} | {a} | {100 * clean[f'sq-K{k}-a{a}']:.1f}% | {100 * clean[model]:.1f}% | "
-              f"{100 * robust['ce'].mean():.0f}% | {100 * robust['margin'].mean():.0f}% | "
-              f"**{100 * both.mean():.0f}%** | "
-              f"{secs} |")
-
+        lines.append([k, a, *(f"{100 * clean[m]:.1f}%" for m in (f"sq-K{k}-a{a}", model)),
+                      *(f"{100 * loss[model, lo]['worst']:.0f}%" for lo in ("ce", "margin")),
+                      f"**{100 * h['worst']:.0f}%**",
+                      f"{json.loads(meta[0].read_text())['train_seconds']:.0f}" if meta else "-"])
+    print(table(lines, ["K", "alpha", "SQ clean", "NSQ clean", "bpda/ce", "bpda/margin", "min over rows", "train s"]))
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stores", nargs="*")
-    p.add_argument("--kalpha", default=None)
+    p.add_argument("stores", nargs="*", type=Path, help="runner stores of configs/paper002-{mnist,fmnist}.yaml")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "paper002", help="directory of the PNGs")
+    p.add_argument("--kalpha", nargs=2, type=Path, metavar=("ATTACKED", "CLEAN"), default=None)
     args = p.parse_args()
-    for s in args.stores:
-        # "a.json+b.json": stores of the same data and eps (e.g. two processes) merged model-wise
-        paths = [Path(part) for part in s.split("+")]
-        store = json.loads(paths[0].read_text())
-        for extra in paths[1:]:
-            other = json.loads(extra.read_text())
-            if (other["data"], other["eps"], other["n"]) != (store["data"], store["eps"], store["n"]):
-                raise SystemExit(f"{extra} has other data/eps/n than {paths[0]}")
-            store["models"].update(other["models"])
-        name = paths[0].stem.split("-")[0]
-        headline = table(store, name)
-        figure(store, name, headline)
+    for store in args.stores:
+        figure(store, args.out)
     if args.kalpha:
-        kalpha([Path(p) for p in args.kalpha.split("+")])
+        kalpha(*args.kalpha)
 
 
 if __name__ == "__main__":
