@@ -81,6 +81,7 @@ def kalpha(attacked: Path, clean_store: Path) -> None:
                       f"{json.loads(meta[0].read_text())['train_seconds']:.0f}" if meta else "-"])
     print(table(lines, ["K", "alpha", "SQ clean", "NSQ clean", "bpda/ce", "bpda/margin", "min over rows", "train s"]))
 
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stores", nargs="*", type=Path, help="runner stores of configs/paper002-{mnist,fmnist}.yaml")
