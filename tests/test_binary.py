@@ -304,7 +304,8 @@ def test_packed_reload_is_bit_identical(tmp_path, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["fmnist-cnn-bc", "fmnist-cnn-mdtanh", "fmnist-cnn-waq", "fmnist-cnn-bc-at-linf"])
+@pytest.mark.parametrize("name", ["fmnist-cnn-bc", "fmnist-cnn-mdtanh", "fmnist-cnn-gdtanh", "fmnist-cnn-pmf",
+                                  "fmnist-cnn-pq", "fmnist-cnn-waq", "fmnist-cnn-bc-at-linf"])
 def test_shipped_binary_models(name):
     if name not in models.list():
         pytest.skip(f"{name} not in the zoo yet")
