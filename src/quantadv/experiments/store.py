@@ -251,6 +251,7 @@ class ResultsStore:
         store = cls.open(p, readonly=False)
         try:
             store.check_identity(identity)
+            store._keep_config_text(identity)
         except BaseException:
             store.close()
             raise
@@ -346,9 +347,12 @@ class ResultsStore:
                 "targets, postprocess or save_images changed). The store was not modified. Give "
                 "the new config another experiment name, pass --store, or move the old store away"
             )
-        if not self.readonly and identity.config_yaml and meta.get("config_yaml") != identity.config_yaml:
-            # Same runs (same hash): only what no run id depends on changed -- comments, the
-            # description, the report's summary: options. The report reads the latest text.
+
+    def _keep_config_text(self, identity: StoreIdentity) -> None:
+        """Store the text of the config now writing: with the same experiment hash only what no
+        run id depends on can differ (comments, the description, the report's ``summary:``
+        options), and the report reads the latest of those."""
+        if identity.config_yaml and self.meta().get("config_yaml") != identity.config_yaml:
             with self.conn:
                 self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('config_yaml', ?)",
                                   (identity.config_yaml,))
