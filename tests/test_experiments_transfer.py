@@ -260,3 +260,32 @@ def test_paired_comparison_between_named_entries(tmp_path):
     assert math.isfinite(row["p"])
     with pytest.raises(ConfigError, match=r"summary.compare\[0\]: 'strongg' is not an attack label"):
         _setup(tmp_path, experiment="cmp2", attacks=attacks, summary={"compare": [["strongg", "weak"]]})
+
+
+def test_entries_with_other_fixed_params_pair_by_their_shared_grid(tmp_path, caplog):
+    # A transfer-style entry without early stop against PGD with it: their params never agree,
+    # but both vary eps, so each eps cell of one pairs with the same eps cell of the other.
+    grid = [{"eps": 0.05, "step": 0.01}, {"eps": 0.2, "step": 0.05}]
+    attacks = [{"name": "pgd", "label": "late", "params": {"norm": "linf", "steps": 4}, "grid": grid},
+               {"name": "pgd", "label": "early", "params": {"norm": "linf", "steps": 4, "early_stop": True},
+                "grid": grid},
+               {"name": "fgsm", "label": "one", "params": {"eps": 0.1}}]
+    cfg = _setup(tmp_path, experiment="grid", attacks=attacks, postprocess=["none"],
+                 summary={"compare": [["late", "early"], ["one", "late"]]})
+    run_experiment(cfg, quiet=True)
+    cells = robust_summary(cfg.store)
+    rows = compare(cells, "late", "early")
+    assert sorted(json.loads(r["a"].partition(" ")[2])["eps"] for r in rows) == [0.05, 0.2]
+    for row in rows:
+        a_eps = json.loads(row["a"].partition(" ")[2])["eps"]
+        assert json.loads(row["b"].partition(" ")[2])["eps"] == a_eps
+        late = next(c for c in cells if c["attack"] == "late" and json.loads(c["params"])["eps"] == a_eps)
+        early = next(c for c in cells if c["attack"] == "early" and json.loads(c["params"])["eps"] == a_eps)
+        assert row["diff"] == pytest.approx(late["mean"] - early["mean"])
+    # One fgsm cell against two pgd cells shares no grid: nothing pairs, and the report says so.
+    assert compare(cells, "one", "late") == []
+    from quantadv.experiments.report import summary_tables
+
+    with caplog.at_level("WARNING"):
+        _, pairs = summary_tables(cfg.store, cfg.summary)
+    assert len(pairs) == 2 and "summary.compare [one, late]: no cell" in caplog.text

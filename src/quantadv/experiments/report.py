@@ -558,7 +558,12 @@ def summary_tables(store: str | os.PathLike, options: dict) -> tuple[list[dict],
                    for c in cells]
     pairs = []
     for a, b in options.get("compare", []):
-        for row in compare(final_cells, a, b):
+        rows = compare(final_cells, a, b)
+        if not rows:
+            log.warning("summary.compare [%s, %s]: no cell of %r pairs with one of %r (same model and "
+                        "post-processing, and equal parameters or equal grid values); nothing to compare",
+                        a, b, a, b)
+        for row in rows:
             pairs.append({**row, "a": _params_text_pair(row["a"]), "b": _params_text_pair(row["b"])})
     return robust, pairs
 

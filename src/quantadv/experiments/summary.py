@@ -230,22 +230,48 @@ def _same(value: Any, text: str) -> bool:
     return str(value).lower() == text.lower() or json.dumps(value) == text
 
 
+def _grid_keys(cells: list[dict]) -> set[str]:
+    """The parameters whose value differs between the cells of one attack entry (its grid)."""
+    params = [json.loads(c["params"]) for c in cells]
+    keys = set().union(*params) if params else set()
+    return {k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1}
+
+
+def _pairs(ca: list[dict], cb: list[dict]) -> list[tuple[dict, dict]]:
+    """Cells of two entries paired one to one: a single cell each; else equal params; else equal
+    values of the grid parameters both entries vary (e.g. ``eps``, when the entries' other
+    parameters differ: a transfer entry without early stop against PGD with it)."""
+    if len(ca) == 1 and len(cb) == 1:
+        return [(ca[0], cb[0])]
+    by_params = {c["params"]: c for c in cb}
+    if all(x["params"] in by_params for x in ca):
+        return [(x, by_params[x["params"]]) for x in ca]
+    grid = sorted(_grid_keys(ca) & _grid_keys(cb))
+    if not grid:
+        return [(x, by_params[x["params"]]) for x in ca if x["params"] in by_params]
+
+    def key(c: dict) -> str:
+        p = json.loads(c["params"])
+        return json.dumps([p.get(k) for k in grid])
+
+    count: dict[str, int] = defaultdict(int)
+    for c in cb:
+        count[key(c)] += 1
+    by_grid = {key(c): c for c in cb if count[key(c)] == 1}  # an ambiguous grid value pairs nothing
+    return [(x, by_grid[key(x)]) for x in ca if key(x) in by_grid]
+
+
 def compare(cells: list[dict], a: str, b: str, n_boot: int = 5000, seed: int = 0) -> list[dict[str, Any]]:
     """Paired tests between attack entries ``a`` and ``b`` (selectors ``label`` or
-    ``label:eps=0.3,b=200``), per model and post-processing: the cells pair up one to one, or
-    by equal grid parameters. Returns :func:`paired`'s dicts with ``model``, ``postprocess``,
-    ``a``, ``b`` (the cells' attack and params)."""
+    ``label:eps=0.3,b=200``), per model and post-processing: the cells pair up one to one, by
+    equal parameters, or by equal values of the grid parameters both entries vary. Returns
+    :func:`paired`'s dicts with ``model``, ``postprocess``, ``a``, ``b`` (the cells' attack and
+    params); empty when no cell pairs up (the caller says so)."""
     out = []
     groups = sorted({(c["model"], c["postprocess"]) for c in cells})
     for model, pp in groups:
         here = [c for c in cells if c["model"] == model and c["postprocess"] == pp]
-        ca, cb = _select(here, a), _select(here, b)
-        if len(ca) == 1 and len(cb) == 1:
-            pairs = [(ca[0], cb[0])]
-        else:
-            by_params = {c["params"]: c for c in cb}
-            pairs = [(x, by_params[x["params"]]) for x in ca if x["params"] in by_params]
-        for x, y in pairs:
+        for x, y in _pairs(_select(here, a), _select(here, b)):
             out.append({"model": model, "postprocess": pp, "a": f"{x['attack']} {x['params']}",
                         "b": f"{y['attack']} {y['params']}", **paired(x, y, n_boot, seed)})
     return out
