@@ -307,8 +307,6 @@ def test_packed_reload_is_bit_identical(tmp_path, method):
 @pytest.mark.parametrize("name", ["fmnist-cnn-bc", "fmnist-cnn-mdtanh", "fmnist-cnn-gdtanh", "fmnist-cnn-pmf",
                                   "fmnist-cnn-pq", "fmnist-cnn-waq", "fmnist-cnn-bc-at-linf"])
 def test_shipped_binary_models(name):
-    if name not in models.list():
-        pytest.skip(f"{name} not in the zoo yet")
     model = models.load(name)
     assert isinstance(model, BinarySmallCNN)
     for w in deployed_weights(model).values():

@@ -28,20 +28,10 @@ def test_quantadv_schema_prints_the_committed_schema(capsys):
         "configs/schema.json is stale: run quantadv schema --out configs/schema.json")
 
 
-#: Zoo models that issue 17's from-scratch training adds; configs that name them dry-run once they ship.
-PENDING_ZOO = {"fmnist-cnn-pq", "fmnist-cnn-pmf", "fmnist-cnn-gdtanh"}
-
-
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates_and_dry_runs(path, capsys):
-    from quantadv import models
-
     doc = yaml.safe_load(path.read_text())
     jsonschema.validate(doc, json_schema())
-    named = {m if isinstance(m, str) else m.get("name") for m in doc["models"]}
-    missing = (named & PENDING_ZOO) - set(models.list())
-    if missing:
-        pytest.skip(f"{path.name} names {', '.join(sorted(missing))}, not shipped yet (issue 17)")
     assert main(["run", str(path), "--dry-run"]) == 0
     assert "runs x" in capsys.readouterr().out
 
