@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from ..errors import DataError
@@ -254,9 +254,7 @@ def _pairs(ca: list[dict], cb: list[dict]) -> list[tuple[dict, dict]]:
         p = json.loads(c["params"])
         return json.dumps([p.get(k) for k in grid])
 
-    count: dict[str, int] = defaultdict(int)
-    for c in cb:
-        count[key(c)] += 1
+    count = Counter(key(c) for c in cb)
     by_grid = {key(c): c for c in cb if count[key(c)] == 1}  # an ambiguous grid value pairs nothing
     return [(x, by_grid[key(x)]) for x in ca if key(x) in by_grid]
 
