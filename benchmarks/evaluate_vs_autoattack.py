@@ -19,7 +19,14 @@ Cases (``--cases``, default all):
   (:func:`quantadv.models.deploy`, calibrated on 500 training images). AutoAttack gets the
   torchao model itself, what a user ships (its integer ops have no gradient); if it stops,
   the error is recorded and torchattacks' Square alone (AutoAttack's gradient-free member,
-  5000 queries) gives its number. evaluate gets the ``Deployed`` wrapper (same forward).
+  5000 queries) gives its number. evaluate gets the ``Deployed`` wrapper (same forward);
+- ``zoo`` (expands to one case per shipped model, ``zoo:NAME`` for one): the zoo model on its
+  manifest's data set at the L-inf eps of that data set's pages (Fashion-MNIST 0.1, MNIST 0.3),
+  as ``quantadv.models.load`` returns it (a ``Defended`` keeps its preprocess: evaluate adds BPDA /
+  BPDA+EOT, AutoAttack attacks the whole defended model).
+
+``--json FILE`` is rewritten after every case; with ``--resume`` the cases already in FILE (same
+``--n`` and ``--steps``) are kept and skipped, so a long ``--cases zoo`` run survives a kill.
 
 torchattacks is an optional peer (``make bench-deps``). Note: torchattacks 3.5.1's
 ``AutoAttack(version="standard")`` builds APGD, APGD-T and FAB-T with those classes' default
@@ -56,7 +63,23 @@ class Scaled(nn.Module):
         return self.scale * self.model(x)
 
 
+#: L-inf eps per data set, as on the docs pages (Fashion-MNIST pages 002/004: 0.1; MNIST: 0.3).
+ZOO_EPS = {"fashion-mnist": 0.1, "mnist-5k": 0.3}
+
+
+def expand(cases: str) -> list[str]:
+    """``--cases`` with ``zoo`` expanded to ``zoo:NAME`` for every shipped model."""
+    out = []
+    for name in cases.split(","):
+        out += [f"zoo:{m}" for m in models.list()] if name == "zoo" else [name]
+    return out
+
+
 def case(name: str, scale: float):
+    if name.startswith("zoo:"):
+        model_name = name[4:]
+        data_name = models.manifest(model_name).get("data", "fashion-mnist")
+        return models.load(model_name), data_name, ZOO_EPS[data_name], model_name
     if name == "at":
         return models.load("fmnist-cnn-at-linf"), "fashion-mnist", 0.1, "fmnist-cnn-at-linf"
     if name == "nsq":
@@ -92,12 +115,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100,
                    help="evaluate's APGD iterations (100, AutoAttack's; 10 is what torchattacks' AutoAttack runs)")
     p.add_argument("--json", default=None)
+    p.add_argument("--resume", action="store_true", help="keep and skip the cases already in --json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import torchattacks as ta
 
     rows = []
-    for name in args.cases.split(","):
+    if args.resume and args.json and os.path.exists(args.json):
+        with open(args.json) as fh:
+            rows = [r for r in json.load(fh)["rows"] if r["n"] == args.n and r["steps"] == args.steps]
+    done = {r["case"] for r in rows}
+    for name in expand(args.cases):
+        if name in done:
+            continue
         model, data_name, eps, label = case(name, args.scale)
         xs, ys = data.load(data_name)
         x, y = to_float(xs[: args.n]), ys[: args.n]
