@@ -207,7 +207,7 @@ def paired(cell_a: dict, cell_b: dict, n_boot: int = 5000, seed: int = 0) -> dic
             "a_only": a_only, "b_only": b_only, "p": p}
 
 
-def _select(cells: list[dict], selector: str) -> list[dict]:
+def select(cells: list[dict], selector: str) -> list[dict]:
     """Cells of the attack entry ``label`` or ``label:key=value,...`` (values as in the params)."""
     label, _, cond = selector.partition(":")
     want = dict(part.split("=", 1) for part in filter(None, cond.split(",")))
@@ -269,7 +269,7 @@ def compare(cells: list[dict], a: str, b: str, n_boot: int = 5000, seed: int = 0
     groups = sorted({(c["model"], c["postprocess"]) for c in cells})
     for model, pp in groups:
         here = [c for c in cells if c["model"] == model and c["postprocess"] == pp]
-        for x, y in _pairs(_select(here, a), _select(here, b)):
+        for x, y in _pairs(select(here, a), select(here, b)):
             out.append({"model": model, "postprocess": pp, "a": f"{x['attack']} {x['params']}",
                         "b": f"{y['attack']} {y['params']}", **paired(x, y, n_boot, seed)})
     return out
