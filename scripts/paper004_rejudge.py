@@ -5,16 +5,15 @@
         --stores results/paper004-full-linf.db results/paper004-full-l2.db results/paper004-full-2k.db \
         --diagnose results/paper004-diagnose
 
-    .venv/bin/python scripts/paper004_rejudge.py --table results/paper004-full-linf.db \
-        pgd pgd_pp-njs pgd_pp-hns fgsm fgsm_pp-njs fgsm_pp-hns --figure docs/img/paper004/fig1.png
+    .venv/bin/python scripts/paper004_rejudge.py --figure docs/img/paper004/fig1.png \
+        results/paper004-full-linf.db pgd pgd_pp-njs pgd_pp-hns fgsm fgsm_pp-njs fgsm_pp-hns
 
 prints markdown (``quantadv report STORE --markdown`` prints the same accuracies per run, with the
 paired tests):
 
-0. with ``--table STORE SELECTOR ...``: robust accuracy (%, the attack's output; clean errors
-   count as broken) per model (rows) and attack entry (columns; a selector is an entry label or
-   ``label:key=value``, as in ``summary.compare``), from ``quantadv.experiments.robust_summary``;
-   ``--figure PNG`` draws that table as grouped bars (the page's Fig. 1 analog);
+0. with ``--figure PNG STORE SELECTOR ...``: the page's Fig. 1 analog, grouped bars of the robust
+   accuracy per model and attack entry that ``quantadv report STORE --markdown --columns
+   SELECTOR ...`` tabulates;
 1. Tables 1 / 7 from the diagnose files (``<model>.json``) with, per model, the share of correctly
    classified images whose logit margin exceeds 16.6 (``p_y`` rounds to 1 in float32: the
    true-class term of ``psi`` is 0, and ``loss=ce-clipped`` has no gradient) and 87 (the other
@@ -48,32 +47,24 @@ MODELS = ["fmnist-cnn-bc", "fmnist-cnn-pmf", "fmnist-cnn-mdtanh", "fmnist-cnn-pq
           "fmnist-cnn-waq", "fmnist-cnn", "fmnist-cnn-x5", "fmnist-cnn-bc-at-linf", "fmnist-cnn-at-linf"]
 
 
-def accuracy_table(store: Path, selectors: list[str], figure: Path | None = None) -> None:
-    """Robust accuracy (%) per model and selected entry; optionally the grouped-bar figure."""
-    cells = [c for c in robust_summary(store) if c["postprocess"] == "none"]
-    models = sorted({c["model"] for c in cells}, key=lambda m: (MODELS + [m]).index(m))
-    acc: dict[tuple[str, str], float] = {}
-    for sel in selectors:
-        for c in select(cells, sel):
-            acc[c["model"], sel] = 100 * c["mean"]
-    images = sorted({c["images"] for c in cells if any(c in select(cells, s) for s in selectors)})
-    print(f"\n### Robust accuracy (%), {store.name}, {'/'.join(map(str, images))} images per cell\n")
-    print(table([[m] + [f"{acc[m, s]:.1f}" if (m, s) in acc else "-" for s in selectors] for m in models],
-                ["model"] + selectors))
-    if figure is None:
-        return
+def figure(store: Path, selectors: list[str], out: Path) -> None:
+    """Fig. 1 analog: robust accuracy (%) per model (groups) and attack entry (bars), the numbers of
+    ``quantadv report STORE --markdown --columns SELECTORS``."""
     from _figures import pyplot, save
 
+    cells = [c for c in robust_summary(store) if c["postprocess"] == "none"]
+    models = sorted({c["model"] for c in cells}, key=lambda m: (MODELS + [m]).index(m))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3))
     width = 0.8 / len(selectors)
     for k, sel in enumerate(selectors):
+        acc = {c["model"]: 100 * c["mean"] for c in select(cells, sel)}
         xs = [i + (k - (len(selectors) - 1) / 2) * width for i in range(len(models))]
-        ax.bar(xs, [acc.get((m, sel), 0.0) for m in models], width, label=sel)
+        ax.bar(xs, [acc.get(m, 0.0) for m in models], width, label=sel)
     ax.set_xticks(range(len(models)), [m.replace("fmnist-cnn", "cnn") for m in models], rotation=20)
-    ax.set(ylabel="robust accuracy (%)", title=f"{store.stem}: {'/'.join(map(str, images))} test images")
+    ax.set(ylabel="robust accuracy (%)", title=f"{store.stem}, {max(c['images'] for c in cells)} test images")
     ax.legend(fontsize=7, ncol=2)
-    save(fig, figure)
+    save(fig, out)
 
 
 def diagnose_tables(files: list[Path]) -> dict[str, dict]:
@@ -147,14 +138,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stores", nargs="+", type=Path, default=[], help="stores; the first one feeds --why")
     p.add_argument("--diagnose", type=Path, default=None, help="directory of quantadv diagnose --json files")
-    p.add_argument("--table", nargs="+", default=None, metavar="STORE_THEN_SELECTORS",
-                   help="a store, then the attack entries (selectors) of its accuracy table")
-    p.add_argument("--figure", type=Path, default=None, help="draw the --table as grouped bars to this PNG")
+    p.add_argument("--figure", nargs="+", default=None, metavar="PNG_STORE_SELECTORS",
+                   help="Fig. 1 analog: the PNG to write, a store, then its attack entries (selectors)")
     p.add_argument("--why", nargs=2, default=["pgd", "pgd_pp-njs"], metavar=("A", "B"),
                    help="entries compared image by image in the first store (default: pgd pgd_pp-njs)")
     args = p.parse_args()
-    if args.table:
-        accuracy_table(Path(args.table[0]), args.table[1:], args.figure)
+    if args.figure:
+        figure(Path(args.figure[1]), args.figure[2:], Path(args.figure[0]))
     docs = diagnose_tables(sorted(args.diagnose.glob("*.json"))) if args.diagnose else {}
     if args.stores:
         why(args.stores[0], *args.why, docs)

@@ -95,3 +95,38 @@ def test_robust_grid_puts_modes_and_the_headline_per_eps():
     # modes in a fixed order (others after), the per-image headline in bold, a missing eps said so
     assert lines[3] == "| swrd | pgd | none | 25 | 90 / 70 / 66 / 80 / **60** [40] | not run |"
     assert robust_grid(cells[-1:], rows) is None
+
+
+def test_accuracy_columns_is_a_model_by_entry_table_of_the_summary_means():
+    from quantadv.errors import InputError
+    from quantadv.experiments.tables import accuracy_columns
+
+    def cell(model, attack, params, mean, pp="none", images=50):
+        return {"model": model, "attack": attack, "params": json.dumps(params), "postprocess": pp,
+                "mean": mean, "images": images}
+
+    cells = [cell("b", "pgd", {"eps": 0.1}, 0.25), cell("b", "pgd", {"eps": 0.05}, 0.5),
+             cell("a", "pgd", {"eps": 0.1}, 0.125), cell("a", "fgsm", {"eps": 0.1}, 0.75, images=20),
+             cell("a", "fgsm", {"eps": 0.1}, 0.0, pp="round_nearest")]  # post-processed cells are left out
+    lines = accuracy_columns(cells, ["pgd:eps=0.1", "pgd:eps=0.05", "fgsm", "pgd"], models=["b"]).splitlines()
+    assert lines[0] == "| model | pgd:eps=0.1 | pgd:eps=0.05 | fgsm | pgd |"
+    assert lines[2] == "| b | 25.0 [50] | 50.0 [50] | - | ? |"  # config order first; ambiguous selector: ?
+    assert lines[3] == "| a | 12.5 [50] | - | 75.0 [20] | 12.5 [50] |"
+    with pytest.raises(InputError, match="'apgd' matches no attack entry.*fgsm, pgd"):
+        accuracy_columns(cells, ["apgd"])
+
+
+def test_report_columns_needs_markdown_and_prints_the_table_first(tmp_path, capsys):
+    attacks = [{"name": "pgd", "params": {"norm": "l2", "eps": 0.5, "step": 0.1, "steps": 3}}]
+    cfg = load_config(write_setup(tmp_path, {"experiment": "cols", "seed": 1, "batch_size": 10,
+                                             "models": [{"entry": "tiny.py:build", "label": "lin"}],
+                                             "data": {"entry": "tiny.py:data", "subset": {"first": 10}},
+                                             "attacks": attacks}))
+    run_experiment(cfg, quiet=True)
+    assert main(["report", str(cfg.store), "--columns", "pgd"]) == 2
+    assert "add --markdown" in capsys.readouterr().err
+    assert main(["report", str(cfg.store), "--markdown", "--columns", "pgd"]) == 0
+    out = capsys.readouterr().out
+    (cell,) = robust_summary(cfg.store)
+    assert out.startswith("## Robust accuracy (%) per model and attack entry")
+    assert f"| lin | {100 * cell['mean']:.1f} [10] |" in out

@@ -9,7 +9,9 @@ opened read-only.
 the best effort per attack entry over the correctly classified images (success, median / mean d
 of the successes; ``--at D ...`` adds the operating characteristic P_suc(D), paper 000 Eq. 32),
 the robust accuracy (average, std, lowest run, worst case over repeats and adaptive modes, per
-criterion of the config's ``summary:``) and the paired comparisons.
+criterion of the config's ``summary:``) and the paired comparisons. ``--columns SEL ...`` puts a
+paper-style table first: robust accuracy (%) per model (rows) and attack entry (columns; ``pgd``
+or ``pgd:eps=0.05`` selects an entry's cell as in ``summary: compare``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--at", type=float, nargs="+", default=[], metavar="D",
                    help="with --markdown: P_suc(D) columns (success with d < D; paper 000 Eq. 32)")
     p.add_argument("--inclusive", action="store_true", help="with --at: count d <= D instead of d < D")
+    p.add_argument("--columns", nargs="+", default=[], metavar="SEL",
+                   help="with --markdown: first a table of robust accuracy (%%) per model and these attack "
+                        "entries (label, or label:key=value to pick a grid point)")
     return p
 
 
@@ -43,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
     if args.images < 1:
         raise InputError(f"--images must be >= 1, got {args.images}")
     store = Path(args.store)
+    if args.columns and not args.markdown:
+        raise InputError("--columns prints a Markdown table: add --markdown")
     if args.markdown:
         from ..experiments.tables import markdown_tables
 
-        print(markdown_tables(store, at=args.at, inclusive=args.inclusive), end="")
+        print(markdown_tables(store, at=args.at, inclusive=args.inclusive, columns=args.columns), end="")
         if not args.out:
             return 0
     out = Path(args.out) if args.out else Path("report") / store.stem

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..eval.curves import operating_characteristic
 
 #: a column: (key or function of the row, title, format spec such as ".3f", ".1%", "d" or "")
@@ -125,6 +126,33 @@ def robust_grid(cells: Sequence[dict], rows: Sequence[dict], param: str = "eps")
     return markdown(list(table.values()), columns, align=False)
 
 
+def accuracy_columns(cells: Sequence[dict], selectors: Sequence[str], models: Sequence[str] = ()) -> str:
+    """Robust accuracy (%) as a paper's table: one row per model (in the order of ``models``, then
+    by name), one column per attack entry ``selectors`` (``label`` or ``label:key=value,...``, as
+    in ``summary.compare``); each cell the mean over runs of the un-post-processed cell of
+    :func:`~quantadv.experiments.summary.robust_summary`, ``-`` where the model has no such cell
+    and ``?`` where the selector matches several (name a grid value to choose)."""
+    from .summary import select
+
+    cells = [c for c in cells if c["postprocess"] == "none"]
+    for sel in selectors:
+        if not select(cells, sel):
+            labels = ", ".join(sorted({c["attack"] for c in cells}))
+            raise InputError(f"--columns {sel!r} matches no attack entry of the store; its entries are: {labels}")
+    order = list(models)
+    names = sorted({c["model"] for c in cells}, key=lambda m: (order.index(m) if m in order else len(order), m))
+    rows = []
+    for m in names:
+        here = [c for c in cells if c["model"] == m]
+        row = {"model": m}
+        for sel in selectors:
+            hit = select(here, sel)
+            row[sel] = "-" if not hit else "?" if len(hit) > 1 else f"{100 * hit[0]['mean']:.1f} [{hit[0]['images']}]"
+        rows.append(row)
+    columns: list[Column] = [("model", "model", "")] + [(s, s, "") for s in selectors]
+    return markdown(rows, columns, align=False)
+
+
 BEST_COLUMNS: list[Column] = [("model", "model", ""), ("attack", "attack", ""), ("postprocess", "postprocess", ""),
                               ("grid_points", "grid points", "d"), ("clean_accuracy", "clean", ".1%"),
                               ("images", "attacked", "d"),
@@ -133,10 +161,11 @@ BEST_COLUMNS: list[Column] = [("model", "model", ""), ("attack", "attack", ""), 
 
 
 def markdown_tables(store: str | os.PathLike, *, at: Sequence[float] = (), inclusive: bool = False,
-                 options: dict | None = None) -> str:
+                 options: dict | None = None, columns: Sequence[str] = ()) -> str:
     """The best-effort table (with ``P_suc`` at ``at``), the robust-accuracy table and the paired
     comparisons of a store (``options``: a config's ``summary:`` mapping; default the store's
-    own) as Markdown text."""
+    own) as Markdown text; with ``columns`` (attack-entry selectors) first the model x entry
+    table of :func:`accuracy_columns`."""
     from .report import PAIRED_TABLE, ROBUST_TABLE, stored_summary_options, summary_tables
     from .store import load_results, open_store
     from .summary import robust_summary
@@ -149,7 +178,12 @@ def markdown_tables(store: str | os.PathLike, *, at: Sequence[float] = (), inclu
         entries.index((r["model"], r["attack"])) if (r["model"], r["attack"]) in entries else len(entries),
         pps.index(r["postprocess"]) if r["postprocess"] in pps else len(pps)))
     cols = BEST_COLUMNS + [(p_suc_key(t), f"P_suc({t:g})", ".1%") for t in at]
-    parts = ["## Best effort per attack entry (correctly classified images)\n", markdown(best, cols)]
+    parts = []
+    if columns:
+        models = list(dict.fromkeys(m for m, _ in entries))
+        parts += ["## Robust accuracy (%) per model and attack entry (the attack's output; clean errors count as "
+                  "broken; images in brackets)\n", accuracy_columns(robust_summary(store), columns, models), ""]
+    parts += ["## Best effort per attack entry (correctly classified images)\n", markdown(best, cols)]
     options = stored_summary_options(store) if options is None else options
     robust, pairs = summary_tables(store, options)
     parts += ["\n## Robust accuracy over repeats and adaptive modes\n", markdown(robust, ROBUST_TABLE)]
