@@ -312,4 +312,7 @@ def test_shipped_binary_models(name):
     for w in deployed_weights(model).values():
         assert set(w.unique().tolist()) <= {-1.0, 1.0}
     meta = models.manifest(name)
-    assert meta["size_bytes"] < 2_000_000 and meta["clean_accuracy"] > 0.7
+    assert meta["size_bytes"] < 2_000_000
+    # issue 17: trained from scratch for 30 epochs, >= 85% clean on the 10,000 test images (WAQ: 80%)
+    assert meta["from_scratch"] is True and meta["epochs"] >= 30
+    assert meta["clean_accuracy"] >= (0.80 if name.endswith("waq") else 0.85)
