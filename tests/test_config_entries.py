@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,25 @@ def test_scaled_logits_keep_predictions_and_prop1_pgd_runs():
     assert float((out - x).abs().max()) <= 0.1 + 1e-6 and info["success"].shape == (10,)
     with pytest.raises(InputError):
         mod.scaled("fmnist-cnn", scale=0)
+
+
+def test_float64_entry_keeps_the_error_signal_that_float32_rounds_away():
+    mod = _module("paper004")
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 3, bias=False)).eval()
+    with torch.no_grad():  # logit margin 20 > 16.6: float32 softmax rounds p_y to exactly 1
+        net[1].weight.copy_(torch.tensor([[20.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    x, y = torch.tensor([[[[1.0, 0.5]]]]), torch.tensor([0])
+    wide = mod.Float64(net)
+    grads = []
+    for model in (net, wide):
+        xi = x.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(xi), y).backward()
+        grads.append(xi.grad[0, 0, 0])
+    assert wide(x).dtype == torch.float64 and grads[1].dtype == torch.float32  # the input keeps its dtype
+    # float32: psi_y = p_y - 1 = 0, so d loss / d x_0 loses the true class's -20 (1 - p_y) term;
+    # float64 keeps it: d/dx_0 = -20 * (1 - p_y) = -40 e^-20 / (1 + 2 e^-20)
+    assert float(grads[0][0]) == 0.0
+    assert float(grads[1][0]) == pytest.approx(-40 * math.exp(-20) / (1 + 2 * math.exp(-20)), rel=1e-5)
 
 
 def test_ddn_jpeg_float_and_on_the_jpeg_grid():
