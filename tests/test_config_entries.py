@@ -59,7 +59,7 @@ def test_scaled_logits_keep_predictions_and_prop1_pgd_runs():
 
 
 def test_float64_entry_keeps_the_error_signal_that_float32_rounds_away():
-    mod = _module("paper004")
+    mod = _module("numerics")
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 3, bias=False)).eval()
     with torch.no_grad():  # logit margin 20 > 16.6: float32 softmax rounds p_y to exactly 1
         net[1].weight.copy_(torch.tensor([[20.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))

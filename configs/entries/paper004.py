@@ -3,9 +3,6 @@
 - :func:`scaled` (a model entry): a zoo model with its logits multiplied by ``scale``, the same
   decision boundary with ``scale`` times the confidence (the page's "REF, logits x5": an
   over-confident copy whose mean Jacobian singular value is about 5x the float network's).
-- :func:`float64` (a model entry): a zoo model computed in float64 and returning float64 logits,
-  so that an attack's loss and its gradient are float64 too: the control for float32's rounding
-  of ``p_y`` to 1 above a logit margin of ~16.6 (the page's Table 7, "why FGSM++ wins").
 - :func:`prop1_pgd` (an attack entry): PGD++ with the temperature of Prop. 1 alone (paper 004
   Table 8): ``beta`` per image from the clean logits and ``rho`` (``prop1_temperature``).
 
@@ -13,8 +10,6 @@ APGD is ``entries/apgd.py``.
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
@@ -41,22 +36,6 @@ def scaled(name: str = "fmnist-cnn", scale: float = 5.0) -> nn.Module:
     if not scale > 0:
         raise InputError(f"scale must be > 0, got {scale}")
     return ScaledLogits(models.load(name), float(scale)).eval()
-
-
-class Float64(nn.Module):
-    """A float64 copy of ``model``: inputs are cast up, the logits stay float64 (so does the loss)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(model).double()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.double())
-
-
-def float64(name: str = "fmnist-cnn-bc") -> nn.Module:
-    """Zoo model ``name`` computed in float64 (same weights; predictions may differ in ties only)."""
-    return Float64(models.load(name)).eval()
 
 
 def prop1_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, rho: float, eps: float,
