@@ -35,13 +35,10 @@ from pathlib import Path
 
 from _figures import table
 
+from quantadv.diagnostics import MARGIN_ROUNDS, MARGIN_UNDERFLOWS
 from quantadv.experiments import load_results
 from quantadv.experiments.summary import robust_summary, select
 
-#: float32: p_y rounds to 1 above a logit margin of ~16.6 (1 - p_y < 2^-24); exp(-m) underflows
-#: (subnormal) above ~87 (~103 to exactly 0).
-MARGIN_ROUNDS = 16.6
-MARGIN_UNDERFLOWS = 87.3
 #: row order: the binary networks, then the references (as in configs/paper004-full-*.yaml)
 MODELS = ["fmnist-cnn-bc", "fmnist-cnn-pmf", "fmnist-cnn-mdtanh", "fmnist-cnn-pq", "fmnist-cnn-gdtanh",
           "fmnist-cnn-waq", "fmnist-cnn", "fmnist-cnn-x5", "fmnist-cnn-bc-at-linf", "fmnist-cnn-at-linf"]
@@ -87,7 +84,7 @@ def diagnose_tables(files: list[Path]) -> dict[str, dict]:
     if rows:
         print("\n### Table 1 / 7 (correctly classified images; paper's BNNs: JSV mean 16-45)\n")
         print(table(rows, ["model", "beta", "JSV mean", "JSV std", "||psi||", "||grad||", "zero grads", "images",
-                           f"% margin > {MARGIN_ROUNDS}", f"% margin > {MARGIN_UNDERFLOWS}"]))
+                           f"% margin > {MARGIN_ROUNDS:.1f}", f"% margin > {MARGIN_UNDERFLOWS:.1f}"]))
     if checks:
         print("\n### Masking checks (Sec. 3.1)\n")
         print(table(checks, ["model", "check", "verdict", "evidence"], numeric=False))

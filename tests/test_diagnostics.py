@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -159,6 +161,21 @@ def test_signal_report_per_image_values_agree_with_the_rows_and_chunking():
     assert float(values["jsv_mean"].mean()) == pytest.approx(rows[0].jsv_mean, rel=1e-6)
 
 
+def test_margin_shares_match_float32_softmax_rounding():
+    from quantadv.diagnostics import MARGIN_ROUNDS, MARGIN_UNDERFLOWS, margin_shares
+
+    # just past MARGIN_ROUNDS float32 gives p_y == 1 exactly (psi_y = 0); just before it does not
+    for m, rounds in ((MARGIN_ROUNDS + 0.05, True), (MARGIN_ROUNDS - 0.5, False)):
+        p = torch.softmax(torch.tensor([m, 0.0]), 0)
+        assert (float(p[0]) == 1.0) is rounds and float(p[1]) > 0
+    # past MARGIN_UNDERFLOWS the other class's probability is subnormal, soon exactly 0
+    assert float(torch.softmax(torch.tensor([MARGIN_UNDERFLOWS + 1, 0.0]), 0)[1]) < torch.finfo(torch.float32).tiny
+    assert float(torch.softmax(torch.tensor([110.0, 0.0]), 0)[1]) == 0.0
+    s = margin_shares(torch.tensor([1.0, 10.0, 20.0, 50.0, 90.0]))
+    assert s == {"images": 5, "median": 20.0, "rounds": 0.6, "underflows": 0.2}
+    assert margin_shares(torch.tensor([]))["images"] == 0
+
+
 def test_cli_diagnose_json_has_the_signal_rows_checks_and_per_image_values(tmp_path, capsys):
     import json
 
@@ -178,6 +195,9 @@ def test_cli_diagnose_json_has_the_signal_rows_checks_and_per_image_values(tmp_p
     assert all(len(per[k]) == n for k in ("index", "label", "margin", "psi_norm_orig", "grad_norm_hns"))
     assert all(0 <= i < 10 for i in per["index"])
     assert sum(per["psi_norm_njs"]) / n == pytest.approx(doc["signal"][1]["psi_norm"], rel=1e-5)
-    capsys.readouterr()
+    shares = doc["margins"]  # margin_shares of the per-image margins, also printed
+    above = sum(m > 24 * math.log(2) for m in per["margin"]) / n
+    assert shares["images"] == n and shares["rounds"] == pytest.approx(above)
+    assert f"{100 * shares['rounds']:.1f}% above 16.6" in capsys.readouterr().out
     assert main(["diagnose", "--model", "fmnist-cnn", "--checks", "radius,bogus"]) == 2
     assert "unknown check bogus" in capsys.readouterr().err

@@ -5,8 +5,10 @@ Example::
     quantadv diagnose --model fmnist-cnn-bc --images 200 --eps 0.1
 
 prints the signal-propagation statistics of Tables 1 / 7 (Jacobian singular values, error
-signal, input-gradient norms, fraction of exactly-zero gradients, for beta = 1, NJS and HNS)
-and runs the gradient-masking checks (accuracy vs iterations, vs radius up to an eps that
+signal, input-gradient norms, fraction of exactly-zero gradients, for beta = 1, NJS and HNS),
+the share of clean logit margins past float32's saturation points (above ~16.6 ``p_y`` rounds
+to 1 and the cross-entropy loses its true-class term; above ~87.3 it has no gradient at all;
+``quantadv.diagnostics.margin_shares``), and runs the gradient-masking checks (accuracy vs iterations, vs radius up to an eps that
 must reach 0%, transfer from a float surrogate vs white box, one-step vs iterative, PGD vs
 PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
 (:func:`quantadv.models.deploy`) and the float model is the transfer surrogate. Each check
@@ -19,7 +21,7 @@ At scale (paper 004 re-judged on a whole test set)::
 
 computes Tables 1 / 7 on the correctly classified images among the first 10,000 (one Jacobian
 per image), runs the checks on the first 1,000 (``--checks`` picks some, ``none`` skips them)
-and writes everything -- the settings, the three signal rows, every check with its numbers, and
+and writes everything -- the settings, the three signal rows, the margin shares, every check with its numbers, and
 per image (``per_image``: dataset index, label, logit margin, NJS / HNS beta, ``||psi||``,
 ``||grad||`` and the zero-gradient fraction at beta = 1 / NJS / HNS) -- to ``bc.json``.
 
@@ -87,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from .. import data, to_float
-    from ..diagnostics import masking_checks, signal_report
+    from ..diagnostics import MARGIN_ROUNDS, MARGIN_UNDERFLOWS, margin_shares, masking_checks, signal_report
 
     apply_threads(args)
     if args.images < 1:
@@ -131,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
                         f"images of the first {xs.shape[0]}):")
         for row in report:
             write_line(bar, "  " + row.row())
+        shares = margin_shares(values["margin"])
+        write_line(bar, f"  clean logit margin: median {shares['median']:.3g}; {100 * shares['rounds']:.1f}% above "
+                        f"{MARGIN_ROUNDS:.1f} (float32 rounds p_y to 1: cross-entropy loses the true-class term, "
+                        f"a clipped CE has no gradient), {100 * shares['underflows']:.2f}% above "
+                        f"{MARGIN_UNDERFLOWS:.1f} (every other p_j underflows: no CE gradient)")
         checks = []
         if checks_wanted:
             write_line(bar, "\ngradient-masking checks (paper 004, Sec. 3.1):")
@@ -173,6 +180,8 @@ def _write_json(args: argparse.Namespace, data_name: str, shown: str, n_checks: 
     import os
     from pathlib import Path
 
+    from ..diagnostics import margin_shares
+
     def plain(v):
         if isinstance(v, torch.Tensor):
             v = v.detach().cpu().tolist()
@@ -188,6 +197,7 @@ def _write_json(args: argparse.Namespace, data_name: str, shown: str, n_checks: 
         "tol": args.tol, "check_images": n_checks, "signal_images": n_signal,
         "signal": [dataclasses.asdict(r) for r in report],
         "beta_njs": plain(values["beta_njs"]),
+        "margins": {k: plain(v) for k, v in margin_shares(values["margin"]).items()},
         "checks": [{"name": c.name, "passed": c.passed, "verdict": c.verdict, "evidence": c.evidence,
                     "values": {k: plain(float(v)) for k, v in c.values.items()}} for c in checks],
         "per_image": {k: plain(v) for k, v in values.items() if k != "beta_njs"},

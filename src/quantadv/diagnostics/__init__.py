@@ -9,20 +9,25 @@
   iterations, vs radius, transfer from a float surrogate vs white box, one-step vs
   iterative, and PGD vs PGD++; each a :class:`Check` with PASS/FLAG and its evidence.
   ``quantadv diagnose --model NAME`` runs them and exits non-zero when one flags.
+* :func:`margin_shares` -- how saturated the softmax is in float32: the share of clean logit
+  margins past ``MARGIN_ROUNDS`` (~16.6, ``p_y`` rounds to 1) and ``MARGIN_UNDERFLOWS`` (~87.3).
 * :func:`start_gradients` -- the loss gradient at a random start (paper 001, Fig. 2):
   ``quantadv diagnose --gradients FILE.npz`` writes it with its quantizations.
 """
 
 from .gradients import start_gradients
 from .jacobian import JacobianStats, input_jacobian, jacobian_singular_values, jacobian_stats, weights_sha256
-from .masking import Check, masking_checks, signal_report
+from .masking import MARGIN_ROUNDS, MARGIN_UNDERFLOWS, Check, margin_shares, masking_checks, signal_report
 
 __all__ = [
+    "MARGIN_ROUNDS",
+    "MARGIN_UNDERFLOWS",
     "Check",
     "JacobianStats",
     "input_jacobian",
     "jacobian_singular_values",
     "jacobian_stats",
+    "margin_shares",
     "masking_checks",
     "signal_report",
     "start_gradients",

@@ -27,6 +27,7 @@ percentage points) absorbs noise.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -35,9 +36,31 @@ from torch import nn
 from .._validate import check_choice, check_images, check_labels
 from .jacobian import JacobianStats, input_jacobian, jacobian_stats
 
-__all__ = ["Check", "masking_checks", "signal_report"]
+__all__ = ["Check", "margin_shares", "masking_checks", "signal_report"]
 
 CHECKS = ("iterations", "radius", "transfer", "one-step", "temperature")
+
+#: float32 softmax: above a logit margin of 24 ln 2 ~ 16.6 the runner-up's ``e^-m`` is below half an
+#: ulp of 1, so ``p_y`` rounds to exactly 1 and the true-class term of ``psi = p - y`` is 0 (the CE
+#: gradient loses ``-grad z_y``; a clipped-probability CE has no gradient at all); above
+#: 126 ln 2 ~ 87.3 ``e^-m`` is subnormal and soon 0, so even ``log_softmax``'s gradient vanishes.
+#: (The margin here is to the runner-up: with several close classes the rounding starts a little later.)
+MARGIN_ROUNDS = 24 * math.log(2)
+MARGIN_UNDERFLOWS = 126 * math.log(2)
+
+
+def margin_shares(margins: torch.Tensor) -> dict[str, float]:
+    """How saturated a softmax is (paper 004's over-confidence, in float32 terms): the median clean
+    logit margin (true logit minus the largest other) and the fractions of ``margins`` above
+    :data:`MARGIN_ROUNDS` (``p_y`` rounds to 1) and :data:`MARGIN_UNDERFLOWS` (the other ``p_j``
+    underflow). ``margins`` are those of correctly classified images (``signal_report``'s
+    ``values["margin"]``)."""
+    m = margins.detach().to(torch.float64).flatten()
+    if m.numel() == 0:
+        return {"images": 0, "median": math.nan, "rounds": math.nan, "underflows": math.nan}
+    return {"images": int(m.numel()), "median": float(m.median()),
+            "rounds": float((m > MARGIN_ROUNDS).double().mean()),
+            "underflows": float((m > MARGIN_UNDERFLOWS).double().mean())}
 
 
 @dataclass
