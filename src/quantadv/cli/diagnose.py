@@ -8,9 +8,9 @@ prints the signal-propagation statistics of Tables 1 / 7 (Jacobian singular valu
 signal, input-gradient norms, fraction of exactly-zero gradients, for beta = 1, NJS and HNS),
 the share of clean logit margins past float32's saturation points (above ~16.6 ``p_y`` rounds
 to 1 and the cross-entropy loses its true-class term; above ~87.3 it has no gradient at all;
-``quantadv.diagnostics.margin_shares``), and runs the gradient-masking checks (accuracy vs iterations, vs radius up to an eps that
-must reach 0%, transfer from a float surrogate vs white box, one-step vs iterative, PGD vs
-PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
+``quantadv.diagnostics.margin_shares``), and runs the gradient-masking checks (accuracy vs
+iterations, vs radius up to an eps that must reach 0%, transfer from a float surrogate vs white
+box, one-step vs iterative, PGD vs PGD++). With ``--deploy SCHEME`` the model is first quantized with torchao
 (:func:`quantadv.models.deploy`) and the float model is the transfer surrogate. Each check
 prints PASS or FLAG with its evidence; the exit code is 1 when any check flags (0 otherwise;
 2 for a usage error), so the command can gate a CI job.
