@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from _figures import table
 
-from quantadv.diagnostics import MARGIN_ROUNDS, MARGIN_UNDERFLOWS
 from quantadv.experiments import load_results
 from quantadv.experiments.summary import robust_summary, select
 
+#: float32 saturation margins, as quantadv.diagnostics.MARGIN_ROUNDS / MARGIN_UNDERFLOWS (scripts read
+#: stores only and import nothing from the diagnostics): p_y rounds to 1 above 24 ln 2, p_j underflow above 126 ln 2
+MARGIN_ROUNDS, MARGIN_UNDERFLOWS = 24 * math.log(2), 126 * math.log(2)
 #: row order: the binary networks, then the references (as in configs/paper004-full-*.yaml)
 MODELS = ["fmnist-cnn-bc", "fmnist-cnn-pmf", "fmnist-cnn-mdtanh", "fmnist-cnn-pq", "fmnist-cnn-gdtanh",
           "fmnist-cnn-waq", "fmnist-cnn", "fmnist-cnn-x5", "fmnist-cnn-bc-at-linf", "fmnist-cnn-at-linf"]
