@@ -21,8 +21,8 @@ At scale (paper 004 re-judged on a whole test set)::
 
 computes Tables 1 / 7 on the correctly classified images among the first 10,000 (one Jacobian
 per image), runs the checks on the first 1,000 (``--checks`` picks some, ``none`` skips them)
-and writes everything -- the settings, the three signal rows, the margin shares, every check with its numbers, and
-per image (``per_image``: dataset index, label, logit margin, NJS / HNS beta, ``||psi||``,
+and writes everything -- the settings, the three signal rows, the margin shares, every check with
+its numbers, and per image (``per_image``: dataset index, label, logit margin, NJS / HNS beta, ``||psi||``,
 ``||grad||`` and the zero-gradient fraction at beta = 1 / NJS / HNS) -- to ``bc.json``.
 
 ``--gradients FILE.npz`` instead writes the loss gradient at a uniform random start in the
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("masking checks skipped (--checks none)")
     if args.json is not None:
-        _write_json(args, data_name, shown, x.shape[0], xs.shape[0], report, values, checks)
+        _write_json(args, data_name, shown, x.shape[0], xs.shape[0], report, values, shares, checks)
     return 1 if flagged else 0
 
 
@@ -172,15 +172,13 @@ def _parse_checks(text: str) -> tuple[str, ...]:
 
 
 def _write_json(args: argparse.Namespace, data_name: str, shown: str, n_checks: int, n_signal: int, report,
-                values: dict, checks) -> None:
+                values: dict, shares: dict, checks) -> None:
     """``--json``: settings, signal rows, checks and per-image values, written atomically."""
     import dataclasses
     import json
     import math
     import os
     from pathlib import Path
-
-    from ..diagnostics import margin_shares
 
     def plain(v):
         if isinstance(v, torch.Tensor):
@@ -197,7 +195,7 @@ def _write_json(args: argparse.Namespace, data_name: str, shown: str, n_checks: 
         "tol": args.tol, "check_images": n_checks, "signal_images": n_signal,
         "signal": [dataclasses.asdict(r) for r in report],
         "beta_njs": plain(values["beta_njs"]),
-        "margins": {k: plain(v) for k, v in margin_shares(values["margin"]).items()},
+        "margins": {k: plain(v) for k, v in shares.items()},
         "checks": [{"name": c.name, "passed": c.passed, "verdict": c.verdict, "evidence": c.evidence,
                     "values": {k: plain(float(v)) for k, v in c.values.items()}} for c in checks],
         "per_image": {k: plain(v) for k, v in values.items() if k != "beta_njs"},

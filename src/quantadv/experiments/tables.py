@@ -178,16 +178,17 @@ def markdown_tables(store: str | os.PathLike, *, at: Sequence[float] = (), inclu
         entries.index((r["model"], r["attack"])) if (r["model"], r["attack"]) in entries else len(entries),
         pps.index(r["postprocess"]) if r["postprocess"] in pps else len(pps)))
     cols = BEST_COLUMNS + [(p_suc_key(t), f"P_suc({t:g})", ".1%") for t in at]
+    cells = robust_summary(store)  # read once: the columns table and the eps grid share it
     parts = []
     if columns:
         models = list(dict.fromkeys(m for m, _ in entries))
         parts += ["## Robust accuracy (%) per model and attack entry (the attack's output; clean errors count as "
-                  "broken; images in brackets)\n", accuracy_columns(robust_summary(store), columns, models), ""]
+                  "broken; images in brackets)\n", accuracy_columns(cells, columns, models), ""]
     parts += ["## Best effort per attack entry (correctly classified images)\n", markdown(best, cols)]
     options = stored_summary_options(store) if options is None else options
     robust, pairs = summary_tables(store, options)
     parts += ["\n## Robust accuracy over repeats and adaptive modes\n", markdown(robust, ROBUST_TABLE)]
-    grid = robust_grid(robust_summary(store), rows)
+    grid = robust_grid(cells, rows)
     if grid:
         parts += ["\n## Robust accuracy (%) by eps (the attack's output, each eps on its own; defended models: "
                   "none / bpda / bpda+eot / **headline**, the per-image minimum over the modes; images in "
