@@ -139,22 +139,19 @@ def acceptance(args) -> None:
 
 # ---------------------------------------------------------------------------------- Fig. 5
 def fig5(args) -> None:
+    """The curves only: ``quantadv report results/paper000-fig05.db --markdown --at 0.4 0.6 0.8 1``
+    prints their numbers."""
     b = _best("paper000-fig05")
     grid = np.linspace(0, 1.2, 601)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     styles = {"none": ("k", "--"), "round_nearest": ("C3", ":"), "toward_original": ("C1", "-."),
               "gradient_sign": ("C2", "-"), "lagrangian": ("C0", "-")}
-    print(header("output", "success (best eps)", "median min d", "P_suc(0.4)", "P_suc(0.6)",
-                 "P_suc(0.8)", "P_suc(1.0)"))
     for pp, (c, ls) in styles.items():
-        e = b["fgsm", pp]
-        print(row(PP_NAMES[pp], pct(e["success_rate"]), f"{e['median_d']:.3f}",
-                   *(pct(v) for v in oc(e, [0.4, 0.6, 0.8, 1.0]))))
-        ax.plot(grid, oc(e, grid), color=c, ls=ls, lw=1.3, label=PP_NAMES[pp])
+        ax.plot(grid, oc(b["fgsm", pp], grid), color=c, ls=ls, lw=1.3, label=PP_NAMES[pp])
     ax.set_xlabel("distortion  d_bar  (Eq. 31, pixel units)")
     ax.set_ylabel("P_suc(d_bar)  (Eq. 32)")
-    ax.set_title(f"Fig. 5: FGSM, eps in [0.1, 1] px, fmnist-cnn ({e['images']} images)")
+    ax.set_title(f"Fig. 5: FGSM, eps in [0.1, 1] px, fmnist-cnn ({b['fgsm', 'none']['images']} images)")
     ax.legend(fontsize=7)
     _save(fig, "fig05_fgsm_subquantization.png")
 
@@ -174,12 +171,13 @@ def _budget(kind: str, store: str = "budget") -> dict | None:
     return b
 
 
-def _curves(kind: str, title: str, b: dict, ax, grid, entries, cells, label=None) -> None:
-    """Print one table row (``cells(best effort, name)``) and draw one curve per (attack,
-    postprocess, name, colour, style)."""
+def _curves(kind: str, title: str, b: dict, ax, grid, entries, cells=None, label=None) -> None:
+    """Draw one curve per (attack, postprocess, name, colour, style); with ``cells(best effort,
+    name)`` also print one table row each."""
     for att, pp, name, c, ls in entries:
         e = b[att, pp]
-        print(row(*cells(e, name)))
+        if cells:
+            print(row(*cells(e, name)))
         ax.plot(grid, oc(e, grid), color=c, ls=ls, lw=1.3, label=label(name, pp) if label else name)
     ax.set_title(f"{title}: {MODELS[kind]} ({e['images']} images)")
     ax.set_xlabel("distortion  d_bar  (pixel units)")
@@ -187,6 +185,8 @@ def _curves(kind: str, title: str, b: dict, ax, grid, entries, cells, label=None
 
 
 def fig6(args) -> None:
+    """The curves only: ``quantadv report results/paper000-budget-{natural,robust}.db --markdown``
+    and ``... paper000-fgsm-*.db`` (FGSM) print their numbers."""
     plt = pyplot()
     for kind, fname, title in (("natural", "fig06_natural.png", "Fig. 6"),
                                ("robust", "fig07_robust.png", "Fig. 7")):
@@ -195,14 +195,10 @@ def fig6(args) -> None:
             print(f"(no store for the {kind} model)")
             continue
         fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        print(f"\n{title}: {MODELS[kind]}, {b['pgd2', 'none']['images']} correctly classified images")
-        print(header("attack", "output", "success", "median min d", "mean min d"))
         entries = [(att, pp, name, c, ls) for att, name, c in ATTACKS
                    for pp, ls in (("none", "--"), ("round_nearest", ":"), ("lagrangian", "-"))]
         _curves(kind, title, b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), entries,
-                lambda e, n: (n, PP_NAMES[e["postprocess"]], pct(e["success_rate"]), f"{e['median_d']:.2f}",
-                              f"{e['mean_d']:.2f}"),
-                lambda name, pp: f"{name}, {PP_NAMES[pp]}")
+                label=lambda name, pp: f"{name}, {PP_NAMES[pp]}")
         ax.set_title(f"{title}: {MODELS[kind]} ({b['pgd2', 'none']['images']} images); dashed none, dotted R, "
                      "plain Q-lambda*", fontsize=7)
         ax.legend(fontsize=5.5, ncol=2)
@@ -252,6 +248,8 @@ def fig9(args) -> None:
 
 
 def fig10(args) -> None:
+    """The curves only: ``quantadv report results/paper000-budget-{natural,robust}.db --markdown
+    --at 2 5`` prints their numbers (the ``ddn*`` rows)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     variants = (("ddn-round", "none", "DDN + R every iteration", "C3", "-"),
@@ -259,17 +257,12 @@ def fig10(args) -> None:
                 ("ddn-qdelta", "none", "DDN with integrated Q-delta*", "C2", "-"),
                 ("ddn", "none", "DDN unquantized (reference)", "gray", "--"),
                 ("ddn", "round_nearest", "DDN then R (reference)", "gray", ":"))
-    print("\nFig. 10: DDN 2 x 50 steps, best of the two step sizes per image")
-    print(header("model", "variant", "success", "median min d", "mean min d", "P_suc(d_bar = 2)",
-                 "P_suc(d_bar = 5)"))
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
         b = _budget(kind)
         if b is None:
             ax.set_title(f"{kind}: not run")
             continue
-        _curves(kind, "Fig. 10", b, ax, np.linspace(0, 25 if kind == "natural" else 50, 801), variants,
-                lambda e, n, m=MODELS[kind]: (m, n, pct(e["success_rate"]), f"{e['median_d']:.3f}",
-                                              f"{e['mean_d']:.3f}", *map(pct, oc(e, [2.0, 5.0]))))
+        _curves(kind, "Fig. 10", b, ax, np.linspace(0, 25 if kind == "natural" else 50, 801), variants)
         ax.legend(fontsize=6)
     _save(fig, "fig10_ddn_variants.png")
 

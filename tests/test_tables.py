@@ -49,6 +49,19 @@ def test_misclassified_images_are_left_out_and_the_curve_never_exceeds_the_succe
     assert curve == sorted(curve) and curve[0] == 0 and curve[-1] == pytest.approx(row["success_rate"])
 
 
+def test_cost_per_image_is_the_whole_grid_over_the_attacked_images():
+    rows = _rows({"eps1": [(0, True, 3.0), (1, False, 1.0), (2, False, 0.5)],
+                  "eps2": [(0, True, 2.0), (1, True, 5.0), (2, False, 0.1)]}, misclassified={2})
+    for r in rows:  # image i costs 10 * (i + 1) calls and i + 1 gradients at each grid point
+        r["calls"], r["grads"] = 10 * (r["idx"] + 1), r["idx"] + 1
+    (row,) = best_effort_rows(rows)
+    # attacked images 0 and 1, two grid points each: calls (20 + 40) / 2, grads (2 + 4) / 2
+    assert row["calls_per_image"] == pytest.approx(30.0) and row["grads_per_image"] == pytest.approx(3.0)
+    rows[0]["grads"] = None  # a row without the count: no figure rather than a wrong one
+    (row,) = best_effort_rows(rows)
+    assert row["grads_per_image"] is None and row["calls_per_image"] == pytest.approx(30.0)
+
+
 def test_markdown_formats_and_aligns_columns():
     text = markdown([{"a": "x", "b": 0.12345, "n": 3}, {"a": "y", "b": None, "n": 4}],
                     [("a", "name", ""), ("b", "rate", ".1%"), (lambda r: 2 * r["n"], "twice", "d")])

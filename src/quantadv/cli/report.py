@@ -7,9 +7,10 @@ opened read-only.
 
 ``--markdown`` prints the tables as Markdown instead (no files unless ``--out`` is given too):
 the best effort per attack entry over the correctly classified images (success, median / mean d
-of the successes; ``--at D ...`` adds the operating characteristic P_suc(D), paper 000 Eq. 32),
-the robust accuracy (average, std, lowest run, worst case over repeats and adaptive modes, per
-criterion of the config's ``summary:``) and the paired comparisons. ``--columns SEL ...`` puts a
+of the successes, network calls and gradients per attacked image over the whole grid; ``--at D
+...`` adds the operating characteristic P_suc(D), paper 000 Eq. 32), the robust accuracy (average,
+std, lowest run, worst case over repeats and adaptive modes, per criterion of the config's
+``summary:``) and the paired comparisons. ``--columns SEL ...`` puts a
 paper-style table first: robust accuracy (%) per model (rows) and attack entry (columns; ``pgd``
 or ``pgd:eps=0.05`` selects an entry's cell as in ``summary: compare``).
 """

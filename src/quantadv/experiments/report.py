@@ -78,6 +78,8 @@ BEST_TABLE = (
     ("median_d", "median min d", ".3f"),
     ("median_l2", "median min L2", ".4f"),
     ("median_linf", "median min L-inf", ".4f"),
+    ("calls_per_image", "calls/img", ".1f"),
+    ("grads_per_image", "grads/img", ".1f"),
 )
 
 _CSS = """
@@ -181,7 +183,9 @@ def best_efforts(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[str, A
     """Per (model, attack entry, post-processing): the per-image best effort over the grid.
 
     Returns dicts with ``images`` (ids), ``clean_correct``, ``success``, and minimal ``d``,
-    ``l2``, ``linf`` per image (``inf`` where no grid point succeeded), plus ``grid_points``.
+    ``l2``, ``linf`` per image (``inf`` where no grid point succeeded), plus ``grid_points`` and
+    the cost of the whole grid per image, ``calls`` and ``grads`` (summed over the grid points and
+    runs; ``None`` when a row lacks the count).
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -198,6 +202,12 @@ def best_efforts(rows: Sequence[dict]) -> dict[tuple[str, str, str], dict[str, A
         entry["success"] = any_ok.numpy()
         correct = {r["idx"]: r["clean_pred"] == r["label"] for r in g}
         entry["clean_correct"] = np.array([correct[int(i)] for i in images], dtype=bool)
+        for cost in ("calls", "grads"):
+            total: dict[int, float] = defaultdict(float)
+            for r in g:
+                total[r["idx"]] += np.nan if r.get(cost) is None else r[cost]
+            per_image = np.array([total[int(i)] for i in images], dtype=float)
+            entry[cost] = None if np.isnan(per_image).any() else per_image
         out[key] = entry
     return out
 
@@ -218,6 +228,9 @@ def best_table(best: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[st
             "median_d": _median(e["d"][ok]),
             "median_l2": _median(e["l2"][ok]),
             "median_linf": _median(e["linf"][ok]),
+            # the cost of the whole grid per attacked image (misclassified images are not attacked)
+            "calls_per_image": None if e["calls"] is None else _mean(e["calls"][cc]),
+            "grads_per_image": None if e["grads"] is None else _mean(e["grads"][cc]),
         })
     return out
 

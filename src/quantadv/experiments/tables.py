@@ -157,7 +157,8 @@ BEST_COLUMNS: list[Column] = [("model", "model", ""), ("attack", "attack", ""), 
                               ("grid_points", "grid points", "d"), ("clean_accuracy", "clean", ".1%"),
                               ("images", "attacked", "d"),
                               ("successes", "successes", "d"), ("success_rate", "success", ".1%"),
-                              ("median_d", "median min d", ".3f"), ("mean_d", "mean min d", ".3f")]
+                              ("median_d", "median min d", ".3f"), ("mean_d", "mean min d", ".3f"),
+                              ("calls_per_image", "calls/img", ".1f"), ("grads_per_image", "grads/img", ".1f")]
 
 
 def markdown_tables(store: str | os.PathLike, *, at: Sequence[float] = (), inclusive: bool = False,
