@@ -1,4 +1,4 @@
-"""Helpers shared by the figure scripts: matplotlib set-up, saving a PNG, Markdown rows and tables."""
+"""Helpers shared by the figure scripts: matplotlib set-up, saving a PNG, Markdown tables."""
 
 from __future__ import annotations
 
@@ -24,15 +24,6 @@ def save(fig, path: Path, dpi: int = 100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     print(f"wrote {path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path}")
-
-
-def row(*cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def header(*titles) -> str:
-    """The first two lines of a Markdown table."""
-    return row(*titles) + "\n" + row(*["---"] * len(titles))
 
 
 def table(rows: list[list[str]], header: list[str], numeric: bool = True) -> str:

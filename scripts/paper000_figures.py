@@ -1,7 +1,11 @@
-"""Figures and numbers of docs/paper-000-digital-images.md (paper 000, Bonnet, Furon, Bas).
+"""Figures of docs/paper-000-digital-images.md (paper 000, Bonnet, Furon, Bas), and its tables
+that are not a store's best effort.
 
-Reads the results stores written by ``quantadv run configs/paper000-*.yaml`` and writes small
-PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdown tables).
+Reads the stores of ``quantadv run configs/paper000-*.yaml`` and writes small PNGs to
+``docs/img/paper000/``. The best efforts behind Figs. 5, 6/7, 9 and 10 (success, median / mean
+minimal ``d``, gradients per image, ``P_suc``) are ``quantadv report STORE --markdown --at D ...``
+(``quantadv.experiments.tables``); this script prints the rest: Fig. 2's theory check, the
+acceptance ratios, Table 2's pixel statistics.
 
     python scripts/paper000_figures.py fig2                 # theory + Monte Carlo, no network
     python scripts/paper000_figures.py acceptance           # results/paper000-acceptance.db
@@ -14,8 +18,7 @@ PNGs to ``docs/img/paper000/``; prints every number the docs page quotes (markdo
 Conventions (docs/experiments.md): success rates and operating characteristics are over the
 correctly classified images; ``P_suc(d_bar)`` is paper 000 Eq. 32 (failures count against
 the attack); ``d`` is Eq. 31 in pixel units; the best effort of an attack entry is, per
-image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2), computed by
-``quantadv.experiments.tables`` (``quantadv report STORE --markdown --at D ...`` prints it too).
+image, the lowest ``d`` that succeeds over the entry's parameter grid (Sec. 5.1.2).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 import sys
 
 import numpy as np
-from _figures import ROOT, header, pyplot, row, save
+from _figures import ROOT, pyplot, save, table
 
 from quantadv.eval import operating_characteristic
 from quantadv.experiments.tables import best_effort_rows
@@ -112,28 +115,20 @@ def fig2(args) -> None:
 
 # ------------------------------------------------------------------------------ acceptance
 def acceptance(args) -> None:
+    """What ``quantadv report results/paper000-acceptance.db --markdown`` (successes, median / mean
+    d, calls per image) does not print: the share of DDN's successes each output keeps, the
+    per-image distortion ratios, and the issue-4 verdict."""
     b = _best("paper000-acceptance")
-    d0, dr, dl = (b["ddn", pp]["d_min"] for pp in ("none", "round_nearest", "lagrangian"))
-    m = len(d0)
-    s0, sl = np.isfinite(d0), np.isfinite(dl)
-    med0 = b["ddn", "none"]["median_d"]
-    print(f"correctly classified images (attacked, counted): {m}")
-    print(header("output", "successes", "kept (of unquantized successes)", "median d",
-                 "median d / unquantized", "mean d"))
-    for name, pp, d in (("unquantized", "none", d0), ("rounding R", "round_nearest", dr),
-                        ("Q-lambda*", "lagrangian", dl)):
-        c, s = b["ddn", pp], np.isfinite(d)
-        print(row(name, f"{c['successes']} / {m}", pct((s & s0).sum() / s0.sum()), f"{c['median_d']:.3f}",
-                   f"{c['median_d'] / med0:.4f}", f"{c['mean_d']:.3f}"))
-    both = s0 & sl
-    print(f"on the {both.sum()} images both succeed: median d ratio "
-          f"{np.median(dl[both]) / np.median(d0[both]):.4f}, mean per-image ratio "
-          f"{np.mean(dl[both] / d0[both]):.4f}, max per-image ratio {np.max(dl[both] / d0[both]):.3f}")
-    rows = [r for r in _rows("paper000-acceptance") if r["clean_pred"] == r["label"]]
-    calls = {pp: [r["calls"] for r in rows if r["postprocess"] == pp] for pp in ("none", "lagrangian")}
-    print(f"calls per image: DDN {np.mean(calls['none']):.1f}; DDN + Q-lambda* {np.mean(calls['lagrangian']):.1f} "
-          f"(max {max(calls['lagrangian'])})")
-    accept = (sl & s0).sum() / s0.sum() >= 0.99 and b["ddn", "lagrangian"]["median_d"] <= 1.02 * med0
+    d0, dl = b["ddn", "none"]["d_min"], b["ddn", "lagrangian"]["d_min"]
+    s0, both = np.isfinite(d0), np.isfinite(d0) & np.isfinite(dl)
+    for name, pp in (("rounding R", "round_nearest"), ("Q-lambda*", "lagrangian")):
+        kept = (np.isfinite(b["ddn", pp]["d_min"]) & s0).sum() / s0.sum()
+        print(f"{name}: keeps {pct(kept)} of the {s0.sum()} unquantized successes; median d "
+              f"{b['ddn', pp]['median_d'] / b['ddn', 'none']['median_d']:.4f}x the unquantized one")
+    ratio = dl[both] / d0[both]
+    print(f"on the {both.sum()} images both succeed: median d ratio {np.median(dl[both]) / np.median(d0[both]):.4f}, "
+          f"mean per-image ratio {ratio.mean():.4f}, max per-image ratio {ratio.max():.3f}")
+    accept = both.sum() / s0.sum() >= 0.99 and np.median(dl[np.isfinite(dl)]) <= 1.02 * np.median(d0[s0])
     print(f"acceptance (>= 99% kept, median d <= 1.02x): {'PASS' if accept else 'FAIL'}")
 
 
@@ -171,13 +166,10 @@ def _budget(kind: str, store: str = "budget") -> dict | None:
     return b
 
 
-def _curves(kind: str, title: str, b: dict, ax, grid, entries, cells=None, label=None) -> None:
-    """Draw one curve per (attack, postprocess, name, colour, style); with ``cells(best effort,
-    name)`` also print one table row each."""
+def _curves(kind: str, title: str, b: dict, ax, grid, entries, label=None) -> None:
+    """Draw one curve per (attack, postprocess, name, colour, style)."""
     for att, pp, name, c, ls in entries:
         e = b[att, pp]
-        if cells:
-            print(row(*cells(e, name)))
         ax.plot(grid, oc(e, grid), color=c, ls=ls, lw=1.3, label=label(name, pp) if label else name)
     ax.set_title(f"{title}: {MODELS[kind]} ({e['images']} images)")
     ax.set_xlabel("distortion  d_bar  (pixel units)")
@@ -210,41 +202,24 @@ SEARCHED = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
 
 
 def fig9(args) -> None:
+    """The curves only (Q-lambda* outputs; DDN rounded natively): ``quantadv report
+    results/paper000-{budget,fgsm,search}-{natural,robust}.db --markdown`` prints their numbers,
+    ``grads/img`` the gradients each entry used per image."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     entries = ATTACKS + (("ddn-round", "DDN (rounded each iteration)", "C4"),)
-    print("\nFig. 9: 100 gradients per image (FGSM 20), quantized (Q-lambda*; DDN natively)")
-    print(header("model", "attack", "success", "median min d", "P_suc at d_bar = median of PGD2"))
-    searched = {}
     for ax, kind in zip(axes, ("natural", "robust"), strict=True):
         b = _budget(kind)
         if b is None:
             ax.set_title(f"{kind}: not run")
             continue
-        searched[kind] = _budget(kind, "search")  # the budget-search variants, when their store exists
-        b.update(searched[kind] or {})
-        ref = b["pgd2", "lagrangian"]["median_d"]
+        searched = _budget(kind, "search")  # the budget-search variants, when their store exists
+        b.update(searched or {})
         curves = [(att, "none" if att.startswith("ddn") else "lagrangian", name, c, "-") for att, name, c in entries]
-        curves += [(att, "lagrangian", name, c, "--") for att, name, c in SEARCHED if searched[kind]]
-        _curves(kind, "Fig. 9", b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), curves,
-                lambda e, n, m=MODELS[kind], ref=ref: (m, n, pct(e["success_rate"]), f"{e['median_d']:.2f}",
-                                                       pct(oc(e, [ref])[0])))
+        curves += [(att, "lagrangian", name, c, "--") for att, name, c in SEARCHED if searched]
+        _curves(kind, "Fig. 9", b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), curves)
         ax.legend(fontsize=6)
     _save(fig, "fig09_limited_complexity.png")
-    if any(searched.values()):
-        print("\nThe bisected variants, unquantized vs rounded vs Q-lambda* (gradients: mean per image)")
-        print(header("model", "attack", "output", "success", "median min d", "gradients"))
-    for kind, sb in searched.items():
-        rows = _rows(f"paper000-search-{kind}", required=False) or []
-        for att, name, _ in SEARCHED if sb else ():
-            per_image: dict[int, int] = {}
-            for r in rows:
-                if r["attack"] == att and r["postprocess"] == "none" and r["clean_pred"] == r["label"]:
-                    per_image[r["idx"]] = per_image.get(r["idx"], 0) + r["grads"]
-            for pp in ("none", "round_nearest", "lagrangian"):
-                e = sb[att, pp]
-                print(row(MODELS[kind], name, PP_NAMES[pp], pct(e["success_rate"]), f"{e['median_d']:.2f}",
-                          f"{np.mean(list(per_image.values())):.1f}"))
 
 
 def fig10(args) -> None:
@@ -271,7 +246,7 @@ def fig10(args) -> None:
 def table2(args) -> None:
     """Pixel statistics of Q-lambda* on the best-effort FGSM and PGD2 outputs, from the
     stores' ``info`` column (the runner keeps ``both_pixels``, ``lambda_pixels``, ``j_size``)."""
-    print(header("model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"))
+    lines = []
     for kind in ("natural", "robust"):
         for att, name, store in (("fgsm", "FGSM", "fgsm"), ("pgd2", "PGD2", "budget")):
             rows = _rows(f"paper000-{store}-{kind}", required=False) or []
@@ -286,7 +261,9 @@ def table2(args) -> None:
                 sys.exit(f"{MODELS[kind]} {name}: the store has no Q-lambda* info column; re-run its config")
             q = [json.loads(r["info"])["postprocess"] for r in pick.values()]
             both, lam, j = (100 * np.mean([r[k] / 784 for r in q]) for k in ("both_pixels", "lambda_pixels", "j_size"))
-            print(row(MODELS[kind], name, len(pick), f"{both:.1f}%", f"{lam:.1f}%", f"{both + lam:.1f}%", f"{j:.1f}%"))
+            lines.append([MODELS[kind], name, str(len(pick)), f"{both:.1f}%", f"{lam:.1f}%", f"{both + lam:.1f}%",
+                          f"{j:.1f}%"])
+    print(table(lines, ["model", "attack", "images", "both (not J)", "J switched by lambda*", "total", "|J|"]))
 
 
 COMMANDS = {"fig2": fig2, "acceptance": acceptance, "fig5": fig5, "fig6": fig6, "fig9": fig9,

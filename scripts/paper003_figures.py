@@ -3,7 +3,6 @@
     python scripts/paper003_figures.py examples   # Fig. 7 analog + denoising distances (Sec. 4.3)
                                                   # (results/paper003-examples.db)
     python scripts/paper003_figures.py certify    # Fig. 6 analog from results/paper003/certify-*/
-    python scripts/paper003_figures.py combined   # swRD / RandDisc on 150 images (two stores)
 
 Every part reads stores and prints Markdown; figures go to docs/img/. The Table 1 analogs (robust
 accuracy per model and eps: naive / BPDA / BPDA+EOT / headline) are ``quantadv report
@@ -79,29 +78,6 @@ def part_examples() -> None:
     save(fig, IMG / "paper003-fig7-mnist.png", dpi=110)
 
 
-def part_combined() -> None:
-    """Cells of paper003-mnist (images 0-49) and paper003-mnist-032 (50-149) together: 150 images."""
-    from quantadv.experiments.summary import robust_summary
-
-    per: dict[tuple[str, float], dict[str, dict[int, bool]]] = {}  # (model, eps) -> mode -> per-image robust
-    for name in ("paper003-mnist.db", "paper003-mnist-032.db"):
-        for c in robust_summary(ROOT / "results" / name) if (ROOT / "results" / name).exists() else ():
-            if c["postprocess"] == "none" and c["runs"] == len(c["modes"]):  # one run per adaptive mode
-                for mode, flags in zip(c["modes"], c["robust"], strict=True):
-                    per.setdefault((c["model"], json.loads(c["params"])["eps"]), {}).setdefault(mode, {}).update(
-                        zip(c["idx"], flags, strict=True))
-    print("| model | eps | images | naive | BPDA | BPDA+EOT | headline (per-image minimum) |")
-    print("|---|---|---|---|---|---|---|")
-    for (model, eps), by_mode in sorted(per.items(), key=lambda kv: (kv[0][0] != "swrd", kv[0])):
-        modes = [by_mode.get(m, {}) for m in ("none", "bpda", "bpda+eot")]
-        common = set.intersection(*(set(m) for m in modes))
-        if model in ("swrd", "randdisc") and len(common) > 50:  # only the cells the second store extends
-            accs = [100 * sum(m[i] for i in common) / len(common) for m in modes]
-            head = 100 * sum(all(m[i] for m in modes) for i in common) / len(common)
-            print(f"| {model} | {eps:g} | {len(common)} | " + " | ".join(f"{a:.1f}" for a in accs)
-                  + f" | **{head:.1f}** |")
-
-
 def part_certify() -> None:
     plt = pyplot()
     base = ROOT / "results" / "paper003"
@@ -146,6 +122,6 @@ def part_certify() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    parts = {"examples": part_examples, "certify": part_certify, "combined": part_combined}
+    parts = {"examples": part_examples, "certify": part_certify}
     for arg in sys.argv[1:] or list(parts):
         parts[arg]()
