@@ -1,11 +1,14 @@
 """Figures of docs/jpeg.md from the store of ``quantadv run configs/jpeg-fmnist.yaml``.
 
-    python scripts/jpeg_figures.py [results/jpeg-fmnist.db]   # docs/img/jpeg/*.png
+    python scripts/jpeg_figures.py                          # docs/img/jpeg/*.png (results/jpeg-fmnist.db)
+    python scripts/jpeg_figures.py results/jpeg-colour.db   # other stores: the clean references only
 
 The page's tables are ``quantadv report results/jpeg-fmnist.db --markdown --at 2 5 8 12 --inclusive``
 (and the same for ``results/jpeg-colour*.db``, ``results/jpeg-ddn-integrated.db``): counts over the
 attacked (correctly classified) images, median / mean d over the successes, the operating
-characteristic as the fraction of attacked images adversarial with d <= D.
+characteristic as the fraction of attacked images adversarial with d <= D. This script adds what a
+best effort does not give: the median distortion of the clean original saved as JPEG (the ``clean``
+entry) over all attacked images, the format's own distortion.
 """
 
 from __future__ import annotations
@@ -31,15 +34,23 @@ def curve(e: dict) -> np.ndarray:
 
 
 def main() -> None:
-    store = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results" / "jpeg-fmnist.db")
-    df = load_results(store, as_frame=True)
-    df = df[df.clean_pred == df.label]  # the attacked images
+    stores = [Path(a) for a in sys.argv[1:]] or [ROOT / "results" / "jpeg-fmnist.db"]
+    for store in stores:
+        df = load_results(store, as_frame=True)
+        df = df[df.clean_pred == df.label]  # the attacked images
+        for (model, pp), g in df[df.attack == "clean"].groupby(["model", "postprocess"], sort=False):
+            print(f"{store.name} {model}: the clean original through {pp}: median d {g.d.median():.3f} "
+                  f"over {len(g)} images, {int(g.success.sum())} misclassified")
+        if {f"reencode-q{q}" for q in QUALITIES} <= set(df.postprocess):
+            figures(store, df)
+
+
+def figures(store: Path, df) -> None:
+    """Operating characteristics per model and quality (docs/img/jpeg/oc_<model>.png) and the examples."""
     b = {(r["model"], r["attack"], r["postprocess"]): r for r in best_effort_rows(load_results(store, as_frame=False))}
     plt = pyplot()
     for model, m in df.groupby("model", sort=False):
-        clean = m[m.attack == "clean"]  # the clean original saved as JPEG: its distortion, over all attacked images
-        print(f"{model}: median d of the clean JPEG at q " + ", ".join(
-            f"{q}: {clean[clean.postprocess == f'reencode-q{q}'].d.median():.3f}" for q in QUALITIES))
+        clean = m[m.attack == "clean"]
         curves = {"PNG float": ("k:", "none"), "PNG Q-lambda*": ("k-", "lagrangian"), "PNG R": ("k--", "round_nearest")}
         fig, axes = plt.subplots(1, len(QUALITIES), figsize=(16, 4), sharey=True)
         for ax, q in zip(axes, QUALITIES, strict=True):

@@ -41,10 +41,6 @@ PP_NAMES = {"none": "unquantized", "round_nearest": "rounding R",
             "toward_original": "Q0", "gradient_sign": "Q-inf", "lagrangian": "Q-lambda*"}
 
 
-def _save(fig, name: str) -> None:
-    save(fig, OUT / name)
-
-
 def _rows(store: str, required: bool = True):
     """The store's result rows, or None (or exit) when it is missing."""
     from quantadv.experiments import load_results
@@ -67,10 +63,6 @@ def _best(store: str, required: bool = True) -> dict | None:
 def oc(b: dict, budgets) -> np.ndarray:
     """Eq. 32 at ``budgets``: fraction of the M images with a success at d < d_bar."""
     return operating_characteristic(b["d_min"], np.isfinite(b["d_min"]), budgets)[1].numpy()
-
-
-def pct(v: float) -> str:
-    return f"{100 * v:.1f}%"
 
 
 # --------------------------------------------------------------------------------- Fig. 2
@@ -110,7 +102,7 @@ def fig2(args) -> None:
     ax.legend(fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.2)
-    _save(fig, "fig02_rounding_theory.png")
+    save(fig, OUT / "fig02_rounding_theory.png")
 
 
 # ------------------------------------------------------------------------------ acceptance
@@ -123,7 +115,7 @@ def acceptance(args) -> None:
     s0, both = np.isfinite(d0), np.isfinite(d0) & np.isfinite(dl)
     for name, pp in (("rounding R", "round_nearest"), ("Q-lambda*", "lagrangian")):
         kept = (np.isfinite(b["ddn", pp]["d_min"]) & s0).sum() / s0.sum()
-        print(f"{name}: keeps {pct(kept)} of the {s0.sum()} unquantized successes; median d "
+        print(f"{name}: keeps {100 * kept:.1f}% of the {s0.sum()} unquantized successes; median d "
               f"{b['ddn', pp]['median_d'] / b['ddn', 'none']['median_d']:.4f}x the unquantized one")
     ratio = dl[both] / d0[both]
     print(f"on the {both.sum()} images both succeed: median d ratio {np.median(dl[both]) / np.median(d0[both]):.4f}, "
@@ -148,7 +140,7 @@ def fig5(args) -> None:
     ax.set_ylabel("P_suc(d_bar)  (Eq. 32)")
     ax.set_title(f"Fig. 5: FGSM, eps in [0.1, 1] px, fmnist-cnn ({b['fgsm', 'none']['images']} images)")
     ax.legend(fontsize=7)
-    _save(fig, "fig05_fgsm_subquantization.png")
+    save(fig, OUT / "fig05_fgsm_subquantization.png")
 
 
 # ------------------------------------------------------------------------------ Fig. 6 / 7
@@ -194,7 +186,7 @@ def fig6(args) -> None:
         ax.set_title(f"{title}: {MODELS[kind]} ({b['pgd2', 'none']['images']} images); dashed none, dotted R, "
                      "plain Q-lambda*", fontsize=7)
         ax.legend(fontsize=5.5, ncol=2)
-        _save(fig, fname)
+        save(fig, OUT / fname)
 
 
 SEARCHED = (("ifgsm-search", "I-FGSM, eps bisected (Sec. 5.4)", "C2"),
@@ -219,7 +211,7 @@ def fig9(args) -> None:
         curves += [(att, "lagrangian", name, c, "--") for att, name, c in SEARCHED if searched]
         _curves(kind, "Fig. 9", b, ax, np.linspace(0, 40 if kind == "natural" else 60, 801), curves)
         ax.legend(fontsize=6)
-    _save(fig, "fig09_limited_complexity.png")
+    save(fig, OUT / "fig09_limited_complexity.png")
 
 
 def fig10(args) -> None:
@@ -239,7 +231,7 @@ def fig10(args) -> None:
             continue
         _curves(kind, "Fig. 10", b, ax, np.linspace(0, 25 if kind == "natural" else 50, 801), variants)
         ax.legend(fontsize=6)
-    _save(fig, "fig10_ddn_variants.png")
+    save(fig, OUT / "fig10_ddn_variants.png")
 
 
 # -------------------------------------------------------------------------------- Table 2

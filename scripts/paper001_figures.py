@@ -23,17 +23,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _figures import pyplot, save
+from _figures import ROOT, pyplot, save
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 OUT = ROOT / "docs" / "img" / "paper001"
 HEADLINE_EPS = {"mnist": 0.3, "fmnist": 0.1}
 MODEL = {"mnist": "mnist-cnn-at-linf", "fmnist": "fmnist-cnn-at-linf"}
-
-
-def _save(fig, name: str) -> None:
-    save(fig, OUT / name)
 
 
 def method_name(attack: str, b, step: float = 0.01, loss: str | None = None) -> str:
@@ -151,7 +146,7 @@ def figures(name: str) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"b sweep (Sec. 4.5), eps {eps0}, run 1")
     ax.legend(fontsize=6)
-    _save(fig, f"curves-{name}.png")
+    save(fig, OUT / f"curves-{name}.png")
 
 
 # ----------------------------------------------------------------------------- Fig. 2
@@ -178,7 +173,7 @@ def hist(path: Path = RESULTS / "paper001" / "gradients-mnist.npz") -> None:
     ax.set_title("(f) raw gradient (d loss / d x)")
     fig.suptitle(f"Fig. 2 analog: mnist-cnn-at-linf, {len(g)} test images at a random start (eps {float(z['eps']):g}); "
                  f"values capped at +-{cap:.0f} = eps / step", fontsize=8)
-    _save(fig, "fig2-histograms.png")
+    save(fig, OUT / "fig2-histograms.png")
 
 
 def main() -> None:
