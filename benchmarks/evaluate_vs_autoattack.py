@@ -34,7 +34,8 @@ torchattacks is an optional peer (``make bench-deps``). Note: torchattacks 3.5.1
 gets 5000 queries as in AutoAttack. ``--steps 10`` runs evaluate at the same 10 iterations, for a
 like-for-like time.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evaluate_vs_autoattack.py --n 200 --json out.json``
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evaluate_vs_autoattack.py --n 200 --json out.json``;
+``--table out.json`` prints its Markdown table (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -106,6 +107,25 @@ def timed(fn):
     return out, time.perf_counter() - t, time.process_time() - c
 
 
+def table(path: str) -> str:
+    """The Markdown table of benchmarks/RESULTS.md from a ``--json`` file: per case the clean and robust
+    accuracy (%) of evaluate (float and 8-bit) and AutoAttack, their CPU times, evaluate's breaks per attack."""
+    with open(path) as fh:
+        rows = json.load(fh)["rows"]
+    lines = ["| model | eps | images | clean | evaluate, float | evaluate, 8-bit | AutoAttack "
+             "| CPU s, evaluate / AutoAttack | evaluate's breaks per attack |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    for r in rows:
+        e, a = r["evaluate"], r["autoattack"]
+        aa = (f"{100 * a['robust']:.0f}%" if "robust" in a
+              else f"stops ({a['error'].split(':')[0]}); Square alone {100 * a['square_only_robust']:.0f}%")
+        plan = ", ".join(f"{name} {broken}" for name, broken, _ in e["plan"])
+        lines.append(f"| `{r['model']}` | {r['eps']:g} | {r['n']} | {100 * e['clean']:.0f}% | {100 * e['robust']:.0f}% "
+                     f"| {100 * e['robust_digital']:.0f}% | {aa} | {e['cpu']:.0f} / {a['cpu']:.0f} "
+                     f"({e['cpu'] / max(a['cpu'], 1e-9):.2f}x) | {plan} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200)
@@ -116,7 +136,10 @@ def main() -> None:
                    help="evaluate's APGD iterations (100, AutoAttack's; 10 is what torchattacks' AutoAttack runs)")
     p.add_argument("--json", default=None)
     p.add_argument("--resume", action="store_true", help="keep and skip the cases already in --json")
+    p.add_argument("--table", metavar="JSON", default=None, help="print the Markdown table of a --json file and exit")
     args = p.parse_args()
+    if args.table:
+        return print(table(args.table))
     torch.set_num_threads(args.threads)
     import torchattacks as ta
 
