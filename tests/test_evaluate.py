@@ -94,6 +94,34 @@ def test_cascade_attacks_only_standing_images_and_beats_each_attack(trained):
         assert bool((model(adv).argmax(1) != y[idx]).all())
 
 
+def test_breaks_the_rounding_loses_are_attacked_again_inside_the_8bit_ball(trained, monkeypatch):
+    """eps 0.1 is 25.5 levels: a float break on the ball's surface can only be rounded inward. A
+    quantizer that loses every break in the float ball (here: returns the original) must not
+    make the model look robust on 8-bit images: the retry attacks in the 25-level ball."""
+    import quantadv.quantize as qz
+
+    model, x, y = trained
+    real, calls = qz.lagrangian, []
+
+    def loses_in_the_float_ball(m, x0, xa, labels, *, eps, norm):
+        calls.append(round(eps * 255, 6))
+        return x0.clone() if eps == EPS else real(m, x0, xa, labels, eps=eps, norm=norm)
+
+    monkeypatch.setattr(qz, "lagrangian", loses_in_the_float_ball)
+    res = quantadv.evaluate(model, x, y, eps=EPS, seed=0, **FAST)
+    assert 25.5 in calls and 25.0 in calls  # first the float ball, then the largest 8-bit one
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    broken = (correct & ~res.robust_digital).nonzero().flatten()
+    assert broken.numel() > 0 and res.digital_robust_accuracy < 1.0
+    assert bool((res.robust_digital | ~res.robust).all())  # still never below the float robust accuracy
+    q = res.digital_images[broken]
+    assert bool(is_digital(q).all())
+    assert float(((q - x[broken]) * 255).round().abs().amax()) <= 25
+    with torch.no_grad():
+        assert bool((model(q).argmax(1) != y[broken]).all())
+
+
 def test_digital_images_are_8bit_in_the_ball_and_reverified(trained, tmp_path):
     model, x, y = trained
     res = quantadv.evaluate(model, x, y, eps=EPS, seed=0, png=tmp_path / "png", **FAST)
