@@ -35,7 +35,7 @@ gets 5000 queries as in AutoAttack. ``--steps 10`` runs evaluate at the same 10 
 like-for-like time.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/evaluate_vs_autoattack.py --n 200 --json out.json``;
-``--table out.json`` prints its Markdown table (benchmarks/RESULTS.md).
+``--table out.json [more.json ...]`` prints their Markdown table (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -107,11 +107,14 @@ def timed(fn):
     return out, time.perf_counter() - t, time.process_time() - c
 
 
-def table(path: str) -> str:
-    """The Markdown table of benchmarks/RESULTS.md from a ``--json`` file: per case the clean and robust
-    accuracy (%) of evaluate (float and 8-bit) and AutoAttack, their CPU times, evaluate's breaks per attack."""
-    with open(path) as fh:
-        rows = json.load(fh)["rows"]
+def table(paths: list[str]) -> str:
+    """The Markdown table of benchmarks/RESULTS.md from ``--json`` files (their rows in order): per case the
+    clean and robust accuracy (%) of evaluate (float and 8-bit) and AutoAttack, their CPU times, evaluate's
+    breaks per attack."""
+    rows = []
+    for path in paths:
+        with open(path) as fh:
+            rows += json.load(fh)["rows"]
     lines = ["| model | eps | images | clean | evaluate, float | evaluate, 8-bit | AutoAttack "
              "| CPU s, evaluate / AutoAttack | evaluate's breaks per attack |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
@@ -136,7 +139,8 @@ def main() -> None:
                    help="evaluate's APGD iterations (100, AutoAttack's; 10 is what torchattacks' AutoAttack runs)")
     p.add_argument("--json", default=None)
     p.add_argument("--resume", action="store_true", help="keep and skip the cases already in --json")
-    p.add_argument("--table", metavar="JSON", default=None, help="print the Markdown table of a --json file and exit")
+    p.add_argument("--table", metavar="JSON", nargs="+", default=None,
+                   help="print the Markdown table of --json files (one table, their rows in order) and exit")
     args = p.parse_args()
     if args.table:
         return print(table(args.table))
