@@ -96,9 +96,37 @@ def case(name: str, scale: float):
 
 
 @torch.no_grad()
-def robust_acc(model, adv, x, y, eps):
+def robust_mask(model, adv, x, y, eps) -> torch.Tensor:
+    """Per image: the returned image (checked to lie in the eps-ball and in [0, 1]) is still classified right."""
     assert float((adv - x).abs().amax()) <= eps + 1e-5 and float(adv.min()) >= 0 and float(adv.max()) <= 1
-    return float((model(adv).argmax(1) == y).double().mean())
+    return model(adv).argmax(1) == y
+
+
+def autoattack(target, eps: float, steps: int | None):
+    """torchattacks' AutoAttack ("standard"): the class as shipped (``steps=None``: its members' default 10
+    iterations), or the same four members (APGD-CE, APGD-T, FAB-T, Square 5000) at ``steps`` iterations, as
+    AutoAttack's paper defines the standard version (100)."""
+    import torchattacks as ta
+
+    if steps is None:
+        return ta.AutoAttack(target, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+    return ta.MultiAttack([
+        ta.APGD(target, norm="Linf", eps=eps, steps=steps, seed=0, loss="ce", n_restarts=1),
+        ta.APGDT(target, norm="Linf", eps=eps, steps=steps, seed=0, n_classes=10, n_restarts=1),
+        ta.FAB(target, norm="Linf", eps=eps, steps=steps, seed=0, multi_targeted=True, n_classes=10, n_restarts=1),
+        ta.Square(target, norm="Linf", eps=eps, seed=0, n_queries=5000, n_restarts=1),
+    ])
+
+
+def paired_cell(e: dict, a: dict) -> str:
+    """``evaluate-only / AutoAttack-only breaks, McNemar p`` on the same images, or ``-`` without per-image data."""
+    from quantadv.experiments.summary import mcnemar_exact
+
+    a_robust = a.get("per_image_robust", a.get("square_only_per_image_robust"))
+    if "per_image_robust" not in e or a_robust is None:
+        return "-"
+    e_only, a_only, p = mcnemar_exact([not r for r in e["per_image_robust"]], [not r for r in a_robust])
+    return f"{e_only} / {a_only}, p = {p:.2g}"
 
 
 def timed(fn):
@@ -116,16 +144,18 @@ def table(paths: list[str]) -> str:
         with open(path) as fh:
             rows += json.load(fh)["rows"]
     lines = ["| model | eps | images | clean | evaluate, float | evaluate, 8-bit | AutoAttack "
-             "| CPU s, evaluate / AutoAttack | evaluate's breaks per attack |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+             "| CPU s, evaluate / AutoAttack | evaluate's breaks per attack | breaks only evaluate / only AutoAttack |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |"]
     for r in rows:
         e, a = r["evaluate"], r["autoattack"]
-        aa = (f"{100 * a['robust']:.0f}%" if "robust" in a
-              else f"stops ({a['error'].split(':')[0]}); Square alone {100 * a['square_only_robust']:.0f}%")
+        aa = (f"{100 * a['robust']:.1f}%" if "robust" in a
+              else f"stops ({a['error'].split(':')[0]}); Square alone {100 * a['square_only_robust']:.1f}%")
+        if r.get("aa_steps"):
+            aa += f" ({r['aa_steps']} iterations)"
         plan = ", ".join(f"{name} {broken}" for name, broken, _ in e["plan"])
-        lines.append(f"| `{r['model']}` | {r['eps']:g} | {r['n']} | {100 * e['clean']:.0f}% | {100 * e['robust']:.0f}% "
-                     f"| {100 * e['robust_digital']:.0f}% | {aa} | {e['cpu']:.0f} / {a['cpu']:.0f} "
-                     f"({e['cpu'] / max(a['cpu'], 1e-9):.2f}x) | {plan} |")
+        lines.append(f"| `{r['model']}` | {r['eps']:g} | {r['n']} | {100 * e['clean']:.1f}% | {100 * e['robust']:.1f}% "
+                     f"| {100 * e['robust_digital']:.1f}% | {aa} | {e['cpu']:.0f} / {a['cpu']:.0f} "
+                     f"({e['cpu'] / max(a['cpu'], 1e-9):.2f}x) | {plan} | {paired_cell(e, a)} |")
     return "\n".join(lines)
 
 
@@ -137,6 +167,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=100,
                    help="evaluate's APGD iterations (100, AutoAttack's; 10 is what torchattacks' AutoAttack runs)")
+    p.add_argument("--aa-steps", type=int, default=None,
+                   help="run torchattacks' four AutoAttack members at this many iterations (100 = AutoAttack's "
+                        "paper) instead of its AutoAttack class as shipped (10)")
     p.add_argument("--json", default=None)
     p.add_argument("--resume", action="store_true", help="keep and skip the cases already in --json")
     p.add_argument("--table", metavar="JSON", nargs="+", default=None,
@@ -150,7 +183,8 @@ def main() -> None:
     rows = []
     if args.resume and args.json and os.path.exists(args.json):
         with open(args.json) as fh:
-            rows = [r for r in json.load(fh)["rows"] if r["n"] == args.n and r["steps"] == args.steps]
+            rows = [r for r in json.load(fh)["rows"]
+                    if r["n"] == args.n and r["steps"] == args.steps and r.get("aa_steps") == args.aa_steps]
     done = {r["case"] for r in rows}
     for name in expand(args.cases):
         if name in done:
@@ -158,7 +192,8 @@ def main() -> None:
         model, data_name, eps, label = case(name, args.scale)
         xs, ys = data.load(data_name)
         x, y = to_float(xs[: args.n]), ys[: args.n]
-        row = {"case": name, "model": label, "data": data_name, "eps": eps, "n": args.n, "steps": args.steps}
+        row = {"case": name, "model": label, "data": data_name, "eps": eps, "n": args.n, "steps": args.steps,
+               "aa_steps": args.aa_steps}
         print(f"== {label}, eps {eps}, {args.n} images", flush=True)
 
         result, wall, cpu = timed(lambda: quantadv.evaluate(model, x, y, norm="linf", eps=eps, seed=0, steps=args.steps,  # noqa: B023
@@ -166,27 +201,33 @@ def main() -> None:
         row["evaluate"] = {"robust": result.robust_accuracy, "robust_digital": result.digital_robust_accuracy,
                            "clean": result.clean_accuracy, "wall": wall, "cpu": cpu,
                            "plan": [[a.name, a.broken, round(a.seconds, 1)] for a in result.plan],
-                           "checks": [str(c) for c in result.checks]}
+                           "checks": [str(c) for c in result.checks],
+                           "per_image_robust": [bool(b) for b in result.robust.tolist()],
+                           "per_image_robust_digital": [bool(b) for b in result.robust_digital.tolist()]}
         print(f"   evaluate: robust {100 * result.robust_accuracy:.1f}% "
               f"(8-bit {100 * result.digital_robust_accuracy:.1f}%)"
               f" wall {wall:.0f} s cpu {cpu:.0f} s", flush=True)
 
         target = model.quantized if name == "int8" else model
-        aa = ta.AutoAttack(target, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+        aa = autoattack(target, eps, args.aa_steps)
         try:
             adv, wall, cpu = timed(lambda: aa(x, y))  # noqa: B023
-            row["autoattack"] = {"robust": robust_acc(target, adv, x, y, eps), "wall": wall, "cpu": cpu}
+            mask = robust_mask(target, adv, x, y, eps)
+            row["autoattack"] = {"robust": float(mask.double().mean()), "wall": wall, "cpu": cpu,
+                                 "per_image_robust": [bool(b) for b in mask.tolist()]}
         except RuntimeError as exc:
             msg = str(exc).splitlines()[0]
             print(f"   AutoAttack stopped: RuntimeError: {msg}", flush=True)
             sq = ta.Square(target, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, p_init=0.8, loss="margin",
                            seed=0)
             adv, wall, cpu = timed(lambda: sq(x, y))  # noqa: B023
+            mask = robust_mask(target, adv, x, y, eps)
             row["autoattack"] = {"error": f"RuntimeError: {msg}",
-                                 "square_only_robust": robust_acc(target, adv, x, y, eps),
+                                 "square_only_robust": float(mask.double().mean()),
+                                 "square_only_per_image_robust": [bool(b) for b in mask.tolist()],
                                  "wall": wall, "cpu": cpu}
         a = row["autoattack"]
-        print(f"   AutoAttack: {a}", flush=True)
+        print(f"   AutoAttack: { {k: v for k, v in a.items() if 'per_image' not in k} }", flush=True)
         row["load_after"] = os.getloadavg()
         rows.append(row)
         out = {"rows": rows, "threads": args.threads, "torch": torch.__version__, "torchattacks": ta.__version__,
