@@ -3,7 +3,8 @@
 For each case both run on the same first ``--n`` test images, one after the other in this one
 process at ``--threads`` (default 1) threads; robust accuracy is the fraction of *all* images
 the model still classifies correctly at the returned point (clean errors count as broken),
-judged by one forward pass here after checking the eps-ball and [0, 1]. Wall time and the
+judged here after checking the eps-ball and [0, 1] as evaluate judges its own outcomes (one forward
+pass; a randomised defense: the majority vote over 10 fresh draws). Wall time and the
 process's CPU time are recorded; CPU time is the fairer cost on a shared machine.
 
 Cases (``--cases``, default all):
@@ -97,9 +98,12 @@ def case(name: str, scale: float):
 
 @torch.no_grad()
 def robust_mask(model, adv, x, y, eps) -> torch.Tensor:
-    """Per image: the returned image (checked to lie in the eps-ball and in [0, 1]) is still classified right."""
+    """Per image: the returned image (checked to lie in the eps-ball and in [0, 1]) is still classified right,
+    judged as evaluate judges its own outcomes (a randomised defense: the majority vote over 10 fresh draws)."""
+    from quantadv.eval.ensemble import _predict
+
     assert float((adv - x).abs().amax()) <= eps + 1e-5 and float(adv.min()) >= 0 and float(adv.max()) <= 1
-    return model(adv).argmax(1) == y
+    return _predict(model, adv, seed=0, batch_size=500, draws=10) == y
 
 
 def autoattack(target, eps: float, steps: int | None):

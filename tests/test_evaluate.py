@@ -260,3 +260,37 @@ def test_cli_evaluate_and_its_errors(tmp_path, capsys):
     assert "plan: apgd-ce" in err  # progress on stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["images"] == 4 and len(result["png"]) == len(list((tmp_path / "png").glob("*.png")))
+
+
+class Decoy(nn.Module):
+    """A randomised preprocess that, on a fifth of the draws per image, shows the classifier the
+    all-zero image instead (a stand-in for a quantizer draw that flips the decision)."""
+
+    randomized = True
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.2
+        return torch.where(flip.view(-1, 1, 1, 1), torch.zeros_like(x), x)
+
+
+def test_a_randomised_model_is_judged_by_the_majority_of_fresh_draws(trained):
+    """One draw per outcome counts the decoy draws as breaks, even of an attack that cannot move
+    the image (eps 0); the majority of 31 draws (a flip rate of 1/5: P(>= 16 of 31) ~ 2e-4 per
+    image) gives back the deterministic classifier's decisions, clean and robust alike."""
+    model, x, y = trained
+    with torch.no_grad():
+        zero_class = int(model(torch.zeros_like(x[:1])).argmax(1))
+        truth = model(x).argmax(1) == y
+    keep = y != zero_class  # images where a decoy draw is an error
+    x, y, truth = x[keep], y[keep], truth[keep]
+    noisy = Defended(Decoy(), model).eval()
+    small = dict(FAST, queries=10, steps=3)
+    vote = quantadv.evaluate(noisy, x, y, eps=0.0, draws=31, eot=2, **small)
+    assert vote.draws == 31
+    assert torch.equal(vote.robust, truth.cpu()) and torch.equal(vote.robust_digital, truth.cpu())
+    assert vote.clean_accuracy == vote.robust_accuracy == vote.digital_robust_accuracy
+    one = quantadv.evaluate(noisy, x, y, eps=0.0, draws=1, eot=2, **small)
+    assert one.draws == 1
+    assert one.robust_accuracy < vote.robust_accuracy  # lucky draws counted as breaks at eps 0
+    with pytest.raises(InputError, match="draws"):
+        quantadv.evaluate(noisy, x, y, eps=0.0, draws=0)

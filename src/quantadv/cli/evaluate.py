@@ -53,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--steps", type=int, default=100, help="APGD iterations (default: 100)")
     p.add_argument("--queries", type=int, default=5000, help="Square queries (default: 5000)")
     p.add_argument("--eot", type=int, default=10, help="draws per gradient of BPDA+EOT (default: 10)")
+    p.add_argument("--draws", type=int, default=10,
+                   help="a randomised defense's outcomes are judged by the majority vote over this many fresh draws "
+                        "(default: 10; 1 = one draw)")
     add_deploy(p)
     add_threads(p)
     add_progress(p)
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if say:
             say(f"evaluate {shown} on the first {x.shape[0]} {data_name} test images")
         result = evaluate(model, x, y, norm=args.norm, eps=args.eps, digital=not args.no_digital, steps=args.steps,
-                          queries=args.queries, eot=args.eot, extra=not args.standard, png=args.png,
+                          queries=args.queries, eot=args.eot, draws=args.draws, extra=not args.standard, png=args.png,
                           seed=args.seed, log=say)
     print(f"model {shown}, data {data_name}")
     print(result)

@@ -37,8 +37,13 @@ reported for float inputs (:attr:`Evaluation.robust_accuracy`) and for real 8-bi
 (:attr:`Evaluation.digital_robust_accuracy`), which is never lower. The originals must be
 digital themselves.
 
-Every outcome is re-verified by one forward pass of the model itself on the returned images
-(seeded for a randomised model), after checking that they lie in the eps-ball and in [0, 1].
+Every outcome is re-verified by the model itself on the returned images, after checking that
+they lie in the eps-ball and in [0, 1]: one forward pass for a deterministic model; for a
+randomised one (a :class:`~quantadv.defenses.Defended` whose preprocess draws noise) the
+**majority vote over** ``draws`` **fresh draws** (10), for the clean prediction, every attack's
+result and every 8-bit image alike. One draw per outcome would count a break that fools the
+model on one draw in three, and judge the 8-bit image on another draw than its float break
+(the 8-bit number then ran 3-12 points above the float one on RandDisc / pRD / swRD).
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ class Evaluation:
     seconds: float
     model_kind: str
     png: list[str] = field(default_factory=list)
+    #: draws whose majority vote judged every outcome (1: a deterministic model, or one draw)
+    draws: int = 1
 
     def contributions(self) -> dict[str, int]:
         """Images broken by each attack of the cascade (its own, not earlier attacks')."""
@@ -122,7 +129,7 @@ class Evaluation:
             "norm": self.norm, "eps": self.eps, "images": self.images, "model_kind": self.model_kind,
             "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
             "digital_robust_accuracy": self.digital_robust_accuracy, "seconds": self.seconds,
-            "plan": [asdict(a) for a in self.plan],
+            "draws": self.draws, "plan": [asdict(a) for a in self.plan],
             "checks": [{"name": c.name, "verdict": c.verdict, "evidence": c.evidence} for c in self.checks],
             "per_image": {
                 "robust": [bool(b) for b in self.robust.tolist()],
@@ -147,7 +154,8 @@ class Evaluation:
 
     def __str__(self) -> str:
         pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731
-        lines = [f"{self.images} images, {self.norm} eps={self.eps:g}, model: {self.model_kind}",
+        judged = f" (each outcome the majority of {self.draws} draws)" if self.draws > 1 else ""
+        lines = [f"{self.images} images, {self.norm} eps={self.eps:g}, model: {self.model_kind}{judged}",
                  f"clean accuracy        {pct(self.clean_accuracy)}",
                  f"robust accuracy       {pct(self.robust_accuracy)} (float inputs)"]
         if self.digital_robust_accuracy is not None:
@@ -182,16 +190,35 @@ def _randomized(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, seed: int, batch_size: int) -> torch.Tensor:
-    """The model's logits, batch by batch; a randomised :class:`Defended` draws from ``seed``."""
+def _logits(model: nn.Module, x: torch.Tensor, seed: int, batch_size: int,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """The model's logits, batch by batch; a randomised :class:`Defended` draws from ``generator``,
+    else from a generator seeded with ``seed``."""
     out = []
     gen = None
     if _randomized(model):
-        gen = torch.Generator(device=x.device).manual_seed(seed)
+        gen = generator if generator is not None else torch.Generator(device=x.device).manual_seed(seed)
     for i in range(0, x.shape[0], batch_size):
         chunk = x[i : i + batch_size]
         out.append(model(chunk, generator=gen) if gen is not None else model(chunk))
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, seed: int, batch_size: int, draws: int) -> torch.Tensor:
+    """The class that judges an outcome: argmax of the logits; for a randomised :class:`Defended`
+    the majority vote over ``draws`` fresh draws (seeded from ``seed``), ties to the class of
+    the higher mean softmax probability."""
+    if not _randomized(model) or draws == 1:
+        return _logits(model, x, seed, batch_size).argmax(1)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    votes = probs = None
+    for _ in range(draws):
+        logits = _logits(model, x, seed, batch_size, generator=gen)
+        one = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).to(logits.dtype)
+        p = logits.softmax(1)
+        votes, probs = (one, p) if votes is None else (votes + one, probs + p)
+    return (votes + probs / (draws + 1)).argmax(1)
 
 
 def _in_ball(x: torch.Tensor, x0: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
@@ -236,6 +263,7 @@ def evaluate(
     classes: int = 9,
     queries: int = 5000,
     eot: int = 10,
+    draws: int = 10,
     extra: bool = True,
     batch_size: int = 500,
     png: str | os.PathLike[str] | None = None,
@@ -260,6 +288,9 @@ def evaluate(
     steps, classes, queries : APGD iterations (100), APGD-T target classes (9), Square queries
         (5000): AutoAttack's standard values.
     eot : gradient draws of BPDA+EOT on a randomised defense (10).
+    draws : fresh draws of a randomised defense whose majority vote judges every outcome (clean
+        prediction, each attack's result, each 8-bit image); 1 = one draw. Ignored for a
+        deterministic model.
     extra : add the model-specific attacks (BPDA, BPDA+EOT, PGD++ HNS, transfer). ``False``
         runs the standard ensemble only (AutoAttack's).
     batch_size : images per attack call.
@@ -290,6 +321,7 @@ def evaluate(
     classes = check_int(classes, "classes", minimum=1)
     queries = check_int(queries, "queries", minimum=1)
     eot = check_int(eot, "eot", minimum=1)
+    draws = check_int(draws, "draws", minimum=1)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     if digital:
         on_grid = is_digital(images)
@@ -306,11 +338,13 @@ def evaluate(
     kind = _kind(model)
     logits0 = _logits(model, x0, seed, batch_size)
     check_label_range(labels, logits0.shape[1])
-    correct = logits0.argmax(1) == labels
+    correct = _predict(model, x0, seed, batch_size, draws) == labels
     broken_by: list[str | None] = [None if bool(c) else "clean" for c in correct.tolist()]
     robust = correct.clone()
     x_adv = x0.clone()
-    say(f"{n} images, {norm} eps={eps:g}, model: {kind}; clean accuracy {100 * float(correct.double().mean()):.2f}%")
+    judged = f" (majority of {draws} draws per outcome)" if _randomized(model) and draws > 1 else ""
+    say(f"{n} images, {norm} eps={eps:g}, model: {kind}{judged}; clean accuracy "
+        f"{100 * float(correct.double().mean()):.2f}%")
 
     checks: list[Check] = []
     # AutoAttack's checks (its flags_doc.md): randomness, probabilities.
@@ -432,7 +466,7 @@ def evaluate(
         ok = _in_ball(adv, x0[todo], norm, eps)
         if not bool(ok.all()):  # never expected: project rather than trust
             raise RuntimeError(f"{p.name} returned images outside the {norm} ball of radius {eps}")
-        pred = _logits(model, adv, seed, batch_size).argmax(1)
+        pred = _predict(model, adv, seed, batch_size, draws)
         hit = pred != labels[todo]
         p.attacked, p.broken, p.seconds = int(todo.numel()), int(hit.sum()), time.perf_counter() - t0
         won = todo[hit]
@@ -465,9 +499,9 @@ def evaluate(
     files: list[str] = []
     if digital:
         robust_digital, digital_images = _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
-                                                   batch_size, say)
+                                                   batch_size, draws, say)
         if png is not None:
-            files = _write_png(png, digital_images, labels, robust_digital, correct, model, seed, batch_size)
+            files = _write_png(png, digital_images, labels, robust_digital, correct, model, seed, batch_size, draws)
             say(f"wrote {len(files)} PNG files to {png}")
     result = Evaluation(
         norm=norm, eps=eps, images=n, clean_accuracy=float(correct.double().mean()), robust_accuracy=robust_acc,
@@ -475,7 +509,7 @@ def evaluate(
         plan=[p for p, _ in plan], checks=checks, robust=robust.cpu(),
         robust_digital=None if robust_digital is None else robust_digital.cpu(), broken_by=broken_by,
         adversarial=x_adv, digital_images=digital_images, seconds=time.perf_counter() - t_start,
-        model_kind=kind, png=files)
+        model_kind=kind, png=files, draws=draws if _randomized(model) else 1)
     return result
 
 
@@ -491,7 +525,7 @@ def _check_eps(eps: object, norm: str, images: torch.Tensor) -> float:
     return value
 
 
-def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps, batch_size, say):
+def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps, batch_size, draws, say):
     """Q-lambda* in the ball for every float break; re-verified. Returns (robust_digital, images).
 
     An L-inf float break on the ball's surface (APGD's sign steps end there) can only be rounded
@@ -513,7 +547,7 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
         images[idx] = x_q
     if todo.numel():
         _check_digital(images[todo], x0[todo], norm, eps)
-        pred = _logits(model, images[todo], seed, batch_size).argmax(1)
+        pred = _predict(model, images[todo], seed, batch_size, draws)
         robust_digital[todo] = pred == labels[todo]
     lost = int(robust_digital.sum() - robust.sum())
     say(f"digital: {todo.numel()} float breaks quantized to 8-bit images in the ball (Q-lambda*), "
@@ -529,7 +563,7 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
             adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_grid, steps=steps, loss="ce", seed=seed)
             x_q = lagrangian(grad_model, x0[idx], adv, labels[idx], eps=eps_grid, norm=norm)
             _check_digital(x_q, x0[idx], norm, eps)
-            hit = _logits(model, x_q, seed, batch_size).argmax(1) != labels[idx]
+            hit = _predict(model, x_q, seed, batch_size, draws) != labels[idx]
             images[idx[hit]] = x_q[hit]
             robust_digital[idx[hit]] = False
         won = int(retry.numel() - (robust_digital[retry]).sum())
@@ -544,14 +578,14 @@ def _check_digital(images, x0, norm, eps) -> None:
         raise RuntimeError("Q-lambda* returned an image off the 8-bit grid or outside the ball")
 
 
-def _write_png(directory, images, labels, robust_digital, correct, model, seed, batch_size) -> list[str]:
+def _write_png(directory, images, labels, robust_digital, correct, model, seed, batch_size, draws) -> list[str]:
     from ..io import save_png
 
     idx = (correct & ~robust_digital).nonzero().flatten()
     if idx.numel() == 0:
         Path(directory).mkdir(parents=True, exist_ok=True)
         return []
-    pred = _logits(model, images[idx], seed, batch_size).argmax(1)
+    pred = _predict(model, images[idx], seed, batch_size, draws)
     names = [f"{int(i):05d}_label{int(labels[i])}_pred{int(p)}.png" for i, p in zip(idx, pred, strict=True)]
     written = save_png(images[idx].cpu(), directory, names, labels=labels[idx].cpu())
     return [str(f) for f in written]
@@ -569,6 +603,7 @@ def evaluate_attack(
     classes: int = 9,
     queries: int = 5000,
     eot: int = 10,
+    draws: int = 10,
     extra: bool = True,
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -578,16 +613,17 @@ def evaluate_attack(
 
     Returns the 8-bit adversarial images (``digital=True``) or the float ones, the originals
     where nothing was found; with ``return_info`` also ``success`` (per image: the returned
-    image is misclassified), ``pred`` and ``attack`` (the position in :attr:`Evaluation.plan`
-    of the attack that broke the image, -1 for none; clean errors are not attacked by the
-    runner). The plan depends on the model, and on the batch only through the saturated-softmax
-    diagnostic (which adds PGD++ HNS before Square).
+    image is misclassified; for a randomised model by the majority vote over ``draws``),
+    ``pred`` and ``attack`` (the position in :attr:`Evaluation.plan` of the attack that broke
+    the image, -1 for none; clean errors are not attacked by the runner). The plan depends on
+    the model, and on the batch only through the saturated-softmax diagnostic (which adds
+    PGD++ HNS before Square).
     The seed comes from ``seed`` or, failing that, one draw of ``generator``.
     """
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else 0
     result = evaluate(model, images, labels, norm=norm, eps=eps, digital=digital, steps=steps, classes=classes,
-                      queries=queries, eot=eot, extra=extra, seed=seed)
+                      queries=queries, eot=eot, draws=draws, extra=extra, seed=seed)
     out = result.digital_images if digital else result.adversarial
     if not return_info:
         return out
@@ -595,6 +631,6 @@ def evaluate_attack(
     names = [p.name for p in result.plan]
     code = torch.tensor([names.index(b) if (b in names and not bool(r)) else -1
                          for b, r in zip(result.broken_by, robust.tolist(), strict=True)], dtype=torch.int64)
-    pred = _logits(model, out, seed, 500).argmax(1).cpu()
+    pred = _predict(model, out, seed, 500, draws).cpu()
     success = pred != labels.cpu()
     return out, {"success": success, "pred": pred, "attack": code}
