@@ -122,6 +122,37 @@ def test_breaks_the_rounding_loses_are_attacked_again_inside_the_8bit_ball(train
         assert bool((model(q).argmax(1) != y[broken]).all())
 
 
+def test_l2_breaks_the_rounding_loses_are_attacked_again_inside_a_smaller_ball(trained, monkeypatch):
+    """L2: a quantizer that loses every break of the first pass must not make the model look
+    robust; the retry attacks at eps - sqrt(d)/510 and quantizes in the eps-ball."""
+    import math
+
+    import quantadv.quantize as qz
+
+    model, x, y = trained
+    eps = 1.0
+    real, calls = qz.lagrangian, []
+
+    def loses_the_first_time(m, x0, xa, labels, *, eps, norm):
+        calls.append(float(((xa - x0).flatten(1).norm(dim=1)).amax()))
+        return x0.clone() if len(calls) == 1 else real(m, x0, xa, labels, eps=eps, norm=norm)
+
+    monkeypatch.setattr(qz, "lagrangian", loses_the_first_time)
+    res = quantadv.evaluate(model, x, y, norm="l2", eps=eps, seed=0, **FAST)
+    assert len(calls) >= 2
+    assert calls[1] <= eps - math.sqrt(x[0].numel()) / 510 + 1e-5  # the retry's attack stays in the smaller ball
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    broken = (correct & ~res.robust_digital).nonzero().flatten()
+    assert broken.numel() > 0 and res.digital_robust_accuracy < 1.0
+    assert bool((res.robust_digital | ~res.robust).all())
+    q = res.digital_images[broken]
+    assert bool(is_digital(q).all())
+    assert float((q - x[broken]).flatten(1).norm(dim=1).amax()) <= eps + 1e-5
+    with torch.no_grad():
+        assert bool((model(q).argmax(1) != y[broken]).all())
+
+
 def test_digital_images_are_8bit_in_the_ball_and_reverified(trained, tmp_path):
     model, x, y = trained
     res = quantadv.evaluate(model, x, y, eps=EPS, seed=0, png=tmp_path / "png", **FAST)

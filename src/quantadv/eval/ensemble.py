@@ -29,10 +29,11 @@ contribution measures what every gradient attack missed (AutoAttack's own maskin
 **Digital outputs** (``digital=True``, the default; paper 000): an attacker who must ship an
 8-bit image cannot send the float point. Every float break is turned into a digital image by
 Lagrangian quantization Q-lambda* (:func:`quantadv.quantize.lagrangian`) constrained to the
-eps-ball (its ``eps=`` option), and the digital image is re-classified. For L-inf, a break lost
-in the rounding is attacked again by APGD-CE inside the largest 8-bit ball, ``floor(255 eps) /
-255`` (an eps off the grid forces the ball's surface inward), and quantized in it; what is still
-lost counts as robust on 8-bit images. Robust accuracy is
+eps-ball (its ``eps=`` option), and the digital image is re-classified. A break lost in the
+rounding is attacked again by APGD-CE in a smaller ball and quantized: for L-inf the largest
+8-bit ball, ``floor(255 eps) / 255`` (an eps off the grid forces the ball's surface inward);
+for L2 the radius ``eps - sqrt(d) / 510`` (the most that rounding to the nearest level moves a
+point of d pixels); what is still lost counts as robust on 8-bit images. Robust accuracy is
 reported for float inputs (:attr:`Evaluation.robust_accuracy`) and for real 8-bit images
 (:attr:`Evaluation.digital_robust_accuracy`), which is never lower. The originals must be
 digital themselves.
@@ -532,7 +533,10 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
     inward when ``eps`` is off the 8-bit grid (0.1 = 25.5 levels: a pixel at +25.5 must go to 25),
     and Q-lambda* then loses some breaks that an attack inside the 8-bit ball finds. So the lost
     ones are attacked again, by APGD-CE in the largest ball on the grid, ``floor(255 eps) / 255``,
-    whose corners are 8-bit values, and quantized by Q-lambda* in that ball."""
+    whose corners are 8-bit values, and quantized by Q-lambda* in that ball. For L2 the retry
+    attacks in the ball of radius ``eps - sqrt(d) / 510`` (d pixels: rounding to the nearest
+    level moves a point by at most that much, so every nearest rounding of the retry's point,
+    Q-lambda*'s start, lies in the eps-ball), and Q-lambda* quantizes in the eps-ball."""
     from ..defenses import Defended, adaptive
     from ..quantize import lagrangian
 
@@ -552,22 +556,27 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
     lost = int(robust_digital.sum() - robust.sum())
     say(f"digital: {todo.numel()} float breaks quantized to 8-bit images in the ball (Q-lambda*), "
         f"{todo.numel() - lost} still adversarial ({time.perf_counter() - t0:.1f} s)")
-    eps_grid = math.floor(eps * 255 + 1e-6) / 255
+    if norm == "linf":  # the attack and the rounding in the largest ball whose corners are 8-bit
+        eps_attack = eps_round = math.floor(eps * 255 + 1e-6) / 255
+        ball = f"the 8-bit ball eps {round(eps_attack * 255)}/255"
+    else:  # nearest rounding moves a point by at most half a level per pixel: sqrt(d) / 510 in L2
+        eps_attack, eps_round = eps - math.sqrt(x0[0].numel()) / 510, eps
+        ball = f"the L2 ball {eps_attack:.4g} (eps minus the rounding's largest move)"
     retry = (robust_digital & ~robust).nonzero().flatten()
-    if norm == "linf" and retry.numel() and 0 < eps_grid < eps - 1e-9:
+    if retry.numel() and 0 < eps_attack < eps - 1e-9:
         from ..attacks import apgd
 
         t0 = time.perf_counter()
         for i in range(0, retry.numel(), batch_size):
             idx = retry[i : i + batch_size]
-            adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_grid, steps=steps, loss="ce", seed=seed)
-            x_q = lagrangian(grad_model, x0[idx], adv, labels[idx], eps=eps_grid, norm=norm)
+            adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_attack, steps=steps, loss="ce", seed=seed)
+            x_q = lagrangian(grad_model, x0[idx], adv, labels[idx], eps=eps_round, norm=norm)
             _check_digital(x_q, x0[idx], norm, eps)
             hit = _predict(model, x_q, seed, batch_size, draws) != labels[idx]
             images[idx[hit]] = x_q[hit]
             robust_digital[idx[hit]] = False
         won = int(retry.numel() - (robust_digital[retry]).sum())
-        say(f"digital retry: APGD-CE in the 8-bit ball eps {round(eps_grid * 255)}/255 on the {retry.numel()} "
+        say(f"digital retry: APGD-CE in {ball} on the {retry.numel()} "
             f"lost breaks, {won} adversarial 8-bit images ({time.perf_counter() - t0:.1f} s)")
     say(f"robust accuracy on 8-bit images {100 * float(robust_digital.double().mean()):.2f}%")
     return robust_digital, images
