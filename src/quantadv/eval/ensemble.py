@@ -500,7 +500,7 @@ def evaluate(
     files: list[str] = []
     if digital:
         robust_digital, digital_images = _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
-                                                   batch_size, draws, say)
+                                                   batch_size, draws, eot, say)
         if png is not None:
             files = _write_png(png, digital_images, labels, robust_digital, correct, model, seed, batch_size, draws)
             say(f"wrote {len(files)} PNG files to {png}")
@@ -526,7 +526,7 @@ def _check_eps(eps: object, norm: str, images: torch.Tensor) -> float:
     return value
 
 
-def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps, batch_size, draws, say):
+def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps, batch_size, draws, eot, say):
     """Q-lambda* in the ball for every float break; re-verified. Returns (robust_digital, images).
 
     An L-inf float break on the ball's surface (APGD's sign steps end there) can only be rounded
@@ -536,7 +536,8 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
     whose corners are 8-bit values, and quantized by Q-lambda* in that ball. For L2 the retry
     attacks in the ball of radius ``eps - sqrt(d) / 510`` (d pixels: rounding to the nearest
     level moves a point by at most that much, so every nearest rounding of the retry's point,
-    Q-lambda*'s start, lies in the eps-ball), and Q-lambda* quantizes in the eps-ball."""
+    Q-lambda*'s start, lies in the eps-ball), and Q-lambda* quantizes in the eps-ball. On a
+    randomised defense the retry is BPDA+EOT (``eot`` draws per gradient)."""
     from ..defenses import Defended, adaptive
     from ..quantize import lagrangian
 
@@ -569,7 +570,8 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
         t0 = time.perf_counter()
         for i in range(0, retry.numel(), batch_size):
             idx = retry[i : i + batch_size]
-            adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_attack, steps=steps, loss="ce", seed=seed)
+            adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_attack, steps=steps, loss="ce", seed=seed,
+                       eot=eot if _randomized(model) else 1)
             x_q = lagrangian(grad_model, x0[idx], adv, labels[idx], eps=eps_round, norm=norm)
             _check_digital(x_q, x0[idx], norm, eps)
             hit = _predict(model, x_q, seed, batch_size, draws) != labels[idx]
