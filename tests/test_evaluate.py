@@ -325,3 +325,17 @@ def test_a_randomised_model_is_judged_by_the_majority_of_fresh_draws(trained):
     assert one.robust_accuracy < vote.robust_accuracy  # lucky draws counted as breaks at eps 0
     with pytest.raises(InputError, match="draws"):
         quantadv.evaluate(noisy, x, y, eps=0.0, draws=0)
+
+
+def test_randomised_model_digital_images_are_8bit_in_the_ball_and_never_below_float(trained):
+    """The digital step on a randomised defense (Q-lambda* on logits averaged over eot draws,
+    the retry with BPDA+EOT): 8-bit images in the ball, judged by the vote like the float ones."""
+    model, x, y = trained
+    noisy = Defended(Noise(), model).eval()
+    res = quantadv.evaluate(noisy, x, y, eps=EPS, draws=5, eot=2, **FAST)
+    broken = (~res.robust_digital).nonzero().flatten()
+    assert (~res.robust).sum() > 0 and res.draws == 5
+    assert bool((res.robust_digital | ~res.robust).all())
+    q = res.digital_images
+    assert bool(is_digital(q).all()) and float(((q - x) * 255).round().abs().amax()) <= 25.5
+    assert broken.numel() >= int((~res.robust).sum()) * 0.5  # most float breaks survive as 8-bit images

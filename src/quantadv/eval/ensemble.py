@@ -526,6 +526,18 @@ def _check_eps(eps: object, norm: str, images: torch.Tensor) -> float:
     return value
 
 
+class _MeanOfDraws(nn.Module):
+    """The logits of a randomised model averaged over ``draws`` forward passes (fresh draws each;
+    differentiable where the model is, e.g. through BPDA)."""
+
+    def __init__(self, model: nn.Module, draws: int) -> None:
+        super().__init__()
+        self.model, self.draws = model, draws
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.model(x) for _ in range(self.draws)]).mean(0)
+
+
 def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps, batch_size, draws, eot, say):
     """Q-lambda* in the ball for every float break; re-verified. Returns (robust_digital, images).
 
@@ -537,18 +549,21 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
     attacks in the ball of radius ``eps - sqrt(d) / 510`` (d pixels: rounding to the nearest
     level moves a point by at most that much, so every nearest rounding of the retry's point,
     Q-lambda*'s start, lies in the eps-ball), and Q-lambda* quantizes in the eps-ball. On a
-    randomised defense the retry is BPDA+EOT (``eot`` draws per gradient)."""
+    randomised defense the retry is BPDA+EOT (``eot`` draws per gradient), and Q-lambda* sees
+    the logits averaged over ``eot`` draws (its gradient and its search's forward passes), as
+    the majority vote that judges its result sees many draws."""
     from ..defenses import Defended, adaptive
     from ..quantize import lagrangian
 
     t0 = time.perf_counter()
     grad_model = adaptive(model, "bpda")[0] if isinstance(model, Defended) else model
+    q_model = _MeanOfDraws(grad_model, eot) if _randomized(model) and eot > 1 else grad_model
     images = x0.clone()
     robust_digital = correct.clone()
     todo = (correct & ~robust).nonzero().flatten()
     for i in range(0, todo.numel(), batch_size):
         idx = todo[i : i + batch_size]
-        x_q = lagrangian(grad_model, x0[idx], x_adv[idx], labels[idx], eps=eps, norm=norm)
+        x_q = lagrangian(q_model, x0[idx], x_adv[idx], labels[idx], eps=eps, norm=norm)
         images[idx] = x_q
     if todo.numel():
         _check_digital(images[todo], x0[todo], norm, eps)
@@ -572,7 +587,7 @@ def _digitize(model, x0, x_adv, labels, robust, correct, norm, eps, seed, steps,
             idx = retry[i : i + batch_size]
             adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_attack, steps=steps, loss="ce", seed=seed,
                        eot=eot if _randomized(model) else 1)
-            x_q = lagrangian(grad_model, x0[idx], adv, labels[idx], eps=eps_round, norm=norm)
+            x_q = lagrangian(q_model, x0[idx], adv, labels[idx], eps=eps_round, norm=norm)
             _check_digital(x_q, x0[idx], norm, eps)
             hit = _predict(model, x_q, seed, batch_size, draws) != labels[idx]
             images[idx[hit]] = x_q[hit]
