@@ -294,13 +294,17 @@ def test_cli_evaluate_and_its_errors(tmp_path, capsys):
 
 
 class Decoy(nn.Module):
-    """A randomised preprocess that, on a fifth of the draws per image, shows the classifier the
-    all-zero image instead (a stand-in for a quantizer draw that flips the decision)."""
+    """A randomised preprocess that, on a fraction ``rate`` of the draws per image, shows the
+    classifier the all-zero image instead (a stand-in for a quantizer draw that flips the decision)."""
 
     randomized = True
 
+    def __init__(self, rate: float = 0.2) -> None:
+        super().__init__()
+        self.rate = rate
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.2
+        flip = torch.rand(x.shape[0], generator=generator, device=x.device) < self.rate
         return torch.where(flip.view(-1, 1, 1, 1), torch.zeros_like(x), x)
 
 
@@ -323,6 +327,14 @@ def test_a_randomised_model_is_judged_by_the_majority_of_fresh_draws(trained):
     one = quantadv.evaluate(noisy, x, y, eps=0.0, draws=1, eot=2, **small)
     assert one.draws == 1
     assert one.robust_accuracy < vote.robust_accuracy  # lucky draws counted as breaks at eps 0
+    # A few draws: the cascade's attacks accept lucky votes; the final fresh vote, shared with the
+    # 8-bit images' judgment, gives the same outcome for the same image (eps 0: nothing moved).
+    # A vote of 3 at a flip rate of 0.45 is wrong 43% of the time.
+    few = quantadv.evaluate(Defended(Decoy(0.45), model).eval(), x, y, eps=0.0, draws=3, eot=2, **small)
+    judged = next(c for c in few.checks if c.name == "judgment")
+    assert "breaks held on a fresh vote" in judged.evidence
+    assert 0 < few.robust_accuracy < float(truth.double().mean())
+    assert torch.equal(few.robust, few.robust_digital)
     with pytest.raises(InputError, match="draws"):
         quantadv.evaluate(noisy, x, y, eps=0.0, draws=0)
 
