@@ -42,9 +42,11 @@ Every outcome is re-verified by the model itself on the returned images, after c
 they lie in the eps-ball and in [0, 1]: one forward pass for a deterministic model; for a
 randomised one (a :class:`~quantadv.defenses.Defended` whose preprocess draws noise) the
 **majority vote over** ``draws`` **fresh draws** (10), for the clean prediction, every attack's
-result and every 8-bit image alike. One draw per outcome would count a break that fools the
-model on one draw in three, and judge the 8-bit image on another draw than its float break
-(the 8-bit number then ran 3-12 points above the float one on RandDisc / pRD / swRD).
+result and every 8-bit image alike; after the cascade each break of a randomised model gets a
+final fresh vote (an attack's own vote keeps lucky breaks), and its 8-bit image is judged on the
+same draws. One draw per outcome would count a break that fools the model on one draw in three,
+and judge the 8-bit image on another draw than its float break (the 8-bit number then ran 3-12
+points above the float one on RandDisc / pRD / swRD).
 """
 
 from __future__ import annotations
