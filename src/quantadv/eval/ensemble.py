@@ -341,11 +341,12 @@ def evaluate(
     kind = _kind(model)
     logits0 = _logits(model, x0, seed, batch_size)
     check_label_range(labels, logits0.shape[1])
-    correct = _predict(model, x0, seed, batch_size, draws) == labels
+    voted = _randomized(model) and draws > 1
+    correct = (_predict(model, x0, seed, batch_size, draws) if voted else logits0.argmax(1)) == labels
     broken_by: list[str | None] = [None if bool(c) else "clean" for c in correct.tolist()]
     robust = correct.clone()
     x_adv = x0.clone()
-    judged = f" (majority of {draws} draws per outcome)" if _randomized(model) and draws > 1 else ""
+    judged = f" (majority of {draws} draws per outcome)" if voted else ""
     say(f"{n} images, {norm} eps={eps:g}, model: {kind}{judged}; clean accuracy "
         f"{100 * float(correct.double().mean()):.2f}%")
 
