@@ -576,8 +576,8 @@ def _digitize(model, x0, x_adv, labels, robust, correct, breaks, norm, eps, seed
     from ..quantize import lagrangian
 
     t0 = time.perf_counter()
-    grad_model = adaptive(model, "bpda")[0] if isinstance(model, Defended) else model
-    q_model = _MeanOfDraws(grad_model, eot) if _randomized(model) and eot > 1 else grad_model
+    grad_model, m = adaptive(model, "bpda+eot", eot_samples=eot) if isinstance(model, Defended) else (model, 1)
+    q_model = _MeanOfDraws(grad_model, m) if m > 1 else grad_model
     images = x0.clone()
     robust_digital = correct.clone()
     todo = breaks
@@ -609,7 +609,7 @@ def _digitize(model, x0, x_adv, labels, robust, correct, breaks, norm, eps, seed
         for i in range(0, retry.numel(), batch_size):
             idx = retry[i : i + batch_size]
             adv = apgd(grad_model, x0[idx], labels[idx], norm=norm, eps=eps_attack, steps=steps, loss="ce", seed=seed,
-                       eot=eot if _randomized(model) else 1)
+                       eot=m)
             x_q = lagrangian(q_model, x0[idx], adv, labels[idx], eps=eps_round, norm=norm)
             _check_digital(x_q, x0[idx], norm, eps)
             hit = _predict(model, x_q, seed, batch_size, draws) != labels[idx]
